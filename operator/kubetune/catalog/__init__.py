@@ -1,0 +1,1 @@
+"""Data catalogs (GPU types, models) loaded into frozen, typed models."""

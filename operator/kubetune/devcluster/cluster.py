@@ -1,0 +1,162 @@
+"""Start and stop a local cluster with kwokctl's binary runtime, every component bound to 127.0.0.1."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kubetune.devcluster import binaries
+from kubetune.devcluster.profile import ClusterProfile
+
+# kwok's own stages, from its module (copied by hack/build-bins.sh). A config that declares any Stage
+# replaces all of kwok's defaults, so the defaults we rely on are listed here explicitly.
+DEFAULT_STAGES = (
+    "node/fast/node-initialize.yaml",
+    # kube-controller-manager marks a node NotReady after 40 s without a lease renewal.
+    "node/heartbeat-with-lease/node-heartbeat-with-lease.yaml",
+    "pod/fast/pod-ready.yaml",
+    "pod/fast/pod-complete.yaml",
+    "pod/fast/pod-delete.yaml",
+    # A pod labelled pod-container-running-failed.stage.kwok.x-k8s.io=true fails with the exit code and
+    # message named in that prefix's annotations (exit-code, reason, message).
+    "pod/chaos/pod-container-running-failed.yaml",
+)
+
+START_TIMEOUT_SECONDS = 180
+
+
+class ClusterError(RuntimeError):
+    """The local cluster could not be started, reached or stopped."""
+
+
+@dataclass(frozen=True)
+class LocalCluster:
+    """One named kwokctl cluster whose state lives under ``state_dir`` (never in ~/.kwok)."""
+
+    name: str
+    state_dir: Path
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "kubeconfig"
+
+    @property
+    def workdir(self) -> Path:
+        return self.state_dir / "kwok"
+
+    @property
+    def cluster_dir(self) -> Path:
+        return self.workdir / "clusters" / self.name
+
+    def kwokctl(self, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
+        env = dict(os.environ, KWOK_WORKDIR=str(self.workdir), KWOK_RUNTIME="binary")
+        return subprocess.run(
+            [str(binaries.built("kwokctl")), *args, "--name", self.name],
+            env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(binaries.kubectl()), "--kubeconfig", str(self.kubeconfig), *args],
+            input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
+        )
+
+    def kubectl_ok(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        result = self.kubectl(*args, stdin=stdin, timeout=timeout)
+        if result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+    def is_running(self) -> bool:
+        return self.kubeconfig.exists() and self.kubectl("get", "--raw", "/readyz", timeout=10).returncode == 0
+
+    def up(self, profile: ClusterProfile) -> None:
+        """Start the cluster (replacing any earlier one of the same name) and register the profile's nodes."""
+        missing = binaries.missing()
+        if missing:
+            raise ClusterError(f"binaries not built yet: {', '.join(missing)}; run hack/build-bins.sh first")
+        self.down()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config = self.state_dir / "kwok.yaml"
+        config.write_text(self._config())
+        result = self.kwokctl(
+            "create", "cluster",
+            "--config", str(config),
+            "--kubeconfig", str(self.kubeconfig),
+            "--etcd-binary", str(binaries.built("etcd")),
+            "--kube-apiserver-binary", str(binaries.built("kube-apiserver")),
+            "--kube-controller-manager-binary", str(binaries.built("kube-controller-manager")),
+            "--kube-scheduler-binary", str(binaries.built("kube-scheduler")),
+            "--kwok-controller-binary", str(binaries.built("kwok")),
+            "--kube-authorization=true",
+            # No default route in a sandbox: the apiserver cannot pick an address on its own.
+            "--extra-args", "kube-apiserver=advertise-address=127.0.0.1",
+            "--wait", f"{START_TIMEOUT_SECONDS}s",
+            timeout=START_TIMEOUT_SECONDS + 60,
+        )
+        if result.returncode != 0:
+            raise ClusterError(f"kwokctl create cluster failed:\n{result.stdout}\n{result.stderr}")
+        # ServiceAccount admission rejects pods until the controller-manager has made the default account.
+        self._wait_for("default ServiceAccount", lambda: self.kubectl("get", "sa", "default").returncode == 0)
+        self.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(profile.node_manifests()))
+        expected = {node["metadata"]["name"] for node in profile.node_manifests()}
+        self._wait_for(f"{len(expected)} Ready nodes", lambda: expected <= self.ready_nodes())
+
+    def down(self) -> None:
+        """Stop the cluster and every process it started; a no-op when none is there."""
+        if self.cluster_dir.exists():
+            self.kwokctl("delete", "cluster", timeout=120)
+        self._kill_leftover_pids()
+        self.kubeconfig.unlink(missing_ok=True)
+
+    def ready_nodes(self) -> set[str]:
+        result = self.kubectl("get", "nodes", "-o", "json")
+        if result.returncode != 0:
+            return set()
+        ready = set()
+        for node in json.loads(result.stdout)["items"]:
+            conditions = {c["type"]: c["status"] for c in node["status"].get("conditions", [])}
+            if conditions.get("Ready") == "True":
+                ready.add(node["metadata"]["name"])
+        return ready
+
+    def _config(self) -> str:
+        options = {
+            "kind": "KwokctlConfiguration",
+            "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+            # kwokctl binds 0.0.0.0 unless told otherwise, and has no flag for it.
+            "options": {"runtime": "binary", "bindAddress": "127.0.0.1"},
+        }
+        stages = [binaries.kwok_stages_dir().joinpath(path).read_text() for path in DEFAULT_STAGES]
+        return "---\n".join([yaml.safe_dump(options), *stages])
+
+    def _kill_leftover_pids(self) -> None:
+        # kwokctl records each component's pid; a crashed run can leave them behind. Kill by recorded pid,
+        # never by process name, so another checkout's cluster is left alone; and only a process whose
+        # command line names this cluster's folder, since a pid may have been reused since.
+        if not self.cluster_dir.exists():
+            return
+        for pid_file in self.cluster_dir.glob("pids/*.pid"):
+            try:
+                pid = int(pid_file.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except (ValueError, OSError):
+                continue
+            if str(self.cluster_dir) in cmdline:
+                os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(self.cluster_dir)
+
+    @staticmethod
+    def _wait_for(what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT_SECONDS) -> None:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(0.5)

@@ -1,0 +1,145 @@
+"""Cluster profiles (data files in profiles/) and the Node objects they describe."""
+
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from kubetune.catalog import gpus
+
+GPU_RESOURCE = "nvidia.com/gpu"
+PODS_PER_NODE = "110"
+
+
+class Resources(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu: str
+    memory: str
+
+
+class PoolGpus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    count: int = Field(gt=0)
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        gpus.by_id(value)
+        return value
+
+    @property
+    def gpu_type(self) -> gpus.GpuType:
+        return gpus.by_id(self.type)
+
+
+class Pool(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    count: int = Field(gt=0)
+    instance_type: str
+    gpu: PoolGpus | None = None
+    capacity: Resources
+    allocatable: Resources
+
+
+class ClusterProfile(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    driver_version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")
+    cuda_version: str = Field(pattern=r"^\d+\.\d+$")
+    pools: tuple[Pool, ...] = Field(min_length=1)
+
+    def node_manifests(self) -> list[dict[str, Any]]:
+        return [self._node(pool, index) for pool in self.pools for index in range(pool.count)]
+
+    def _node(self, pool: Pool, index: int) -> dict[str, Any]:
+        name = f"{pool.name}-{index}"
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "node.kubernetes.io/instance-type": pool.instance_type,
+            "type": "kwok",
+        }
+        capacity: dict[str, str] = {**pool.capacity.model_dump(), "pods": PODS_PER_NODE}
+        allocatable: dict[str, str] = {**pool.allocatable.model_dump(), "pods": PODS_PER_NODE}
+        if pool.gpu is not None:
+            labels |= self._gfd_labels(pool, pool.gpu)
+            capacity[GPU_RESOURCE] = allocatable[GPU_RESOURCE] = str(pool.gpu.count)
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": {},
+            "status": {
+                "capacity": capacity,
+                "allocatable": allocatable,
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                },
+            },
+        }
+
+    def _gfd_labels(self, pool: Pool, pool_gpus: PoolGpus) -> dict[str, str]:
+        gpu = pool_gpus.gpu_type
+        driver = self.driver_version.split(".")
+        cuda_major, cuda_minor = self.cuda_version.split(".")
+        return {
+            # Set by the GPU Operator from NFD's PCI vendor label, not by GFD.
+            "nvidia.com/gpu.present": "true",
+            "nvidia.com/gpu.product": gpu.gfd_products[0],
+            "nvidia.com/gpu.memory": str(gpu.memory_mib),
+            "nvidia.com/gpu.count": str(pool_gpus.count),
+            "nvidia.com/gpu.family": gpu.gfd_family,
+            "nvidia.com/gpu.compute.major": str(gpu.compute_major),
+            "nvidia.com/gpu.compute.minor": str(gpu.compute_minor),
+            "nvidia.com/gpu.machine": pool.instance_type,
+            "nvidia.com/gpu.mode": "compute",
+            "nvidia.com/gpu.replicas": "1",
+            "nvidia.com/gpu.sharing-strategy": "none",
+            "nvidia.com/mig.capable": str(gpu.mig_capable).lower(),
+            # The GPU Operator's default, so it appears even on GPUs without MIG.
+            "nvidia.com/mig.strategy": "single",
+            "nvidia.com/mps.capable": "false",
+            "nvidia.com/vgpu.present": "false",
+            "nvidia.com/cuda.driver-version.major": driver[0],
+            "nvidia.com/cuda.driver-version.minor": driver[1],
+            "nvidia.com/cuda.driver-version.revision": driver[2] if len(driver) > 2 else "",
+            "nvidia.com/cuda.driver-version.full": self.driver_version,
+            "nvidia.com/cuda.runtime-version.major": cuda_major,
+            "nvidia.com/cuda.runtime-version.minor": cuda_minor,
+            "nvidia.com/cuda.runtime-version.full": self.cuda_version,
+        }
+
+
+def builtin_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("kubetune.devcluster.profiles").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load(name_or_path: str) -> ClusterProfile:
+    """A built-in profile by name, or a profile file by path."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.exists():
+        text = path.read_text()
+    elif name_or_path in builtin_names():
+        text = resources.files("kubetune.devcluster.profiles").joinpath(f"{name_or_path}.yaml").read_text()
+    else:
+        raise FileNotFoundError(
+            f"no cluster profile '{name_or_path}': give a .yaml path or one of {', '.join(builtin_names())}"
+        )
+    return ClusterProfile.model_validate(yaml.safe_load(text))
