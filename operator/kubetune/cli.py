@@ -2,6 +2,7 @@
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -11,11 +12,12 @@ from rich.table import Table
 from kubetune.devcluster import profile as profiles
 from kubetune.devcluster.cluster import ClusterError, LocalCluster
 
-app = typer.Typer(no_args_is_help=True, help="Plan and run distributed LLM fine-tuning on Kubernetes.")
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Plan and run distributed LLM fine-tuning on Kubernetes.")
 dev_cluster = typer.Typer(no_args_is_help=True, help="A local control plane with simulated GPU nodes (kwok).")
 app.add_typer(dev_cluster, name="dev-cluster")
 
-console = Console()
+# Piped output (CI logs, `| less`) would otherwise wrap the node table at 80 columns.
+console = Console(width=None if sys.stdout.isatty() else 160)
 
 
 def _state_root() -> Path:

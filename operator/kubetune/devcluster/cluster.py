@@ -96,8 +96,11 @@ class LocalCluster:
             "--kube-scheduler-binary", str(binaries.built("kube-scheduler")),
             "--kwok-controller-binary", str(binaries.built("kwok")),
             "--kube-authorization=true",
-            # No default route in a sandbox: the apiserver cannot pick an address on its own.
+            # Advertise loopback (a sandbox may have no default route to pick an address from); the
+            # endpoint reconciler refuses loopback addresses, and nothing here needs the in-cluster
+            # `kubernetes` Service endpoints, so it is turned off.
             "--extra-args", "kube-apiserver=advertise-address=127.0.0.1",
+            "--extra-args", "kube-apiserver=endpoint-reconciler-type=none",
             "--wait", f"{START_TIMEOUT_SECONDS}s",
             timeout=START_TIMEOUT_SECONDS + 60,
         )
@@ -143,6 +146,7 @@ class LocalCluster:
         # command line names this cluster's folder, since a pid may have been reused since.
         if not self.cluster_dir.exists():
             return
+        killed: list[int] = []
         for pid_file in self.cluster_dir.glob("pids/*.pid"):
             try:
                 pid = int(pid_file.read_text().strip())
@@ -151,6 +155,9 @@ class LocalCluster:
                 continue
             if str(self.cluster_dir) in cmdline:
                 os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+        # SIGKILL is delivered asynchronously; return only once the processes (and their ports) are gone.
+        self._wait_for("killed processes to exit", lambda: not any(_alive(pid) for pid in killed), timeout=30)
         shutil.rmtree(self.cluster_dir)
 
     @staticmethod
@@ -160,3 +167,12 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.5)
+
+
+def _alive(pid: int) -> bool:
+    """True while the process exists and is not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
