@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for kubetune's demo and tests; idempotent, so a warm machine passes in seconds.
 # Installs the Python package with its test tools into .venv and builds the local control plane's
-# binaries into ~/.cache/kubetune (cold: 20-40 minutes on 2 cores; warm: seconds).
+# binaries into ~/.cache/kubetune (cold: about 13 minutes on 2 cores; warm: seconds).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -28,7 +28,7 @@ def kwok_stages_dir() -> Path:
 def built(name: str) -> Path:
     path = bin_dir() / name
     if not os.access(path, os.X_OK):
-        raise MissingBinaryError(f"{path} is missing: run hack/build-bins.sh (a cold build takes 20-40 minutes)")
+        raise MissingBinaryError(f"{path} is missing: run hack/build-bins.sh (a cold build takes about 13 minutes)")
     return path
 
 

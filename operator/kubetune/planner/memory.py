@@ -1,0 +1,103 @@
+"""Per-GPU peak memory: fixed overhead + model states + the largest of the forward-end, backward-end and
+optimizer-step phases, with a breakdown of every term."""
+
+from enum import StrEnum
+from functools import cache
+from importlib import resources
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+
+from kubetune.planner import activations
+from kubetune.planner.architecture import Architecture
+from kubetune.planner.model_states import model_states
+from kubetune.planner.settings import TrainingSettings
+
+
+class Coefficients(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cuda_context_bytes: int
+    nccl_bytes: int
+    allocator_fragmentation: float
+    zero3_persistence_threshold: int
+
+
+@cache
+def coefficients() -> Coefficients:
+    text = resources.files("kubetune.planner").joinpath("coefficients.yaml").read_text()
+    return Coefficients.model_validate(yaml.safe_load(text))
+
+
+class Phase(StrEnum):
+    BACKWARD_START = "backward_start"  # all activations and the logits alive, loss backward starting
+    BACKWARD_END = "backward_end"  # activations freed, all gradients produced
+    OPTIMIZER_STEP = "optimizer_step"  # the fp32 gradient partition and the optimizer update
+
+
+class MemoryBreakdown(BaseModel):
+    """Bytes on one GPU at its peak phase; `total` is what must fit."""
+
+    model_config = ConfigDict(frozen=True)
+
+    weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits: int
+    buffers: int
+    overhead: int
+    allocator_margin: int
+    total: int
+    peak_phase: Phase
+    phase_totals: dict[Phase, int]
+    cpu_bytes_per_node: int
+
+
+def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """Saved activations at the start of backward (logits excluded)."""
+    per_layer = activations.layer(arch, settings).total
+    outside = activations.outside_layers(arch, settings).total
+    if settings.gradient_checkpointing:
+        # Every layer keeps its input; backward recomputes one layer at a time, which then holds its full set.
+        return arch.num_layers * activations.checkpointed_layer(arch, settings) + per_layer + outside
+    first = activations.first_layer(arch, settings).total
+    return first + (arch.num_layers - 1) * per_layer + outside
+
+
+def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
+    coeff = coefficients()
+    states = model_states(arch, settings, coeff.zero3_persistence_threshold)
+    acts = activation_bytes(arch, settings)
+    logits = activations.logits_peak(arch, settings)
+    overhead = coeff.cuda_context_bytes + (coeff.nccl_bytes if settings.num_gpus > 1 else 0)
+    fixed = states.weights + states.optimizer_states + states.buffers
+
+    grads = {
+        Phase.BACKWARD_START: states.gradients_persistent,
+        Phase.BACKWARD_END: states.gradients_persistent + states.gradients_backward,
+        Phase.OPTIMIZER_STEP: states.gradients_persistent + states.gradients_backward + states.gradients_step,
+    }
+    dynamic = {
+        Phase.BACKWARD_START: acts + logits,
+        Phase.BACKWARD_END: 0,
+        Phase.OPTIMIZER_STEP: 0,
+    }
+    margin = {phase: int(coeff.allocator_fragmentation * (dynamic[phase] + states.buffers)) for phase in Phase}
+    totals = {phase: fixed + grads[phase] + dynamic[phase] + margin[phase] + overhead for phase in Phase}
+    peak = max(totals, key=totals.__getitem__)
+    at_peak = peak is Phase.BACKWARD_START
+    return MemoryBreakdown(
+        weights=states.weights,
+        gradients=grads[peak],
+        optimizer_states=states.optimizer_states,
+        activations=acts if at_peak else 0,
+        logits=logits if at_peak else 0,
+        buffers=states.buffers,
+        overhead=overhead,
+        allocator_margin=margin[peak],
+        total=totals[peak],
+        peak_phase=peak,
+        phase_totals=totals,
+        cpu_bytes_per_node=states.cpu_per_gpu * min(settings.num_gpus, settings.gpus_per_node),
+    )

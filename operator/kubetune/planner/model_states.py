@@ -1,0 +1,114 @@
+"""Weights, gradients, optimizer states and DeepSpeed's own buffers on one GPU, per ZeRO stage and offload.
+
+DeepSpeed's published rules (`estimate_zero2_model_states_mem_needs`, `estimate_zero3_model_states_mem_needs`)
+count 2 bytes of 16-bit weights per parameter plus 18 bytes per parameter over the data-parallel size (16-bit
+and fp32 gradients, fp32 master weights, two Adam moments). This module splits those 18 bytes by what holds
+them and when, adds what the estimators leave out (stage 0 and 1, LoRA's frozen weights, buckets, gathered
+ZeRO-3 layers, the offload gradient buffer) and keeps trainable and frozen parameters apart.
+"""
+
+from dataclasses import dataclass
+
+from kubetune.planner.architecture import Architecture
+from kubetune.planner.settings import Method, Offload, Precision, TrainingSettings, ZeroStage
+
+FP32 = 4
+
+
+def trainable_params(arch: Architecture, settings: TrainingSettings) -> int:
+    if settings.method is Method.FULL:
+        return arch.total_params()
+    modules = arch.lora_modules(settings.lora.target_modules)
+    per_layer = sum(settings.lora.rank * (d_in + d_out) for d_in, d_out in modules.values())
+    return per_layer * arch.num_layers
+
+
+def persistent_params(arch: Architecture, threshold: int) -> int:
+    """Parameters ZeRO-3 leaves whole on every GPU because they are small (norm weights, biases)."""
+    small = arch.norms_per_layer * arch.norm_params() if arch.norm_params() < threshold else 0
+    return small * arch.num_layers + (arch.norm_params() if arch.norm_params() < threshold else 0)
+
+
+@dataclass(frozen=True)
+class ModelStates:
+    """Bytes on one GPU. `gradients_*` differ by phase: DeepSpeed allocates some only in backward or at step."""
+
+    weights: int
+    optimizer_states: int
+    gradients_persistent: int  # held from before the forward pass to the end of the step
+    gradients_backward: int  # what backward adds by its end (16-bit grads not yet reduced away)
+    gradients_step: int  # what the optimizer step adds (the fp32 gradient partition)
+    buffers: int  # communication buckets, gathered ZeRO-3 parameters, offload staging
+    cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
+
+
+def model_states(arch: Architecture, settings: TrainingSettings, persistence_threshold: int) -> ModelStates:
+    total = arch.total_params()
+    trainable = trainable_params(arch, settings)
+    n = settings.num_gpus
+    stage = settings.zero_stage
+    mixed = settings.precision is not Precision.FP32
+    w = settings.precision.bytes
+    # fp32 master weights live with the optimizer states when training in 16 bits.
+    optimizer_per_param = settings.optimizer.state_bytes + (FP32 if mixed else 0)
+    offload_optimizer = settings.offload is not Offload.NONE
+    offload_params = settings.offload is Offload.ALL
+
+    if stage is ZeroStage.PARAMETERS:
+        persistent = persistent_params(arch, persistence_threshold)
+        weights = persistent * w if offload_params else (total - persistent) * w // n + persistent * w
+    else:
+        weights = total * w
+
+    optimizer = 0 if offload_optimizer else optimizer_per_param * trainable
+    if stage is not ZeroStage.DISABLED or (mixed and settings.precision is Precision.BF16):
+        # ZeRO partitions the optimizer; so does DeepSpeed's BF16_Optimizer even at stage 0.
+        optimizer //= n
+
+    fp32_step = FP32 * trainable // n if mixed and not offload_optimizer else 0
+    match stage:
+        case ZeroStage.DISABLED if settings.precision is Precision.BF16:
+            # BF16_Optimizer: a full fp32 accumulation buffer, plus 16-bit .grad tensors during backward.
+            persistent_grads, backward_grads, step_grads = FP32 * trainable, w * trainable, 0
+        case ZeroStage.DISABLED:
+            persistent_grads, backward_grads, step_grads = 0, w * trainable, 0
+        case ZeroStage.OPTIMIZER:
+            # Full 16-bit gradients until the accumulation boundary, reduced into the fp32 partition at step.
+            persistent_grads = w * trainable if settings.gradient_accumulation > 1 else 0
+            backward_grads = 0 if persistent_grads else w * trainable
+            step_grads = fp32_step
+        case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS:
+            # The gradient partition is allocated at the start of backward and kept (contiguous_gradients).
+            persistent_grads, backward_grads, step_grads = w * trainable // n, 0, fp32_step
+
+    buffers = _buffers(arch, settings, trainable)
+    cpu = 0
+    if offload_optimizer:
+        # Offloaded partition: fp32 master, optimizer moments and fp32 gradients, in pinned host memory.
+        cpu += (optimizer_per_param + FP32) * trainable // n
+    if offload_params:
+        cpu += w * total // n
+    return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, buffers, cpu)
+
+
+def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> int:
+    stage = settings.zero_stage
+    w = settings.precision.bytes
+    buckets = settings.buckets
+    if stage is ZeroStage.DISABLED:
+        reduce = 0
+    else:
+        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on. kubetune's
+        # generated ds_config never makes it larger than the trainable parameters.
+        reduce = min(buckets.reduce_bucket_elements, trainable) * w * (2 if buckets.overlaps(stage) else 1)
+    buffers = reduce
+    if stage is ZeroStage.PARAMETERS:
+        # Parameters gathered for the module in flight plus the prefetch window; the embedding (or head)
+        # must be gathered whole when it runs.
+        largest_module = max(arch.layer_params(), arch.embedding_params())
+        gathered = min(largest_module + buckets.prefetch_bucket_elements, buckets.max_live_parameters)
+        buffers += max(gathered, largest_module) * w
+    elif settings.offload is Offload.OPTIMIZER:
+        # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
+        buffers += arch.largest_param_numel() * w if settings.method is Method.FULL else 0
+    return buffers

@@ -1,0 +1,120 @@
+"""The training settings a memory estimate is made for: one candidate configuration."""
+
+from enum import IntEnum, StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Precision(StrEnum):
+    BF16 = "bf16"  # DeepSpeed bf16: 16-bit weights and activations, fp32 master weights in the optimizer
+    FP16 = "fp16"  # as bf16, with loss scaling
+    FP32 = "fp32"
+
+    @property
+    def bytes(self) -> int:
+        return 4 if self is Precision.FP32 else 2
+
+
+class Optimizer(StrEnum):
+    ADAMW = "adamw"  # two fp32 moments
+    SGD = "sgd"  # SGD with momentum: one fp32 momentum
+
+    @property
+    def state_bytes(self) -> int:
+        return 8 if self is Optimizer.ADAMW else 4
+
+
+class Method(StrEnum):
+    FULL = "full"
+    LORA = "lora"
+
+
+class Attention(StrEnum):
+    EAGER = "eager"
+    SDPA = "sdpa"
+    FLASH_ATTENTION_2 = "flash_attention_2"
+
+    @property
+    def min_compute_capability(self) -> tuple[int, int]:
+        # FlashAttention-2 kernels exist for Ampere (8.0) and newer only; V100 (7.0) and T4 (7.5) cannot run it.
+        return (8, 0) if self is Attention.FLASH_ATTENTION_2 else (0, 0)
+
+
+class ZeroStage(IntEnum):
+    DISABLED = 0
+    OPTIMIZER = 1
+    GRADIENTS = 2
+    PARAMETERS = 3
+
+
+class Offload(StrEnum):
+    NONE = "none"
+    OPTIMIZER = "optimizer"  # optimizer states (and the fp32 master) on the CPU
+    ALL = "all"  # optimizer and parameters on the CPU: ZeRO-3 only
+
+
+# PEFT's usual LoRA targets for the decoder families we support.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+class Lora(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    rank: int = Field(default=16, gt=0, le=1024)
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    # DeepSpeed casts the whole module, adapters included, to the training dtype; PEFT on its own keeps
+    # adapters in fp32, and each adapted layer then saves its own fp32 copy of its input.
+    adapters_fp32: bool = False
+
+
+class Buckets(BaseModel):
+    """DeepSpeed ZeRO bucket settings, in elements as DeepSpeed counts them (defaults are DeepSpeed's)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    reduce_bucket_elements: int = Field(default=500_000_000, gt=0)
+    allgather_bucket_elements: int = Field(default=500_000_000, gt=0)
+    prefetch_bucket_elements: int = Field(default=50_000_000, ge=0)
+    max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    overlap_comm: bool | None = None  # None: DeepSpeed's default, on for ZeRO-3 only
+
+    def overlaps(self, stage: ZeroStage) -> bool:
+        return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
+
+
+class TrainingSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq_len: int = Field(gt=0)
+    micro_batch: int = Field(default=1, gt=0)
+    gradient_accumulation: int = Field(default=1, gt=0)
+    precision: Precision = Precision.BF16
+    optimizer: Optimizer = Optimizer.ADAMW
+    method: Method = Method.LORA
+    lora: Lora = Lora()
+    gradient_checkpointing: bool = False
+    attention: Attention = Attention.SDPA
+    zero_stage: ZeroStage = ZeroStage.GRADIENTS
+    offload: Offload = Offload.NONE
+    buckets: Buckets = Buckets()
+    num_gpus: int = Field(default=1, gt=0)
+    gpus_per_node: int = Field(default=1, gt=0)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainingSettings":
+        if self.offload is Offload.ALL and self.zero_stage is not ZeroStage.PARAMETERS:
+            raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
+        if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:
+            raise ValueError("`offload` needs `zero_stage` 1 or higher")
+        if self.num_gpus % self.gpus_per_node and self.num_gpus > self.gpus_per_node:
+            raise ValueError("`num_gpus` must be a multiple of `gpus_per_node` across nodes")
+        return self
+
+    @property
+    def num_nodes(self) -> int:
+        return max(1, -(-self.num_gpus // self.gpus_per_node))
+
+    @property
+    def tokens_per_micro_batch(self) -> int:
+        return self.seq_len * self.micro_batch

@@ -1,0 +1,130 @@
+"""The memory model against what real training steps hold, measured on the CPU.
+
+Tiny random-weight Hugging Face models are built from configs of several families. Saved activations are the
+unique storages autograd keeps for backward (saved-tensor hooks; parameters excluded); a layer's share is the
+difference between a 4-layer and a 2-layer model, halved, so it is measured apart from the embedding, the
+final norm and the loss. Parameters, gradients and optimizer states are read after a real AdamW step.
+Every component must match within TOLERANCE. Falcon and Phi-3 are left out: their fused projections keep
+views of whole fused outputs, which the model does not describe yet.
+"""
+
+from dataclasses import dataclass
+
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from kubetune.memprobe import probes, tiny_models  # noqa: E402
+from kubetune.planner import activations, memory  # noqa: E402
+from kubetune.planner.model_states import model_states  # noqa: E402
+from kubetune.planner.settings import Lora, TrainingSettings  # noqa: E402
+
+TOLERANCE = 0.02
+SEQ_LEN, MICRO_BATCH = 128, 2
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "mixtral")
+
+
+@dataclass(frozen=True)
+class Measured:
+    per_layer: float
+    two_layer_total: int
+
+
+def measure(model_type: str, settings: TrainingSettings) -> tuple[Measured, object]:
+    totals = {}
+    for layers in (2, 4):
+        dtype = torch.float32 if settings.precision == "fp32" else torch.bfloat16
+        model, arch = tiny_models.build(tiny_models.tiny_config(model_type, layers), settings.attention.value, dtype)
+        if settings.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        if settings.method == "lora":
+            lora = settings.lora
+            config = peft.LoraConfig(r=lora.rank, target_modules=list(arch.lora_modules(lora.target_modules)),
+                                     lora_dropout=lora.dropout)
+            model = peft.get_peft_model(model, config, autocast_adapter_dtype=lora.adapters_fp32)
+        ids = torch.randint(0, arch.vocab_size, (MICRO_BATCH, SEQ_LEN))
+        totals[layers] = probes.saved_for_backward(model, ids).total
+    return Measured((totals[4] - totals[2]) / 2, totals[2]), arch
+
+
+def predicted_two_layer_total(arch, settings: TrainingSettings) -> int:
+    if settings.gradient_checkpointing:
+        layers = 2 * activations.checkpointed_layer(arch, settings)
+    else:
+        layers = activations.first_layer(arch, settings, "cpu").total + activations.layer(arch, settings, "cpu").total
+    return layers + activations.outside_layers(arch, settings).total + activations.logits_saved(arch, settings)
+
+
+def settings_for(**kwargs) -> TrainingSettings:
+    return TrainingSettings(seq_len=SEQ_LEN, micro_batch=MICRO_BATCH, zero_stage=0, **kwargs)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_saved_activations_match_per_family(model_type: str, attention: str, method: str) -> None:
+    settings = settings_for(attention=attention, method=method)
+    measured, arch = measure(model_type, settings)
+    assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
+    assert predicted_two_layer_total(arch, settings) == pytest.approx(measured.two_layer_total, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    "lora",
+    [
+        Lora(adapters_fp32=True),
+        Lora(dropout=0.05),
+        Lora(dropout=0.05, adapters_fp32=True),
+        Lora(target_modules=("q_proj", "v_proj")),
+        Lora(target_modules=("q_proj", "v_proj"), dropout=0.1),
+        Lora(rank=64),
+    ],
+    ids=["fp32-adapters", "dropout", "dropout-fp32-adapters", "q-v-only", "q-v-dropout", "rank-64"],
+)
+def test_lora_dtype_targets_and_dropout_change_saved_activations(lora: Lora) -> None:
+    settings = settings_for(method="lora", lora=lora)
+    measured, arch = measure("llama", settings)
+    assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
+    assert predicted_two_layer_total(arch, settings) == pytest.approx(measured.two_layer_total, rel=TOLERANCE)
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_gradient_checkpointing_keeps_only_layer_inputs(method: str, precision: str) -> None:
+    settings = settings_for(method=method, precision=precision, gradient_checkpointing=True)
+    measured, arch = measure("qwen2", settings)
+    assert activations.checkpointed_layer(arch, settings) == pytest.approx(measured.per_layer, rel=TOLERANCE)
+    assert predicted_two_layer_total(arch, settings) == pytest.approx(measured.two_layer_total, rel=TOLERANCE)
+
+
+def test_fp32_training_activations_match() -> None:
+    settings = settings_for(method="full", precision="fp32")
+    measured, arch = measure("llama", settings)
+    assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
+
+
+def test_lora_saves_more_than_full_fine_tuning_with_fp32_adapters() -> None:
+    """The survey's surprise, reproduced: LoRA's saving is in model states, not in activations."""
+    full, _ = measure("llama", settings_for(method="full"))
+    lora, _ = measure("llama", settings_for(method="lora", lora=Lora(adapters_fp32=True)))
+    assert lora.per_layer > 1.4 * full.per_layer
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: str, method: str) -> None:
+    # fp32 without DeepSpeed holds exactly what torch's AdamW holds: the model's ZeRO-0 fp32 case.
+    settings = settings_for(method=method, precision="fp32")
+    model, arch = tiny_models.build(tiny_models.tiny_config(model_type, 2), "sdpa", torch.float32)
+    if method == "lora":
+        config = peft.LoraConfig(r=16, target_modules=list(arch.lora_modules(settings.lora.target_modules)))
+        model = peft.get_peft_model(model, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False)
+    measured = probes.train_step_states(model, torch.randint(0, arch.vocab_size, (1, 32)), optimizer)
+    states = model_states(arch, settings, memory.coefficients().zero3_persistence_threshold)
+    lora_params = measured.trainable_params if method == "lora" else 0
+    assert states.weights + 4 * lora_params == measured.weights
+    assert states.gradients_persistent + states.gradients_backward == measured.gradients
+    assert states.optimizer_states == measured.optimizer_states

@@ -1,0 +1,61 @@
+"""Architectures parsed from Hugging Face configs count the parameters their model cards publish."""
+
+import json
+
+import pytest
+
+from kubetune.planner import architecture
+
+# Parameter counts as published on each model's card or Hub safetensors metadata.
+PUBLISHED_PARAMS = {
+    "meta-llama/Llama-2-7b-hf": 6.738e9,
+    "meta-llama/Llama-2-70b-hf": 68.977e9,
+    "meta-llama/Llama-3.2-1B": 1.236e9,
+    "meta-llama/Llama-3.1-8B": 8.030e9,
+    "meta-llama/Llama-3.1-405B": 405.85e9,
+    "mistralai/Mistral-7B-v0.1": 7.242e9,
+    "mistralai/Mixtral-8x7B-v0.1": 46.703e9,
+    "Qwen/Qwen2.5-0.5B": 0.494e9,
+    "Qwen/Qwen2.5-7B": 7.616e9,
+    "Qwen/Qwen2.5-72B": 72.706e9,
+    "Qwen/Qwen3-8B": 8.191e9,
+    "google/gemma-7b": 8.538e9,
+    "microsoft/Phi-3-mini-4k-instruct": 3.821e9,
+    "tiiuae/falcon-40b": 41.84e9,
+    "tiiuae/falcon-180B": 179.52e9,
+}
+
+
+@pytest.mark.parametrize(("name", "published"), PUBLISHED_PARAMS.items())
+def test_parameter_count_matches_the_published_one(name: str, published: float) -> None:
+    assert architecture.load(name).total_params() == pytest.approx(published, rel=1e-3)
+
+
+def test_short_name_and_config_path_both_load(tmp_path) -> None:
+    config = architecture.catalog()["Qwen/Qwen2.5-7B"] | {"architectures": ["Qwen2ForCausalLM"], "rope_theta": 1e6}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from_path = architecture.load(str(tmp_path))
+    assert from_path.total_params() == architecture.load("qwen2.5-7b").total_params()
+    assert from_path.qkv_bias
+
+
+def test_gqa_and_tied_embeddings_are_read() -> None:
+    llama = architecture.load("Llama-3.2-1B")
+    assert (llama.num_kv_heads, llama.head_dim, llama.tie_word_embeddings) == (8, 64, True)
+    assert llama.lm_head_params() == 0
+
+
+def test_mixtral_counts_every_expert() -> None:
+    mixtral = architecture.load("Mixtral-8x7B-v0.1")
+    assert mixtral.num_experts == 8 and mixtral.experts_per_token == 2
+    assert mixtral.mlp_params() == 8 * 3 * 4096 * 14336 + 4096 * 8
+
+
+def test_unknown_model_lists_the_catalog() -> None:
+    with pytest.raises(architecture.UnknownModelError, match="Llama-3.1-8B"):
+        architecture.load("gpt-5")
+
+
+def test_unsupported_model_type_is_a_clear_error() -> None:
+    with pytest.raises(architecture.UnsupportedArchitectureError, match="'bert'.*llama"):
+        architecture.from_hf_config({"model_type": "bert"})
