@@ -6,11 +6,15 @@ import sys
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.catalog import gpus
 from kubetune.devcluster import profile as profiles
 from kubetune.devcluster.cluster import ClusterError, LocalCluster
+from kubetune.planner import architecture, report, search
+from kubetune.planner.settings import ALL_LINEAR, Attention, Lora, Method, Offload, Optimizer, Precision, ZeroStage
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Plan and run distributed LLM fine-tuning on Kubernetes.")
 dev_cluster = typer.Typer(no_args_is_help=True, help="A local control plane with simulated GPU nodes (kwok).")
@@ -18,6 +22,83 @@ app.add_typer(dev_cluster, name="dev-cluster")
 
 # Piped output (CI logs, `| less`) would otherwise wrap the node table at 80 columns.
 console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _gpu_types(names: list[str]) -> list[gpus.GpuType]:
+    if any(name.lower() == "all" for name in names):
+        return list(gpus.catalog())
+    found = []
+    for name in names:
+        try:
+            found.append(gpus.by_id(name))
+        except gpus.UnknownGpuError:
+            found.append(gpus.by_gfd_product(name))
+    return found
+
+
+def _on_off(value: str | None, option: str) -> bool | None:
+    if value is None:
+        return None
+    if value not in ("on", "off"):
+        raise typer.BadParameter(f"must be 'on' or 'off', not '{value}'", param_hint=option)
+    return value == "on"
+
+
+@app.command("plan")
+def plan_command(
+    model: str = typer.Option(..., help="A catalog model name or a path to a config.json (or its folder)."),
+    gpu: list[str] = typer.Option(..., help="GPU type (catalog id or GFD product label); repeat it, or 'all'."),
+    seq_len: int = typer.Option(..., min=1, help="Sequence length in tokens."),
+    gpus_count: int | None = typer.Option(None, "--gpus", min=1, help="Total GPUs (pinned)."),
+    nodes: int | None = typer.Option(None, min=1, help="Nodes (pinned); without it, up to --max-nodes."),
+    gpus_per_node: int = typer.Option(8, min=1, help="GPUs per node."),
+    max_nodes: int = typer.Option(4, min=1, help="Most nodes the planner may use when --nodes is not given."),
+    global_batch: int = typer.Option(32, min=1, help="Sequences per optimizer step."),
+    micro_batch: int | None = typer.Option(None, min=1, help="Sequences per GPU per micro-step (pinned)."),
+    method: Method | None = typer.Option(None, help="full or lora (pinned)."),
+    lora_rank: int = typer.Option(16, min=1, help="LoRA rank."),
+    lora_target: list[str] = typer.Option(list(ALL_LINEAR), help="LoRA target modules; repeat it."),
+    zero_stage: int | None = typer.Option(None, min=0, max=3, help="DeepSpeed ZeRO stage (pinned)."),
+    offload: Offload | None = typer.Option(None, help="none, optimizer or all (pinned)."),
+    gradient_checkpointing: str | None = typer.Option(None, help="on or off (pinned)."),
+    attention: Attention | None = typer.Option(None, help="eager, sdpa or flash_attention_2 (pinned)."),
+    precision: Precision | None = typer.Option(None, help="bf16, fp16 or fp32 (pinned)."),
+    optimizer: Optimizer = typer.Option(Optimizer.ADAMW, help="adamw or sgd."),
+    objective: search.Objective = typer.Option(search.Objective.CHEAPEST, help="What to optimise."),
+    prices: Path | None = typer.Option(None, exists=True, help="YAML map of GPU id to USD per GPU-hour."),
+    host_memory_gib: int | None = typer.Option(None, min=1, help="Allocatable host memory per node, GiB."),
+    chart: Path | None = typer.Option(None, help="Write an SVG chart of the memory breakdown here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Predict per-GPU memory and choose a training configuration for each GPU type."""
+    try:
+        arch = architecture.load(model)
+        types = _gpu_types(gpu)
+        request = search.Request(
+            seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, method=method,
+            lora=Lora(rank=lora_rank, target_modules=tuple(lora_target)),
+            zero_stage=ZeroStage(zero_stage) if zero_stage is not None else None, offload=offload,
+            gradient_checkpointing=_on_off(gradient_checkpointing, "--gradient-checkpointing"),
+            attention=attention, precision=precision, optimizer=optimizer, num_gpus=gpus_count, num_nodes=nodes,
+            objective=objective,
+        )
+        price_table = yaml.safe_load(prices.read_text()) if prices else {}
+    except (LookupError, ValueError, OSError, yaml.YAMLError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    pools = [search.GpuPool(gpu=t, gpus_per_node=gpus_per_node, nodes=nodes or max_nodes,
+                            host_memory_bytes=host_memory_gib * 1024**3 if host_memory_gib else None,
+                            usd_per_hour=price_table.get(t.id)) for t in types]
+    result = search.plan(arch, request, pools)
+    capacities = {t.id: t.memory_bytes for t in types}
+    if as_json:
+        print(json.dumps(report.to_json(result, request, capacities), indent=2))
+    else:
+        report.print_plan(console, result, capacities)
+    if chart is not None:
+        chart.write_text(report.svg_chart(result, capacities))
+    if result.chosen is None:
+        raise typer.Exit(1)
 
 
 def _state_root() -> Path:

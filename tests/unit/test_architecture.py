@@ -28,27 +28,27 @@ PUBLISHED_PARAMS = {
 
 @pytest.mark.parametrize(("name", "published"), PUBLISHED_PARAMS.items())
 def test_parameter_count_matches_the_published_one(name: str, published: float) -> None:
-    assert architecture.load(name).total_params() == pytest.approx(published, rel=1e-3)
+    assert architecture.load(name).total_params == pytest.approx(published, rel=1e-3)
 
 
 def test_short_name_and_config_path_both_load(tmp_path) -> None:
     config = architecture.catalog()["Qwen/Qwen2.5-7B"] | {"architectures": ["Qwen2ForCausalLM"], "rope_theta": 1e6}
     (tmp_path / "config.json").write_text(json.dumps(config))
     from_path = architecture.load(str(tmp_path))
-    assert from_path.total_params() == architecture.load("qwen2.5-7b").total_params()
+    assert from_path.total_params == architecture.load("qwen2.5-7b").total_params
     assert from_path.qkv_bias
 
 
 def test_gqa_and_tied_embeddings_are_read() -> None:
     llama = architecture.load("Llama-3.2-1B")
     assert (llama.num_kv_heads, llama.head_dim, llama.tie_word_embeddings) == (8, 64, True)
-    assert llama.lm_head_params() == 0
+    assert llama.lm_head_params == 0
 
 
 def test_mixtral_counts_every_expert() -> None:
     mixtral = architecture.load("Mixtral-8x7B-v0.1")
     assert mixtral.num_experts == 8 and mixtral.experts_per_token == 2
-    assert mixtral.mlp_params() == 8 * 3 * 4096 * 14336 + 4096 * 8
+    assert mixtral.mlp_params == 8 * 3 * 4096 * 14336 + 4096 * 8
 
 
 def test_unknown_model_lists_the_catalog() -> None:

@@ -20,6 +20,14 @@ class GpuType(BaseModel):
     gfd_products: tuple[str, ...] = Field(min_length=1)
     memory_mib: int = Field(gt=0)
     compute_capability: str = Field(pattern=r"^\d+\.\d+$")
+    bf16_tflops: float | None = Field(gt=0)
+    fp16_tflops: float = Field(gt=0)
+    fp32_tflops: float = Field(gt=0)
+    memory_bandwidth_gb_per_second: float = Field(gt=0)
+    intra_node_gb_per_second: float = Field(gt=0)
+    inter_node_gb_per_second: float = Field(gt=0)
+    host_link_gb_per_second: float = Field(gt=0)
+    usd_per_hour: float = Field(gt=0)
 
     @property
     def compute_major(self) -> int:

@@ -2,7 +2,7 @@
 
 import json
 from enum import StrEnum
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -66,6 +66,7 @@ class Architecture(BaseModel):
     def is_moe(self) -> bool:
         return self.num_experts > 1
 
+    @cached_property
     def linear_shapes(self) -> dict[str, tuple[int, int]]:
         """(in_features, out_features) of each linear module in one layer (one expert for MoE), by HF name."""
         h, i = self.hidden_size, self.intermediate_size
@@ -80,13 +81,14 @@ class Architecture(BaseModel):
     def lora_modules(self, targets: tuple[str, ...]) -> dict[str, tuple[int, int]]:
         """The LoRA targets that exist as linear layers here. Transformers fuses MoE experts into 3-D
         parameters, which PEFT's module targeting does not adapt, so an MoE model adapts attention only."""
-        shapes = self.linear_shapes()
+        shapes = self.linear_shapes
         if self.is_moe:
             shapes = {name: shape for name, shape in shapes.items() if name in ("q_proj", "k_proj", "v_proj", "o_proj")}
         return {name: shapes[name] for name in targets if name in shapes}
 
+    @cached_property
     def attention_params(self) -> int:
-        shapes = self.linear_shapes()
+        shapes = self.linear_shapes
         weights = sum(a * b for name, (a, b) in shapes.items() if name in ("q_proj", "k_proj", "v_proj", "o_proj"))
         biases = 0
         if self.qkv_bias:
@@ -96,36 +98,44 @@ class Architecture(BaseModel):
         qk_norm = 2 * self.head_dim if self.qk_norm else 0
         return weights + biases + qk_norm
 
+    @cached_property
     def expert_params(self) -> int:
         """One MLP (one expert for MoE)."""
-        weights = sum(a * b for name, (a, b) in self.linear_shapes().items() if name.endswith(("gate_proj", "up_proj", "down_proj")))
+        weights = sum(a * b for name, (a, b) in self.linear_shapes.items() if name.endswith(("gate_proj", "up_proj", "down_proj")))
         biases = self.intermediate_size + self.hidden_size if self.linear_bias else 0
         return weights + biases
 
+    @cached_property
     def mlp_params(self) -> int:
         router = self.hidden_size * self.num_experts if self.is_moe else 0
-        return self.num_experts * self.expert_params() + router
+        return self.num_experts * self.expert_params + router
 
+    @cached_property
     def norm_params(self) -> int:
         return self.hidden_size * (2 if self.norm_type is NormType.LAYER else 1)
 
+    @cached_property
     def layer_params(self) -> int:
-        return self.attention_params() + self.mlp_params() + self.norms_per_layer * self.norm_params()
+        return self.attention_params + self.mlp_params + self.norms_per_layer * self.norm_params
 
+    @cached_property
     def embedding_params(self) -> int:
         return self.vocab_size * self.hidden_size
 
+    @cached_property
     def lm_head_params(self) -> int:
         """0 when tied: the head reuses the embedding matrix."""
         return 0 if self.tie_word_embeddings else self.vocab_size * self.hidden_size
 
+    @cached_property
     def total_params(self) -> int:
-        return (self.embedding_params() + self.lm_head_params() + self.num_layers * self.layer_params()
-                + self.norm_params())
+        return (self.embedding_params + self.lm_head_params + self.num_layers * self.layer_params
+                + self.norm_params)
 
+    @cached_property
     def largest_param_numel(self) -> int:
         """The largest single parameter tensor: what DeepSpeed's offload gradient buffer is sized on."""
-        return max(self.embedding_params(), *(a * b for a, b in self.linear_shapes().values()))
+        return max(self.embedding_params, *(a * b for a, b in self.linear_shapes.values()))
 
 
 # What transformers assumes when a config.json leaves `tie_word_embeddings` out, per model_type.

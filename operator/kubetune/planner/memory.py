@@ -2,7 +2,7 @@
 optimizer-step phases, with a breakdown of every term."""
 
 from enum import StrEnum
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 
 import yaml
@@ -21,6 +21,11 @@ class Coefficients(BaseModel):
     nccl_bytes: int
     allocator_fragmentation: float
     zero3_persistence_threshold: int
+    achievable_flops_fraction: float
+    comm_overlap_fraction: float
+    cpu_adam_params_per_second: float
+    optimizer_step_bytes_per_param: int
+    fit_headroom_fraction: float
 
 
 @cache
@@ -55,7 +60,22 @@ class MemoryBreakdown(BaseModel):
 
 
 def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
-    """Saved activations at the start of backward (logits excluded)."""
+    """Saved activations at the start of backward (logits excluded).
+
+    Every term is affine in the micro-batch (per-token tensors, plus per-position rotary tables), so the
+    inventory is built once per shape of the run and extrapolated: the planner asks for many micro-batches.
+    """
+    key = (settings.seq_len, settings.method, settings.lora, settings.attention, settings.precision,
+           settings.gradient_checkpointing)
+    one, two = (_activation_bytes(arch, key, b) for b in (1, 2))
+    return one + (settings.micro_batch - 1) * (two - one)
+
+
+@lru_cache(maxsize=4096)
+def _activation_bytes(arch: Architecture, key: tuple, micro_batch: int) -> int:
+    seq_len, method, lora, attention, precision, checkpointing = key
+    settings = TrainingSettings(seq_len=seq_len, micro_batch=micro_batch, method=method, lora=lora,
+                                attention=attention, precision=precision, gradient_checkpointing=checkpointing)
     per_layer = activations.layer(arch, settings).total
     outside = activations.outside_layers(arch, settings).total
     if settings.gradient_checkpointing:

@@ -8,25 +8,31 @@ ZeRO-3 layers, the offload gradient buffer) and keeps trainable and frozen param
 """
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.settings import Method, Offload, Precision, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Lora, Method, Offload, Precision, TrainingSettings, ZeroStage
 
 FP32 = 4
 
 
 def trainable_params(arch: Architecture, settings: TrainingSettings) -> int:
-    if settings.method is Method.FULL:
-        return arch.total_params()
-    modules = arch.lora_modules(settings.lora.target_modules)
-    per_layer = sum(settings.lora.rank * (d_in + d_out) for d_in, d_out in modules.values())
+    return _trainable(arch, settings.method, settings.lora)
+
+
+@lru_cache(maxsize=256)
+def _trainable(arch: Architecture, method: Method, lora: Lora) -> int:
+    if method is Method.FULL:
+        return arch.total_params
+    modules = arch.lora_modules(lora.target_modules)
+    per_layer = sum(lora.rank * (d_in + d_out) for d_in, d_out in modules.values())
     return per_layer * arch.num_layers
 
 
 def persistent_params(arch: Architecture, threshold: int) -> int:
     """Parameters ZeRO-3 leaves whole on every GPU because they are small (norm weights, biases)."""
-    small = arch.norms_per_layer * arch.norm_params() if arch.norm_params() < threshold else 0
-    return small * arch.num_layers + (arch.norm_params() if arch.norm_params() < threshold else 0)
+    small = arch.norms_per_layer * arch.norm_params if arch.norm_params < threshold else 0
+    return small * arch.num_layers + (arch.norm_params if arch.norm_params < threshold else 0)
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,7 @@ class ModelStates:
 
 
 def model_states(arch: Architecture, settings: TrainingSettings, persistence_threshold: int) -> ModelStates:
-    total = arch.total_params()
+    total = arch.total_params
     trainable = trainable_params(arch, settings)
     n = settings.num_gpus
     stage = settings.zero_stage
@@ -77,9 +83,17 @@ def model_states(arch: Architecture, settings: TrainingSettings, persistence_thr
             persistent_grads = w * trainable if settings.gradient_accumulation > 1 else 0
             backward_grads = 0 if persistent_grads else w * trainable
             step_grads = fp32_step
-        case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS:
+        case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS if offload_optimizer:
+            # Reduced gradients go straight to the host's fp32 partition, through the staging buffer.
+            persistent_grads, backward_grads, step_grads = 0, 0, 0
+        case ZeroStage.GRADIENTS:
             # The gradient partition is allocated at the start of backward and kept (contiguous_gradients).
             persistent_grads, backward_grads, step_grads = w * trainable // n, 0, fp32_step
+        case ZeroStage.PARAMETERS:
+            # As stage 2, but the fp32 gradient exists for one optimizer sub-group at a time.
+            sub_group = min(trainable // n, settings.buckets.sub_group_elements)
+            persistent_grads, backward_grads = w * trainable // n, 0
+            step_grads = FP32 * sub_group if fp32_step else 0
 
     buffers = _buffers(arch, settings, trainable)
     cpu = 0
@@ -105,10 +119,10 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     if stage is ZeroStage.PARAMETERS:
         # Parameters gathered for the module in flight plus the prefetch window; the embedding (or head)
         # must be gathered whole when it runs.
-        largest_module = max(arch.layer_params(), arch.embedding_params())
+        largest_module = max(arch.layer_params, arch.embedding_params)
         gathered = min(largest_module + buckets.prefetch_bucket_elements, buckets.max_live_parameters)
         buffers += max(gathered, largest_module) * w
     elif settings.offload is Offload.OPTIMIZER:
         # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
-        buffers += arch.largest_param_numel() * w if settings.method is Method.FULL else 0
+        buffers += arch.largest_param_numel * w if settings.method is Method.FULL else 0
     return buffers

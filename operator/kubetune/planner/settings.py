@@ -77,6 +77,8 @@ class Buckets(BaseModel):
     allgather_bucket_elements: int = Field(default=500_000_000, gt=0)
     prefetch_bucket_elements: int = Field(default=50_000_000, ge=0)
     max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    # ZeRO-3 runs the optimizer one sub-group at a time, with an fp32 gradient buffer for that sub-group.
+    sub_group_elements: int = Field(default=1_000_000_000, gt=0)
     overlap_comm: bool | None = None  # None: DeepSpeed's default, on for ZeRO-3 only
 
     def overlaps(self, stage: ZeroStage) -> bool:

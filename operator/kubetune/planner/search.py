@@ -1,0 +1,336 @@
+"""The planner: enumerate configurations per GPU type, keep those that fit, rank them by an objective and
+explain the choice. Anything the request pins is honoured; a pinned choice that cannot work says why."""
+
+from enum import StrEnum
+from itertools import product
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from kubetune.catalog.gpus import GpuType
+from kubetune.planner import memory, throughput
+from kubetune.planner.architecture import Architecture
+from kubetune.planner.memory import MemoryBreakdown
+from kubetune.planner.settings import (
+    Attention,
+    Buckets,
+    Lora,
+    Method,
+    Offload,
+    Optimizer,
+    Precision,
+    TrainingSettings,
+    ZeroStage,
+)
+from kubetune.planner.throughput import StepTime
+
+GIB = 1024**3
+# Candidates whose objective value is within this share of the best are equally good; the study's
+# preferences (below) then decide between them.
+EQUIVALENT_WITHIN = 0.02
+RUNNERS_UP = 5
+DEFAULT_BUCKETS = Buckets()
+# (stage, offload) pairs worth trying, in the order the study prefers them when they tie: ZeRO-2 is the
+# best balance of memory and runtime; ZeRO-3 and offload only when needed. ZeRO-1 with offload is left
+# out: ZeRO-2 with offload holds less and moves the same bytes.
+ZERO_CHOICES = (
+    (ZeroStage.GRADIENTS, Offload.NONE),
+    (ZeroStage.OPTIMIZER, Offload.NONE),
+    (ZeroStage.DISABLED, Offload.NONE),
+    (ZeroStage.PARAMETERS, Offload.NONE),
+    (ZeroStage.GRADIENTS, Offload.OPTIMIZER),
+    (ZeroStage.PARAMETERS, Offload.OPTIMIZER),
+    (ZeroStage.PARAMETERS, Offload.ALL),
+)
+
+
+class Objective(StrEnum):
+    CHEAPEST = "cheapest"  # lowest GPU cost per trained token
+    FASTEST = "fastest"  # most tokens per second
+    FEWEST_GPUS = "fewest-gpus"  # fewest GPUs, then cheapest
+
+
+class Request(BaseModel):
+    """What the user asked for. `None` means the planner chooses."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    seq_len: int = Field(gt=0)
+    global_batch: int = Field(default=32, gt=0)  # sequences per optimizer step
+    micro_batch: int | None = Field(default=None, gt=0)
+    method: Method | None = None
+    lora: Lora = Lora()
+    zero_stage: ZeroStage | None = None
+    offload: Offload | None = None
+    gradient_checkpointing: bool | None = None
+    attention: Attention | None = None
+    precision: Precision | None = None
+    optimizer: Optimizer = Optimizer.ADAMW
+    num_gpus: int | None = Field(default=None, gt=0)
+    num_nodes: int | None = Field(default=None, gt=0)
+    objective: Objective = Objective.CHEAPEST
+
+
+class GpuPool(BaseModel):
+    """GPUs of one type the plan may use."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    gpu: GpuType
+    gpus_per_node: int = Field(default=8, gt=0)
+    nodes: int = Field(default=1, gt=0)
+    host_memory_bytes: int | None = None  # allocatable host memory per node, when known
+    usd_per_hour: float | None = None  # overrides the catalog's price
+
+    @property
+    def price(self) -> float:
+        return self.usd_per_hour if self.usd_per_hour is not None else self.gpu.usd_per_hour
+
+
+class Candidate(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    gpu: str
+    settings: TrainingSettings
+    memory: MemoryBreakdown
+    time: StepTime
+    fits: bool
+    reasons: list[str]
+    usd_per_million_tokens: float
+
+
+class Plan(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    objective: Objective
+    chosen: Candidate | None
+    runners_up: list[tuple[Candidate, str]]
+    explanation: list[str]
+    candidates_evaluated: int
+    smallest_need: Candidate | None  # when nothing fits: the configuration that needs the least memory
+
+
+def _gpu_counts(pool: GpuPool, request: Request) -> list[int]:
+    if request.num_gpus is not None:
+        return [request.num_gpus]
+    per_node = pool.gpus_per_node
+    max_nodes = request.num_nodes or pool.nodes
+    if request.num_nodes is not None and request.num_nodes > 1:
+        return [request.num_nodes * per_node]
+    counts = [n for n in (1, 2, 4, 8, 16) if n <= per_node] + ([per_node] if per_node not in (1, 2, 4, 8, 16) else [])
+    nodes = 2
+    while nodes <= max_nodes:
+        counts.append(nodes * per_node)
+        nodes *= 2
+    # Each GPU needs at least one sequence of the global batch.
+    return sorted({n for n in counts if n <= request.global_batch})
+
+
+def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
+    gpu = pool.gpu
+    capability = (gpu.compute_major, gpu.compute_minor)
+    problems = []
+    if request.attention is not None and capability < request.attention.min_compute_capability:
+        problems.append(f"attention '{request.attention}' needs compute capability 8.0 or newer; "
+                        f"{gpu.id} has {gpu.compute_capability}")
+    if request.precision is Precision.BF16 and gpu.bf16_tflops is None:
+        problems.append(f"{gpu.id} has no bf16 support (compute capability {gpu.compute_capability}); use fp16")
+    if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node * pool.nodes:
+        problems.append(f"{request.num_gpus} GPUs asked, {pool.gpus_per_node * pool.nodes} {gpu.id} available")
+    return problems
+
+
+def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
+    gpu = pool.gpu
+    modern = (gpu.compute_major, gpu.compute_minor) >= (8, 0)
+    precision = request.precision or (Precision.BF16 if gpu.bf16_tflops else Precision.FP16)
+    attention = request.attention or (Attention.FLASH_ATTENTION_2 if modern else Attention.SDPA)
+    methods = [request.method] if request.method else [Method.LORA, Method.FULL]
+    checkpointing = ([request.gradient_checkpointing] if request.gradient_checkpointing is not None
+                     else [False, True])
+    zero = [(s, o) for s, o in ZERO_CHOICES
+            if (request.zero_stage is None or s == request.zero_stage)
+            and (request.offload is None or o == request.offload)]
+    if request.zero_stage is not None and request.offload is not None and not zero:
+        zero = [(request.zero_stage, request.offload)]
+    return [precision], [attention], methods, checkpointing, zero
+
+
+def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings) -> Candidate:
+    estimate = memory.estimate(arch, settings)
+    capacity = pool.gpu.memory_bytes
+    usable = int(capacity * (1 - memory.coefficients().fit_headroom_fraction))
+    reasons = []
+    if estimate.total > usable:
+        reasons.append(f"needs {estimate.total / GIB:.1f} GiB per GPU, more than {usable / GIB:.1f} GiB usable "
+                       f"of {capacity / GIB:.1f} GiB on {pool.gpu.id}")
+    if pool.host_memory_bytes is not None and estimate.cpu_bytes_per_node > pool.host_memory_bytes:
+        reasons.append(f"offload needs {estimate.cpu_bytes_per_node / GIB:.0f} GiB of host memory per node, "
+                       f"{pool.host_memory_bytes / GIB:.0f} GiB allocatable")
+    time = throughput.step_time(arch, settings, pool.gpu)
+    cost = settings.num_gpus * pool.price / 3600 / time.tokens_per_second * 1e6
+    return Candidate.model_construct(gpu=pool.gpu.id, settings=settings, memory=estimate, time=time,
+                                     fits=not reasons, reasons=reasons or ["fits"], usd_per_million_tokens=cost)
+
+
+def _metric(candidate: Candidate, objective: Objective) -> float:
+    """Lower is better."""
+    match objective:
+        case Objective.CHEAPEST:
+            return candidate.usd_per_million_tokens
+        case Objective.FASTEST:
+            return -candidate.time.tokens_per_second
+        case Objective.FEWEST_GPUS:
+            return candidate.settings.num_gpus + candidate.usd_per_million_tokens * 1e-6
+
+
+def _preference(candidate: Candidate) -> tuple:
+    s = candidate.settings
+    return (ZERO_CHOICES.index((s.zero_stage, s.offload)), s.gradient_checkpointing, s.method is Method.FULL,
+            s.num_gpus, -s.micro_batch)
+
+
+def _rank(candidates: list[Candidate], objective: Objective) -> list[Candidate]:
+    by_metric = sorted(candidates, key=lambda c: _metric(c, objective))
+    best = _metric(by_metric[0], objective)
+    tolerance = abs(best) * EQUIVALENT_WITHIN if objective is not Objective.FEWEST_GPUS else 0.5
+    equivalent = [c for c in by_metric if _metric(c, objective) - best <= tolerance]
+    rest = [c for c in by_metric if c not in equivalent]
+    return sorted(equivalent, key=_preference) + rest
+
+
+def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
+    candidates: list[Candidate] = []
+    rejected: list[Candidate] = []
+    pinned_problems: list[str] = []
+    for pool in pools:
+        problems = _pinned_problems(pool, request)
+        if problems:
+            pinned_problems += problems
+            continue
+        precisions, attentions, methods, checkpointing, zero = _choices(pool, request)
+        # Largest GPU count first: per-GPU memory only shrinks as GPUs are added (the one-GPU case aside,
+        # which has no NCCL), so a configuration that fails on N GPUs is not tried on fewer.
+        counts = sorted(_gpu_counts(pool, request), reverse=True)
+        for precision, attention, method in product(precisions, attentions, methods):
+            # Checkpointing and offload only trade speed for memory, so unless pinned they are tried only
+            # where the configuration does not fit without them.
+            fits_without_checkpointing: set[tuple] = set()
+            fits_without_offload: set[tuple] = set()
+            for ckpt, (stage, offload) in product(checkpointing, zero):
+                for n in counts:
+                    if n == 1 and stage in (ZeroStage.OPTIMIZER, ZeroStage.PARAMETERS) and offload is Offload.NONE:
+                        continue  # nothing to partition on one GPU
+                    if ckpt and request.gradient_checkpointing is None and (stage, offload, n) in fits_without_checkpointing:
+                        continue
+                    if offload is not Offload.NONE and request.offload is None and (ckpt, n) in fits_without_offload:
+                        continue
+                    base = dict(seq_len=request.seq_len, precision=precision, optimizer=request.optimizer,
+                                method=method, lora=request.lora, gradient_checkpointing=ckpt,
+                                attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
+                                gpus_per_node=min(n, pool.gpus_per_node), buckets=DEFAULT_BUCKETS)
+                    if _micro_batches(arch, pool, request, base, candidates, rejected):
+                        if not ckpt:
+                            fits_without_checkpointing.add((stage, offload, n))
+                        if offload is Offload.NONE:
+                            fits_without_offload.add((ckpt, n))
+                    elif n > 2:
+                        # Fewer GPUs would need more memory; only the one-GPU case (no NCCL) is still worth a try.
+                        if 1 in counts:
+                            _micro_batches(arch, pool, request, {**base, "num_gpus": 1, "gpus_per_node": 1},
+                                           candidates, rejected)
+                        break
+    evaluated = len(candidates) + len(rejected)
+    if not candidates:
+        smallest = min(rejected, key=lambda c: c.memory.total) if rejected else None
+        return Plan(model=arch.name, objective=request.objective, chosen=None, runners_up=[],
+                    explanation=_nothing_fits(pinned_problems, smallest), candidates_evaluated=evaluated,
+                    smallest_need=smallest)
+    ranked = _rank(candidates, request.objective)
+    chosen = ranked[0]
+    runners_up = [(c, _why_lost(c, chosen, request.objective)) for c in _distinct(ranked[1:])[:RUNNERS_UP]]
+    return Plan(model=arch.name, objective=request.objective, chosen=chosen, runners_up=runners_up,
+                explanation=_explain(chosen, request, pinned_problems), candidates_evaluated=evaluated,
+                smallest_need=None)
+
+
+def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: dict,
+                   candidates: list[Candidate], rejected: list[Candidate]) -> bool:
+    """Evaluate growing micro-batches until one does not fit; True when at least one fits."""
+    n = base["num_gpus"]
+    micro_batches = [request.micro_batch] if request.micro_batch else [
+        b for b in (1, 2, 4, 8, 16, 32, 64) if b * n <= request.global_batch]
+    fitted = False
+    for micro_batch in micro_batches:
+        if request.global_batch % (micro_batch * n):
+            continue
+        # Built from validated parts in valid combinations: skipping validation keeps a full plan fast.
+        settings = TrainingSettings.model_construct(
+            micro_batch=micro_batch, gradient_accumulation=request.global_batch // (micro_batch * n), **base)
+        candidate = _evaluate(arch, pool, settings)
+        if not candidate.fits:
+            rejected.append(candidate)
+            break  # a larger micro-batch only needs more memory
+        candidates.append(candidate)
+        fitted = True
+    return fitted
+
+
+def _distinct(candidates: list[Candidate]) -> list[Candidate]:
+    """One runner-up per (GPU, method, stage, offload, checkpointing): micro-batch variants add nothing."""
+    seen, kept = set(), []
+    for c in candidates:
+        s = c.settings
+        key = (c.gpu, s.method, s.zero_stage, s.offload, s.gradient_checkpointing)
+        if key not in seen:
+            seen.add(key)
+            kept.append(c)
+    return kept
+
+
+def describe(settings: TrainingSettings) -> str:
+    s = settings
+    method = f"LoRA r={s.lora.rank}" if s.method is Method.LORA else "full fine-tuning"
+    offload = "" if s.offload is Offload.NONE else f" + {s.offload} offload"
+    ckpt = "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing"
+    return (f"{method}, ZeRO-{int(s.zero_stage)}{offload}, {ckpt}, {s.attention}, {s.precision}, "
+            f"micro-batch {s.micro_batch} x {s.gradient_accumulation} accumulation on {s.num_gpus} GPU(s)")
+
+
+def _why_lost(candidate: Candidate, chosen: Candidate, objective: Objective) -> str:
+    tps = candidate.time.tokens_per_second / chosen.time.tokens_per_second - 1
+    cost = candidate.usd_per_million_tokens / chosen.usd_per_million_tokens - 1
+    if objective is Objective.FASTEST and tps < -EQUIVALENT_WITHIN:
+        return f"{-tps:.0%} fewer tokens/s"
+    if objective is Objective.CHEAPEST and cost > EQUIVALENT_WITHIN:
+        return f"{cost:.0%} more per token"
+    if objective is Objective.FEWEST_GPUS and candidate.settings.num_gpus > chosen.settings.num_gpus:
+        return f"{candidate.settings.num_gpus} GPUs instead of {chosen.settings.num_gpus}"
+    return "as good on the objective; the study's default (ZeRO-2, LoRA, no checkpointing) is preferred on ties"
+
+
+def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) -> list[str]:
+    s, m = chosen.settings, chosen.memory
+    lines = [
+        f"Chose {chosen.gpu} x {s.num_gpus}: {describe(s)}.",
+        f"Peak {m.total / GIB:.1f} GiB per GPU at {m.peak_phase}; {chosen.time.tokens_per_second:,.0f} tokens/s; "
+        f"${chosen.usd_per_million_tokens:.2f} per million tokens (objective: {request.objective}).",
+    ]
+    if s.method is Method.LORA and s.zero_stage is ZeroStage.GRADIENTS and not s.gradient_checkpointing:
+        lines.append("ZeRO-2 with LoRA is the best balance of memory and runtime (Singh et al., 2024).")
+    if s.zero_stage is ZeroStage.PARAMETERS:
+        lines.append("ZeRO-3 partitions the weights themselves: the model does not fit otherwise.")
+    if s.gradient_checkpointing and request.gradient_checkpointing is None:
+        lines.append("Gradient checkpointing is on: activations do not fit otherwise (costs one extra forward).")
+    if s.attention is Attention.SDPA and request.attention is None:
+        lines.append(f"{chosen.gpu} has compute capability below 8.0: FlashAttention-2 is unavailable, using SDPA.")
+    lines += [f"Not considered: {p}." for p in pinned_problems]
+    return lines
+
+
+def _nothing_fits(pinned_problems: list[str], smallest: Candidate | None) -> list[str]:
+    lines = [f"Cannot plan: {p}." for p in pinned_problems]
+    if smallest is not None:
+        lines.append(f"Nothing fits. The smallest need is {smallest.memory.total / GIB:.1f} GiB per GPU, with "
+                     f"{describe(smallest.settings)} on {smallest.gpu}: {smallest.reasons[0]}.")
+    return lines

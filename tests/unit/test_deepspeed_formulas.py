@@ -1,0 +1,94 @@
+"""Model states against DeepSpeed's published rules (deepspeed/runtime/zero/stage_1_and_2.py and stage3.py,
+`estimate_zero2_model_states_mem_needs` / `estimate_zero3_model_states_mem_needs`, and docs memory.rst):
+
+  ZeRO-2:                       GPU 2P + 18P/N            CPU (offload, one node) 16P before the 1.5 buffer factor
+  ZeRO-2 + optimizer offload:   GPU 2P
+  ZeRO-3:                       GPU 18P/N + largest layer (16-bit parameter partitions left out; see below)
+  ZeRO-3 + optimizer offload:   GPU 2P/N + largest layer
+  ZeRO-3 + full offload:        GPU largest layer         CPU (one node) 18P before the 1.5 buffer factor
+
+for full fine-tuning with Adam in 16-bit mixed precision. DeepSpeed's "largest layer" (4 bytes x the largest
+module's own parameters: gathered 16-bit weights and their gradients) is our gathered-parameter buffer.
+
+ZeRO-3's 18 bytes count fp32 gradients for the whole partition and no 16-bit parameter partition. Stage 3
+keeps the 16-bit partition (2P/N) but runs the optimizer one sub-group at a time (sub_group_size, 1e9
+elements), so its fp32 gradients are at most 4 x sub_group_size: the model matches DeepSpeed's rule plus the
+2P/N partition while P/N fits one sub-group, and falls below it beyond.
+"""
+
+import pytest
+
+from kubetune.planner import architecture
+from kubetune.planner.model_states import model_states, trainable_params
+from kubetune.planner.settings import Method, Offload, TrainingSettings, ZeroStage
+
+MODEL = architecture.load("Llama-3.1-8B")
+P = MODEL.total_params
+NO_PERSISTENCE = 0  # DeepSpeed's estimators partition every parameter
+
+
+def states(stage: ZeroStage, offload: Offload = Offload.NONE, gpus: int = 8, method: Method = Method.FULL):
+    settings = TrainingSettings(seq_len=2048, method=method, zero_stage=stage, offload=offload,
+                                num_gpus=gpus, gpus_per_node=min(gpus, 8))
+    return model_states(MODEL, settings, NO_PERSISTENCE)
+
+
+def at_optimizer_step(s) -> int:
+    return s.weights + s.optimizer_states + s.gradients_persistent + s.gradients_backward + s.gradients_step
+
+
+@pytest.mark.parametrize("gpus", [1, 2, 8])
+def test_zero2_gpu_model_states_are_2p_plus_18p_over_n(gpus: int) -> None:
+    assert at_optimizer_step(states(ZeroStage.GRADIENTS, gpus=gpus)) == pytest.approx(2 * P + 18 * P / gpus, abs=8)
+
+
+def test_zero2_optimizer_offload_keeps_only_16_bit_weights_on_gpu() -> None:
+    s = states(ZeroStage.GRADIENTS, Offload.OPTIMIZER)
+    assert at_optimizer_step(s) == 2 * P
+    # The staging buffer DeepSpeed allocates for offloaded gradients: the largest parameter (the embedding).
+    assert s.buffers >= 2 * MODEL.largest_param_numel
+
+
+def test_zero2_optimizer_offload_host_memory_is_16p_per_node() -> None:
+    s = states(ZeroStage.GRADIENTS, Offload.OPTIMIZER)
+    assert s.cpu_per_gpu * 8 == pytest.approx(16 * P, abs=8 * 8)
+
+
+def test_zero3_gpu_model_states_are_18p_over_n_plus_the_16_bit_partition() -> None:
+    gpus = 16  # P/N = 0.5e9, within one optimizer sub-group
+    deepspeed_rule = 18 * P / gpus
+    assert at_optimizer_step(states(ZeroStage.PARAMETERS, gpus=gpus)) == pytest.approx(deepspeed_rule + 2 * P / gpus, abs=16)
+
+
+def test_zero3_fp32_gradients_are_bounded_by_the_optimizer_sub_group() -> None:
+    s = states(ZeroStage.PARAMETERS, gpus=2)  # P/N = 4e9, four sub-groups
+    assert s.gradients_step == 4 * 1_000_000_000
+    assert at_optimizer_step(s) < 18 * P / 2
+
+
+def test_zero3_gathers_at_least_the_largest_layer() -> None:
+    largest = max(MODEL.layer_params, MODEL.embedding_params)
+    assert states(ZeroStage.PARAMETERS).buffers >= 2 * largest
+
+
+def test_zero3_optimizer_offload_keeps_2p_over_n() -> None:
+    assert at_optimizer_step(states(ZeroStage.PARAMETERS, Offload.OPTIMIZER)) == pytest.approx(2 * P / 8, abs=8)
+
+
+def test_zero3_full_offload_keeps_no_model_states_and_18p_on_the_host() -> None:
+    s = states(ZeroStage.PARAMETERS, Offload.ALL)
+    assert at_optimizer_step(s) == 0
+    assert s.cpu_per_gpu * 8 == pytest.approx(18 * P, abs=8 * 8)
+
+
+def test_lora_partitions_only_trainable_states_and_keeps_frozen_weights_whole_below_zero3() -> None:
+    s = states(ZeroStage.GRADIENTS, method=Method.LORA)
+    t = trainable_params(MODEL, TrainingSettings(seq_len=1))
+    assert s.weights == 2 * P  # frozen base weights are replicated on every GPU in stages 1 and 2
+    assert s.optimizer_states == 12 * t // 8
+    assert states(ZeroStage.PARAMETERS, method=Method.LORA).weights == 2 * P // 8
+
+
+def test_stage_0_bf16_keeps_a_full_fp32_gradient_buffer() -> None:
+    s = states(ZeroStage.DISABLED)
+    assert s.gradients_persistent == 4 * P

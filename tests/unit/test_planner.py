@@ -1,0 +1,84 @@
+"""The planner's choices agree with the study's guidance where it holds, honour pins, and explain failures."""
+
+import pytest
+
+from kubetune.catalog import gpus
+from kubetune.planner import architecture, search
+from kubetune.planner.settings import Attention, Method, Offload, ZeroStage
+
+
+def plan(model: str, gpu: str, **request) -> search.Plan:
+    pool = search.GpuPool(gpu=gpus.by_id(gpu), gpus_per_node=8, nodes=request.pop("nodes", 1))
+    return search.plan(architecture.load(model), search.Request(**request), [pool])
+
+
+def test_lora_with_zero2_is_the_default_when_it_fits() -> None:
+    chosen = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8).chosen
+    assert chosen.settings.method is Method.LORA
+    assert chosen.settings.zero_stage is ZeroStage.GRADIENTS
+    assert not chosen.settings.gradient_checkpointing and chosen.settings.offload is Offload.NONE
+
+
+@pytest.mark.parametrize("model", ["Llama-3.1-70B", "Qwen2.5-72B", "falcon-180B"])
+def test_70b_to_180b_on_one_8x80gb_node_needs_zero3_lora_and_checkpointing(model: str) -> None:
+    chosen = plan(model, "H100-SXM-80GB", seq_len=2048, num_gpus=8).chosen
+    assert chosen is not None
+    s = chosen.settings
+    assert (s.method, s.zero_stage, s.gradient_checkpointing) == (Method.LORA, ZeroStage.PARAMETERS, True)
+
+
+def test_flash_attention_2_only_on_compute_capability_8_or_newer() -> None:
+    assert plan("Qwen2.5-7B", "A100-SXM4-80GB", seq_len=2048).chosen.settings.attention is Attention.FLASH_ATTENTION_2
+    v100 = plan("Qwen2.5-7B", "V100-SXM2-32GB", seq_len=2048, num_gpus=8)
+    assert v100.chosen.settings.attention is Attention.SDPA
+    assert v100.chosen.settings.precision == "fp16"  # no bf16 before Ampere
+    assert any("FlashAttention-2 is unavailable" in line for line in v100.explanation)
+
+
+def test_pinned_flash_attention_on_v100_is_refused_with_the_reason() -> None:
+    result = plan("Qwen2.5-7B", "V100-SXM2-32GB", seq_len=2048, attention=Attention.FLASH_ATTENTION_2)
+    assert result.chosen is None
+    assert any("compute capability 8.0" in line and "7.0" in line for line in result.explanation)
+
+
+def test_long_context_leans_on_checkpointing() -> None:
+    chosen = plan("Llama-3.1-8B", "A100-SXM4-80GB", seq_len=16384, num_gpus=8, global_batch=8).chosen
+    assert chosen.settings.gradient_checkpointing
+    assert chosen.settings.attention is Attention.FLASH_ATTENTION_2
+
+
+def test_pinned_choices_are_honoured() -> None:
+    s = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=4, method=Method.FULL,
+             zero_stage=ZeroStage.PARAMETERS, micro_batch=2, gradient_checkpointing=True).chosen.settings
+    assert (s.num_gpus, s.method, s.zero_stage, s.micro_batch, s.gradient_checkpointing) == (
+        4, Method.FULL, ZeroStage.PARAMETERS, 2, True)
+    assert s.gradient_accumulation == 32 // (2 * 4)
+
+
+def test_a_pinned_choice_that_cannot_fit_says_so_with_the_smallest_need() -> None:
+    result = plan("Llama-3.1-70B", "L4-24GB", seq_len=4096, num_gpus=1, zero_stage=ZeroStage.GRADIENTS,
+                  offload=Offload.NONE)
+    assert result.chosen is None
+    assert result.smallest_need is not None
+    assert result.smallest_need.memory.total > gpus.by_id("L4-24GB").memory_bytes
+    assert "Nothing fits. The smallest need is" in result.explanation[-1]
+
+
+def test_more_memory_per_gpu_never_makes_a_fitting_plan_stop_fitting() -> None:
+    small = plan("Qwen2.5-14B", "A100-SXM4-40GB", seq_len=4096, num_gpus=8).chosen
+    large = plan("Qwen2.5-14B", "A100-SXM4-80GB", seq_len=4096, num_gpus=8).chosen
+    assert small is not None and large is not None
+    assert large.time.tokens_per_second >= small.time.tokens_per_second * 0.98
+
+
+def test_objectives_change_the_choice() -> None:
+    fastest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective="fastest").chosen
+    fewest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective="fewest-gpus").chosen
+    assert fastest.settings.num_gpus == 16
+    assert fewest.settings.num_gpus == 1
+
+
+def test_runners_up_say_why_they_lost() -> None:
+    result = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8)
+    assert result.runners_up
+    assert all(why for _, why in result.runners_up)
