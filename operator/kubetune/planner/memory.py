@@ -1,6 +1,7 @@
 """Per-GPU peak memory: fixed overhead + model states + the largest of the forward-end, backward-end and
 optimizer-step phases, with a breakdown of every term."""
 
+from dataclasses import dataclass
 from enum import StrEnum
 from functools import cache, lru_cache
 from importlib import resources
@@ -40,10 +41,9 @@ class Phase(StrEnum):
     OPTIMIZER_STEP = "optimizer_step"  # the fp32 gradient partition and the optimizer update
 
 
-class MemoryBreakdown(BaseModel):
+@dataclass(frozen=True, slots=True)
+class MemoryBreakdown:
     """Bytes on one GPU at its peak phase; `total` is what must fit."""
-
-    model_config = ConfigDict(frozen=True)
 
     weights: int
     gradients: int

@@ -48,9 +48,10 @@ def _candidate(candidate: Candidate, request: Request, capacities: dict[str, int
     return {
         "configuration": _configuration(candidate, request),
         "memory": _memory(candidate, capacities[candidate.gpu]),
-        "step_time_seconds": candidate.time.step_seconds,
-        "tokens_per_second": candidate.time.tokens_per_second,
-        "usd_per_million_tokens": candidate.usd_per_million_tokens,
+        "step_time_seconds": candidate.time.step_seconds if candidate.time else None,
+        "tokens_per_second": candidate.time.tokens_per_second if candidate.time else None,
+        "usd_per_million_tokens": candidate.usd_per_million_tokens if candidate.time else None,
+        "reasons": candidate.reasons,
     }
 
 

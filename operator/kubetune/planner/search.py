@@ -1,6 +1,7 @@
 """The planner: enumerate configurations per GPU type, keep those that fit, rank them by an objective and
 explain the choice. Anything the request pins is honoured; a pinned choice that cannot work says why."""
 
+from dataclasses import dataclass
 from enum import StrEnum
 from itertools import product
 
@@ -86,21 +87,19 @@ class GpuPool(BaseModel):
         return self.usd_per_hour if self.usd_per_hour is not None else self.gpu.usd_per_hour
 
 
-class Candidate(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True, slots=True)
+class Candidate:
     gpu: str
     settings: TrainingSettings
     memory: MemoryBreakdown
-    time: StepTime
+    time: StepTime | None  # None when it does not fit
     fits: bool
     reasons: list[str]
     usd_per_million_tokens: float
 
 
-class Plan(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
+@dataclass(frozen=True)
+class Plan:
     model: str
     objective: Objective
     chosen: Candidate | None
@@ -167,10 +166,14 @@ def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings) -> 
     if pool.host_memory_bytes is not None and estimate.cpu_bytes_per_node > pool.host_memory_bytes:
         reasons.append(f"offload needs {estimate.cpu_bytes_per_node / GIB:.0f} GiB of host memory per node, "
                        f"{pool.host_memory_bytes / GIB:.0f} GiB allocatable")
+    if reasons:
+        # Throughput is only worth computing for configurations that can run.
+        return Candidate(gpu=pool.gpu.id, settings=settings, memory=estimate, time=None, fits=False,
+                         reasons=reasons, usd_per_million_tokens=float("inf"))
     time = throughput.step_time(arch, settings, pool.gpu)
     cost = settings.num_gpus * pool.price / 3600 / time.tokens_per_second * 1e6
-    return Candidate.model_construct(gpu=pool.gpu.id, settings=settings, memory=estimate, time=time,
-                                     fits=not reasons, reasons=reasons or ["fits"], usd_per_million_tokens=cost)
+    return Candidate(gpu=pool.gpu.id, settings=settings, memory=estimate, time=time, fits=True,
+                     reasons=["fits"], usd_per_million_tokens=cost)
 
 
 def _metric(candidate: Candidate, objective: Objective) -> float:

@@ -1,0 +1,171 @@
+"""Predicted vs measured GPU memory for real Hugging Face models with random weights.
+
+    python benchmarks/gpu_memory_validation.py [--quick] [--out benchmarks/results/gpu_memory.md]
+
+For each configuration of a grid (models of 0.5-3B built from their catalog configs; sequence length
+512-8192; full fine-tuning and LoRA; checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
+installed), one warm-up step, then one measured forward + backward in bf16 on one GPU:
+
+- allocated: torch.cuda.max_memory_allocated() minus what was allocated before the step (weights,
+  adapters), i.e. what the step itself needed: activations, logits and gradients;
+- predicted: the memory model's activations + logits at the start of backward, plus the first gradients
+  backward produces there (the head's), for full fine-tuning;
+- reserved and device: max_memory_reserved() and the device's used memory (mem_get_info), for the allocator
+  margin and the CUDA context the model adds on top.
+
+DeepSpeed's ZeRO buffers are checked once the trainer's ds_config generator exists (issue 5); this grid
+validates the activation and logits terms, which decide fit for long sequences.
+
+`--device cpu` runs the same pipeline on tiny models, measuring saved tensors instead of the allocator:
+it checks the script, not the GPU figures.
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+from kubetune.memprobe import probes, tiny_models
+from kubetune.planner import activations, architecture, memory
+from kubetune.planner.settings import Attention, Method, TrainingSettings
+
+GIB = 1024**3
+MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-1.5B", "meta-llama/Llama-3.2-3B")
+SEQ_LENS = (512, 2048, 8192)
+
+
+def attentions() -> list[Attention]:
+    kernels = [Attention.SDPA]
+    try:
+        import flash_attn  # noqa: F401
+
+        kernels.append(Attention.FLASH_ATTENTION_2)
+    except ImportError:
+        pass
+    return kernels
+
+
+def build(name: str, settings: TrainingSettings, device: str):
+    import peft
+
+    if device == "cpu":
+        config = tiny_models.tiny_config("llama" if "llama" in name.lower() else "qwen2", 2)
+    else:
+        config = dict(architecture.catalog()[name])
+    model, arch = tiny_models.build(config, settings.attention.value, torch.bfloat16)
+    model.to(device)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if settings.method is Method.LORA:
+        lora = settings.lora
+        config = peft.LoraConfig(r=lora.rank, target_modules=list(arch.lora_modules(lora.target_modules)))
+        # Adapters in bf16, as under DeepSpeed's bf16 engine (module.bfloat16()).
+        model = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
+    return model, arch
+
+
+def predicted_step_bytes(arch, settings: TrainingSettings, device: str) -> int:
+    if device == "cpu":
+        # What the CPU probe sees: saved tensors at the end of the forward pass (no recomputed layer, no
+        # gradients yet) plus the loss-backward temporaries.
+        saved = activations.outside_layers(arch, settings).total + activations.logits_peak(arch, settings)
+        if settings.gradient_checkpointing:
+            return saved + arch.num_layers * activations.checkpointed_layer(arch, settings)
+        layers = activations.first_layer(arch, settings, "cpu").total
+        return saved + layers + (arch.num_layers - 1) * activations.layer(arch, settings, "cpu").total
+    head_gradient = 0
+    if settings.method is Method.FULL:
+        head_gradient = settings.precision.bytes * arch.vocab_size * arch.hidden_size
+    return memory.activation_bytes(arch, settings) + activations.logits_peak(arch, settings) + head_gradient
+
+
+def measure_gpu(model, arch, settings: TrainingSettings) -> dict:
+    ids = torch.randint(0, arch.vocab_size, (settings.micro_batch, settings.seq_len), device="cuda")
+    model(input_ids=ids, labels=ids).loss.backward()  # warm-up: kernels, workspaces
+    model.zero_grad(set_to_none=True)
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    model(input_ids=ids, labels=ids).loss.backward()
+    torch.cuda.synchronize()
+    free, total = torch.cuda.mem_get_info()
+    result = {
+        "allocated_bytes": torch.cuda.max_memory_allocated() - before,
+        "reserved_bytes": torch.cuda.max_memory_reserved(),
+        "device_used_bytes": total - free,
+    }
+    model.zero_grad(set_to_none=True)
+    return result
+
+
+def measure_cpu(model, arch, settings: TrainingSettings) -> dict:
+    ids = torch.randint(0, arch.vocab_size, (settings.micro_batch, settings.seq_len))
+    saved = probes.saved_for_backward(model, ids).total
+    # On the CPU only the saved tensors are counted: add the loss-backward temporaries the model expects.
+    temporaries = activations.logits_peak(arch, settings) - activations.logits_saved(arch, settings)
+    return {"allocated_bytes": saved + temporaries, "reserved_bytes": None, "device_used_bytes": None}
+
+
+def grid(quick: bool, device: str):
+    models = MODELS[:2] if quick or device == "cpu" else MODELS
+    seq_lens = (512,) if device == "cpu" else (SEQ_LENS[:2] if quick else SEQ_LENS)
+    for name in models:
+        for seq_len in seq_lens:
+            for method in (Method.LORA, Method.FULL):
+                for ckpt in (False, True):
+                    for attention in attentions():
+                        yield name, TrainingSettings(seq_len=seq_len, micro_batch=1, method=method,
+                                                     gradient_checkpointing=ckpt, attention=attention, zero_stage=0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_memory.md"))
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run on a GPU machine, or use --device cpu to check the script")
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    rows = []
+    header = ("| model | seq | method | ckpt | attention | predicted GiB | allocated GiB | error | reserved GiB "
+              "| device GiB |\n|---|---:|---|---|---|---:|---:|---:|---:|---:|")
+    print(f"device: {device_name}; torch {torch.__version__}\n\n{header}")
+    for name, settings in grid(args.quick, args.device):
+        try:
+            model, arch = build(name, settings, args.device)
+            measured = (measure_gpu if args.device == "cuda" else measure_cpu)(model, arch, settings)
+        except torch.OutOfMemoryError:
+            print(f"| {name} | {settings.seq_len} | {settings.method} | OOM |")
+            continue
+        finally:
+            model = None
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
+        predicted = predicted_step_bytes(arch, settings, args.device)
+        error = predicted / measured["allocated_bytes"] - 1
+        row = {"model": name, "seq_len": settings.seq_len, "method": settings.method.value,
+               "gradient_checkpointing": settings.gradient_checkpointing, "attention": settings.attention.value,
+               "predicted_bytes": predicted, **measured, "error": error}
+        rows.append(row)
+        gib = lambda v: f"{v / GIB:.2f}" if v is not None else "-"  # noqa: E731
+        print(f"| {name} | {settings.seq_len} | {settings.method} | {'on' if settings.gradient_checkpointing else 'off'} "
+              f"| {settings.attention} | {gib(predicted)} | {gib(measured['allocated_bytes'])} | {error:+.1%} "
+              f"| {gib(measured['reserved_bytes'])} | {gib(measured['device_used_bytes'])} |", flush=True)
+    errors = [abs(r["error"]) for r in rows]
+    summary = (f"\n{len(rows)} configurations; median |error| {statistics.median(errors):.1%}, "
+               f"worst {max(errors):.1%} (target: median <= 3 %, worst <= 8 %)") if rows else "\nno rows"
+    print(summary)
+    if args.device == "cuda":
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+                                                             "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

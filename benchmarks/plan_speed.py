@@ -1,0 +1,43 @@
+"""How long a full plan takes: every GPU type in the catalog, up to 16 nodes each, default request.
+
+    .venv/bin/python benchmarks/plan_speed.py [--repeat 20]
+
+Prints a table; the target is a 405B plan in under 50 ms (docs/benchmarks.md records the figures).
+"""
+
+import argparse
+import platform
+import statistics
+import time
+
+from kubetune.catalog import gpus
+from kubetune.planner import architecture, search
+
+MODELS = ("meta-llama/Llama-3.1-405B", "tiiuae/falcon-180B", "meta-llama/Llama-3.1-70B", "meta-llama/Llama-3.1-8B")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--seq-len", type=int, default=4096)
+    args = parser.parse_args()
+    pools = [search.GpuPool(gpu=gpu, gpus_per_node=8, nodes=16) for gpu in gpus.catalog()]
+    print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}; "
+          f"{len(pools)} GPU types x up to 16 nodes; seq_len {args.seq_len}; {args.repeat} runs each\n")
+    print(f"| model | candidates | median ms | max ms | chosen |")
+    print(f"|---|---:|---:|---:|---|")
+    for name in MODELS:
+        arch = architecture.load(name)
+        request = search.Request(seq_len=args.seq_len)
+        search.plan(arch, request, pools)  # first run fills the per-shape caches, as the operator's would
+        times = []
+        for _ in range(args.repeat):
+            start = time.perf_counter()
+            plan = search.plan(arch, request, pools)
+            times.append((time.perf_counter() - start) * 1000)
+        chosen = f"{plan.chosen.gpu} x{plan.chosen.settings.num_gpus}" if plan.chosen else "nothing fits"
+        print(f"| {name} | {plan.candidates_evaluated} | {statistics.median(times):.1f} | {max(times):.1f} | {chosen} |")
+
+
+if __name__ == "__main__":
+    main()
