@@ -136,6 +136,8 @@ def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
         problems.append(f"{gpu.id} has no bf16 support (compute capability {gpu.compute_capability}); use fp16")
     if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node * pool.nodes:
         problems.append(f"{request.num_gpus} GPUs asked, {pool.gpus_per_node * pool.nodes} {gpu.id} available")
+    if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node and request.num_gpus % pool.gpus_per_node:
+        problems.append(f"{request.num_gpus} GPUs do not fill whole nodes of {pool.gpus_per_node} {gpu.id}")
     return problems
 
 
@@ -221,7 +223,10 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
             fits_without_checkpointing: set[tuple] = set()
             fits_without_offload: set[tuple] = set()
             for ckpt, (stage, offload) in product(checkpointing, zero):
+                failed_on_more_gpus = False
                 for n in counts:
+                    if failed_on_more_gpus and n > 1:
+                        continue  # fewer GPUs need more memory; one GPU has no NCCL, so it is still tried
                     if n == 1 and stage in (ZeroStage.OPTIMIZER, ZeroStage.PARAMETERS) and offload is Offload.NONE:
                         continue  # nothing to partition on one GPU
                     if ckpt and request.gradient_checkpointing is None and (stage, offload, n) in fits_without_checkpointing:
@@ -232,17 +237,13 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
                                 method=method, lora=request.lora, gradient_checkpointing=ckpt,
                                 attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
                                 gpus_per_node=min(n, pool.gpus_per_node), buckets=DEFAULT_BUCKETS)
-                    if _micro_batches(arch, pool, request, base, candidates, rejected):
-                        if not ckpt:
-                            fits_without_checkpointing.add((stage, offload, n))
-                        if offload is Offload.NONE:
-                            fits_without_offload.add((ckpt, n))
-                    elif n > 2:
-                        # Fewer GPUs would need more memory; only the one-GPU case (no NCCL) is still worth a try.
-                        if 1 in counts:
-                            _micro_batches(arch, pool, request, {**base, "num_gpus": 1, "gpus_per_node": 1},
-                                           candidates, rejected)
-                        break
+                    if not _micro_batches(arch, pool, request, base, candidates, rejected):
+                        failed_on_more_gpus = True
+                        continue
+                    if not ckpt:
+                        fits_without_checkpointing.add((stage, offload, n))
+                    if offload is Offload.NONE:
+                        fits_without_offload.add((ckpt, n))
     evaluated = len(candidates) + len(rejected)
     if not candidates:
         smallest = min(rejected, key=lambda c: c.memory.total) if rejected else None
@@ -267,8 +268,7 @@ def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: di
     for micro_batch in micro_batches:
         if request.global_batch % (micro_batch * n):
             continue
-        # Built from validated parts in valid combinations: skipping validation keeps a full plan fast.
-        settings = TrainingSettings.model_construct(
+        settings = TrainingSettings(
             micro_batch=micro_batch, gradient_accumulation=request.global_batch // (micro_batch * n), **base)
         candidate = _evaluate(arch, pool, settings)
         if not candidate.fits:

@@ -1,8 +1,9 @@
 """The training settings a memory estimate is made for: one candidate configuration."""
 
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Precision(StrEnum):
@@ -85,12 +86,14 @@ class Buckets(BaseModel):
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
 
 
-class TrainingSettings(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+@dataclass(frozen=True)
+class TrainingSettings:
+    """One candidate configuration. A plain frozen dataclass rather than a pydantic model: the planner builds
+    thousands per plan, and validation here is the few invariants below."""
 
-    seq_len: int = Field(gt=0)
-    micro_batch: int = Field(default=1, gt=0)
-    gradient_accumulation: int = Field(default=1, gt=0)
+    seq_len: int
+    micro_batch: int = 1
+    gradient_accumulation: int = 1
     precision: Precision = Precision.BF16
     optimizer: Optimizer = Optimizer.ADAMW
     method: Method = Method.LORA
@@ -100,18 +103,23 @@ class TrainingSettings(BaseModel):
     zero_stage: ZeroStage = ZeroStage.GRADIENTS
     offload: Offload = Offload.NONE
     buckets: Buckets = Buckets()
-    num_gpus: int = Field(default=1, gt=0)
-    gpus_per_node: int = Field(default=1, gt=0)
+    num_gpus: int = 1
+    gpus_per_node: int = 1
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "TrainingSettings":
+    def __post_init__(self) -> None:
+        # Accept enum values given as plain strings or ints (from JSON, the CLI or tests).
+        for name, kind in (("precision", Precision), ("optimizer", Optimizer), ("method", Method),
+                           ("attention", Attention), ("zero_stage", ZeroStage), ("offload", Offload)):
+            object.__setattr__(self, name, kind(getattr(self, name)))
+        for name in ("seq_len", "micro_batch", "gradient_accumulation", "num_gpus", "gpus_per_node"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1")
         if self.offload is Offload.ALL and self.zero_stage is not ZeroStage.PARAMETERS:
             raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
         if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:
             raise ValueError("`offload` needs `zero_stage` 1 or higher")
-        if self.num_gpus % self.gpus_per_node and self.num_gpus > self.gpus_per_node:
+        if self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:
             raise ValueError("`num_gpus` must be a multiple of `gpus_per_node` across nodes")
-        return self
 
     @property
     def num_nodes(self) -> int:
