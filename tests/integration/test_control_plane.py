@@ -194,3 +194,21 @@ def test_service_account_without_rbac_is_refused(cluster: LocalCluster, namespac
     wait_until("the RoleBinding to take effect", lambda: subprocess.run(
         as_nobody, capture_output=True, timeout=30, check=False,
     ).returncode == 0)
+
+
+def test_helm_is_a_real_binary_that_installs_into_the_cluster(cluster: LocalCluster, namespace: str,
+                                                              tmp_path: Path) -> None:
+    helm = [str(binaries.built("helm")), "--kubeconfig", str(cluster.kubeconfig)]
+    version = subprocess.run([*helm, "version", "--short"], capture_output=True, text=True, check=True).stdout
+    assert re.match(r"v3\.\d+\.\d+", version), version
+    chart = tmp_path / "probe"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: probe\nversion: 0.1.0\nkubeVersion: '>=1.30.0-0'\n")
+    (chart / "templates" / "cm.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: probe}\ndata: {server: '{{ .Capabilities.KubeVersion.Version }}'}\n"
+    )
+    subprocess.run([*helm, "install", "probe", str(chart), "-n", namespace, "--wait"], capture_output=True, text=True,
+                   check=True, timeout=120)
+    config_map = get(cluster, namespace, "configmap", "probe")
+    # The chart's kubeVersion check and the rendered value both see the stamped server version.
+    assert re.fullmatch(r"v1\.\d+\.\d+", config_map["data"]["server"])

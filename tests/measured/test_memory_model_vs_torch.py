@@ -20,6 +20,8 @@ from kubetune.planner import activations, memory  # noqa: E402
 from kubetune.planner.model_states import model_states  # noqa: E402
 from kubetune.planner.settings import Lora, TrainingSettings  # noqa: E402
 
+pytestmark = pytest.mark.measured
+
 TOLERANCE = 0.02
 SEQ_LEN, MICRO_BATCH = 128, 2
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "mixtral")

@@ -82,3 +82,16 @@ def test_runners_up_say_why_they_lost() -> None:
     result = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8)
     assert result.runners_up
     assert all(why for _, why in result.runners_up)
+
+
+def test_deepspeed_bucket_settings_change_the_prediction() -> None:
+    from kubetune.planner.settings import Buckets
+
+    small = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8, method=Method.FULL,
+                 zero_stage=ZeroStage.GRADIENTS, micro_batch=1,
+                 buckets=Buckets(reduce_bucket_elements=50_000_000, overlap_comm=False)).chosen
+    large = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8, method=Method.FULL,
+                 zero_stage=ZeroStage.GRADIENTS, micro_batch=1,
+                 buckets=Buckets(reduce_bucket_elements=500_000_000, overlap_comm=True)).chosen
+    # 500M elements, double-buffered, in bf16 is 2 GB; 50M single-buffered is 100 MB.
+    assert large.memory.buffers - small.memory.buffers == 2 * 2 * 500_000_000 - 2 * 50_000_000

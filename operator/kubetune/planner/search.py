@@ -29,7 +29,6 @@ GIB = 1024**3
 # preferences (below) then decide between them.
 EQUIVALENT_WITHIN = 0.02
 RUNNERS_UP = 5
-DEFAULT_BUCKETS = Buckets()
 # (stage, offload) pairs worth trying, in the order the study prefers them when they tie: ZeRO-2 is the
 # best balance of memory and runtime; ZeRO-3 and offload only when needed. ZeRO-1 with offload is left
 # out: ZeRO-2 with offload holds less and moves the same bytes.
@@ -66,6 +65,7 @@ class Request(BaseModel):
     attention: Attention | None = None
     precision: Precision | None = None
     optimizer: Optimizer = Optimizer.ADAMW
+    buckets: Buckets = Buckets()
     num_gpus: int | None = Field(default=None, gt=0)
     num_nodes: int | None = Field(default=None, gt=0)
     objective: Objective = Objective.CHEAPEST
@@ -236,7 +236,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
                     base = dict(seq_len=request.seq_len, precision=precision, optimizer=request.optimizer,
                                 method=method, lora=request.lora, gradient_checkpointing=ckpt,
                                 attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
-                                gpus_per_node=min(n, pool.gpus_per_node), buckets=DEFAULT_BUCKETS)
+                                gpus_per_node=min(n, pool.gpus_per_node), buckets=request.buckets)
                     if not _micro_batches(arch, pool, request, base, candidates, rejected):
                         failed_on_more_gpus = True
                         continue
