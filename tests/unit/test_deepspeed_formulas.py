@@ -20,17 +20,18 @@ import pytest
 
 from kubetune.planner import architecture
 from kubetune.planner.model_states import model_states, trainable_params
-from kubetune.planner.settings import Method, Offload, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Buckets, Method, Offload, TrainingSettings, ZeroStage
 
 MODEL = architecture.load("Llama-3.1-8B")
 P = MODEL.total_params
-NO_PERSISTENCE = 0  # DeepSpeed's estimators partition every parameter
+# DeepSpeed's estimators partition every parameter and count no buckets beyond the largest layer.
+ESTIMATOR_BUCKETS = Buckets(param_persistence_threshold=0)
 
 
 def states(stage: ZeroStage, offload: Offload = Offload.NONE, gpus: int = 8, method: Method = Method.FULL):
     settings = TrainingSettings(seq_len=2048, method=method, zero_stage=stage, offload=offload,
-                                num_gpus=gpus, gpus_per_node=min(gpus, 8))
-    return model_states(MODEL, settings, NO_PERSISTENCE)
+                                num_gpus=gpus, gpus_per_node=min(gpus, 8), buckets=ESTIMATOR_BUCKETS)
+    return model_states(MODEL, settings)
 
 
 def at_optimizer_step(s) -> int:
@@ -83,12 +84,16 @@ def test_zero3_full_offload_keeps_no_model_states_and_18p_on_the_host() -> None:
 
 def test_lora_partitions_only_trainable_states_and_keeps_frozen_weights_whole_below_zero3() -> None:
     s = states(ZeroStage.GRADIENTS, method=Method.LORA)
-    t = trainable_params(MODEL, TrainingSettings(seq_len=1))
-    assert s.weights == 2 * P  # frozen base weights are replicated on every GPU in stages 1 and 2
+    t = trainable_params(MODEL, TrainingSettings(seq_len=1, method=Method.LORA))
+    assert s.weights == 2 * (P + t)  # frozen base weights are replicated on every GPU in stages 1 and 2
     assert s.optimizer_states == 12 * t // 8
-    assert states(ZeroStage.PARAMETERS, method=Method.LORA).weights == 2 * P // 8
+    assert states(ZeroStage.PARAMETERS, method=Method.LORA).weights == 2 * (P + t) // 8
 
 
-def test_stage_0_bf16_keeps_a_full_fp32_gradient_buffer() -> None:
+def test_stage_0_bf16_keeps_full_master_weights_and_fp32_gradients_at_the_step() -> None:
+    """DeepSpeed 0.19 without ZeRO: bf16 gradients (grad_accum_dtype defaults to the model dtype), an
+    unpartitioned fp32 master and moments, fp32 gradients built at the step (engine.get_data_types and
+    _do_optimizer_sanity_check choose the FP16-style optimizer for bf16)."""
     s = states(ZeroStage.DISABLED)
-    assert s.gradients_persistent == 4 * P
+    assert s.optimizer_states == 12 * P
+    assert (s.gradients_persistent, s.gradients_backward, s.gradients_step) == (0, 2 * P, 4 * P)

@@ -132,6 +132,25 @@ class Architecture(BaseModel):
         return (self.embedding_params + self.lm_head_params + self.num_layers * self.layer_params
                 + self.norm_params)
 
+    def layer_tensor_numels(self) -> list[int]:
+        """Sizes of one layer's parameter tensors as transformers lays them out (MoE experts fused into one
+        gate-up and one down tensor), for ZeRO-3's small-parameter persistence."""
+        shapes = self.linear_shapes
+        h, i = self.hidden_size, self.intermediate_size
+        attention = [shapes[name][0] * shapes[name][1] for name in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        if self.qkv_bias:
+            attention += [self.q_size, self.kv_size, self.kv_size]
+        if self.linear_bias:
+            attention += [self.q_size, self.kv_size, self.kv_size, h, i, h]
+        if self.qk_norm:
+            attention += [self.head_dim, self.head_dim]
+        if self.is_moe:
+            mlp = [self.num_experts * 2 * i * h, self.num_experts * i * h, self.num_experts * h]
+        else:
+            mlp = [a * b for name, (a, b) in shapes.items() if name in ("gate_proj", "up_proj", "down_proj")]
+        norms = [h] * (self.norms_per_layer * (2 if self.norm_type is NormType.LAYER else 1))
+        return attention + mlp + norms
+
     @cached_property
     def largest_param_numel(self) -> int:
         """The largest single parameter tensor: what DeepSpeed's offload gradient buffer is sized on."""

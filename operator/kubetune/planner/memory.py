@@ -21,7 +21,6 @@ class Coefficients(BaseModel):
     cuda_context_bytes: int
     nccl_bytes: int
     allocator_fragmentation: float
-    zero3_persistence_threshold: int
     achievable_flops_fraction: float
     comm_overlap_fraction: float
     cpu_adam_params_per_second: float
@@ -87,7 +86,7 @@ def _activation_bytes(arch: Architecture, key: tuple, micro_batch: int) -> int:
 
 def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
     coeff = coefficients()
-    states = model_states(arch, settings, coeff.zero3_persistence_threshold)
+    states = model_states(arch, settings)
     acts = activation_bytes(arch, settings)
     logits = activations.logits_peak(arch, settings)
     overhead = coeff.cuda_context_bytes + (coeff.nccl_bytes if settings.num_gpus > 1 else 0)

@@ -29,10 +29,23 @@ def _trainable(arch: Architecture, method: Method, lora: Lora) -> int:
     return per_layer * arch.num_layers
 
 
-def persistent_params(arch: Architecture, threshold: int) -> int:
-    """Parameters ZeRO-3 leaves whole on every GPU because they are small (norm weights, biases)."""
-    small = arch.norms_per_layer * arch.norm_params if arch.norm_params < threshold else 0
-    return small * arch.num_layers + (arch.norm_params if arch.norm_params < threshold else 0)
+def persistent_params(arch: Architecture, settings: TrainingSettings) -> int:
+    """Parameters ZeRO-3 also keeps whole on every GPU because their tensors are small (below
+    stage3_param_persistence_threshold): norms, biases, small K/V projections, LoRA adapters."""
+    threshold = settings.buckets.param_persistence_threshold
+    layer = sum(n for n in arch.layer_tensor_numels() if n < threshold)
+    final_norm = arch.norm_params if arch.norm_params < threshold else 0
+    adapters = 0
+    if settings.method is Method.LORA:
+        rank = settings.lora.rank
+        for d_in, d_out in arch.lora_modules(settings.lora.target_modules).values():
+            adapters += sum(n for n in (rank * d_in, rank * d_out) if n < threshold)
+    return (layer + adapters) * arch.num_layers + final_norm
+
+
+def trainable_adapters(arch: Architecture, settings: TrainingSettings) -> int:
+    """Parameters LoRA adds to the model (all trainable ones, under LoRA)."""
+    return trainable_params(arch, settings) if settings.method is Method.LORA else 0
 
 
 @dataclass(frozen=True)
@@ -48,7 +61,7 @@ class ModelStates:
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
 
 
-def model_states(arch: Architecture, settings: TrainingSettings, persistence_threshold: int) -> ModelStates:
+def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     total = arch.total_params
     trainable = trainable_params(arch, settings)
     n = settings.num_gpus
@@ -61,23 +74,23 @@ def model_states(arch: Architecture, settings: TrainingSettings, persistence_thr
     offload_params = settings.offload is Offload.ALL
 
     if stage is ZeroStage.PARAMETERS:
-        persistent = persistent_params(arch, persistence_threshold)
-        weights = persistent * w if offload_params else (total - persistent) * w // n + persistent * w
+        # Every parameter has its 1/N partition; small ones are also kept whole for compute.
+        persistent = persistent_params(arch, settings) * w
+        weights = persistent if offload_params else (total + trainable_adapters(arch, settings)) * w // n + persistent
     else:
-        weights = total * w
+        weights = (total + trainable_adapters(arch, settings)) * w
 
     optimizer = 0 if offload_optimizer else optimizer_per_param * trainable
-    if stage is not ZeroStage.DISABLED or (mixed and settings.precision is Precision.BF16):
-        # ZeRO partitions the optimizer; so does DeepSpeed's BF16_Optimizer even at stage 0.
+    if stage is not ZeroStage.DISABLED:
         optimizer //= n
 
     fp32_step = FP32 * trainable // n if mixed and not offload_optimizer else 0
     match stage:
-        case ZeroStage.DISABLED if settings.precision is Precision.BF16:
-            # BF16_Optimizer: a full fp32 accumulation buffer, plus 16-bit .grad tensors during backward.
-            persistent_grads, backward_grads, step_grads = FP32 * trainable, w * trainable, 0
         case ZeroStage.DISABLED:
-            persistent_grads, backward_grads, step_grads = 0, w * trainable, 0
+            # DeepSpeed 0.19 without ZeRO keeps gradients in the model dtype (grad_accum_dtype defaults to it)
+            # and wraps the optimizer in its FP16 optimizer even for bf16: 16-bit .grad tensors during
+            # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned.
+            persistent_grads, backward_grads, step_grads = 0, w * trainable, FP32 * trainable if mixed else 0
         case ZeroStage.OPTIMIZER:
             # Full 16-bit gradients until the accumulation boundary, reduced into the fp32 partition at step.
             persistent_grads = w * trainable if settings.gradient_accumulation > 1 else 0
@@ -112,9 +125,9 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     if stage is ZeroStage.DISABLED:
         reduce = 0
     else:
-        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on. kubetune's
-        # generated ds_config never makes it larger than the trainable parameters.
-        reduce = min(buckets.reduce_bucket_elements, trainable) * w * (2 if buckets.overlaps(stage) else 1)
+        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on. DeepSpeed sizes
+        # it from the config alone, however few parameters train (measured: LoRA under ZeRO-3).
+        reduce = buckets.reduce_bucket_elements * w * (2 if buckets.overlaps(stage) else 1)
     buffers = reduce
     if stage is ZeroStage.PARAMETERS:
         # Parameters gathered for the module in flight plus the prefetch window; the embedding (or head)

@@ -65,7 +65,7 @@ class Request(BaseModel):
     attention: Attention | None = None
     precision: Precision | None = None
     optimizer: Optimizer = Optimizer.ADAMW
-    buckets: Buckets = Buckets()
+    buckets: Buckets | None = None  # None: kubetune's defaults for the model (Buckets.for_hidden_size)
     num_gpus: int | None = Field(default=None, gt=0)
     num_nodes: int | None = Field(default=None, gt=0)
     objective: Objective = Objective.CHEAPEST
@@ -214,6 +214,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
             pinned_problems += problems
             continue
         precisions, attentions, methods, checkpointing, zero = _choices(pool, request)
+        buckets = request.buckets or Buckets.for_hidden_size(arch.hidden_size)
         # Largest GPU count first: per-GPU memory only shrinks as GPUs are added (the one-GPU case aside,
         # which has no NCCL), so a configuration that fails on N GPUs is not tried on fewer.
         counts = sorted(_gpu_counts(pool, request), reverse=True)
@@ -236,7 +237,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
                     base = dict(seq_len=request.seq_len, precision=precision, optimizer=request.optimizer,
                                 method=method, lora=request.lora, gradient_checkpointing=ckpt,
                                 attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
-                                gpus_per_node=min(n, pool.gpus_per_node), buckets=request.buckets)
+                                gpus_per_node=min(n, pool.gpus_per_node), buckets=buckets)
                     if not _micro_batches(arch, pool, request, base, candidates, rejected):
                         failed_on_more_gpus = True
                         continue

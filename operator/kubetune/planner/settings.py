@@ -78,9 +78,20 @@ class Buckets(BaseModel):
     allgather_bucket_elements: int = Field(default=500_000_000, gt=0)
     prefetch_bucket_elements: int = Field(default=50_000_000, ge=0)
     max_live_parameters: int = Field(default=1_000_000_000, gt=0)
+    # ZeRO-3 keeps parameter tensors smaller than this whole on every GPU, besides their partition.
+    param_persistence_threshold: int = Field(default=100_000, ge=0)
     # ZeRO-3 runs the optimizer one sub-group at a time, with an fp32 gradient buffer for that sub-group.
     sub_group_elements: int = Field(default=1_000_000_000, gt=0)
     overlap_comm: bool | None = None  # None: DeepSpeed's default, on for ZeRO-3 only
+
+    @classmethod
+    def for_hidden_size(cls, hidden_size: int) -> "Buckets":
+        """What kubetune's generated ds_config uses: sized on the model like Hugging Face's "auto" values
+        (h^2 buckets, 0.9 h^2 prefetch, 10 h persistence), not DeepSpeed's fixed 500M-element buckets,
+        which cost 1-2 GB per GPU whatever the model."""
+        square = hidden_size * hidden_size
+        return cls(reduce_bucket_elements=square, allgather_bucket_elements=square,
+                   prefetch_bucket_elements=int(0.9 * square), param_persistence_threshold=10 * hidden_size)
 
     def overlaps(self, stage: ZeroStage) -> bool:
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm

@@ -1,0 +1,54 @@
+"""Model states against real DeepSpeed: two ranks under torchrun on the CPU (gloo), a tiny Llama, each ZeRO
+stage, full and LoRA. After two steps every live tensor on rank 0 is counted (unique storages). Between steps
+DeepSpeed holds the weights and the optimizer partition (stages 0-2 free their gradient buffers after the
+step); stage 3 also keeps its gradient partition and its reduce bucket. The model must match to the byte
+up to TOLERANCE, which covers DeepSpeed's few small bookkeeping tensors.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")
+
+from kubetune.memprobe import deepspeed_states, tiny_models  # noqa: E402
+from kubetune.planner import architecture  # noqa: E402
+from kubetune.planner.model_states import model_states  # noqa: E402
+from kubetune.planner.settings import Buckets, TrainingSettings, ZeroStage  # noqa: E402
+
+pytestmark = pytest.mark.measured
+
+TOLERANCE = 0.001
+RANKS = 2
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[tuple[int, str], dict]:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    result = subprocess.run(
+        [str(torchrun), "--standalone", f"--nproc_per_node={RANKS}", "-m", "kubetune.memprobe.deepspeed_states"],
+        env=dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"),
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    return {(row["stage"], row["method"]): row for row in rows}
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_deepspeed_holds_what_the_model_predicts(measured: dict, stage: int, method: str) -> None:
+    row = measured[(stage, method)]
+    arch = architecture.from_hf_config(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE))
+    buckets = Buckets(reduce_bucket_elements=deepspeed_states.REDUCE_BUCKET_ELEMENTS, overlap_comm=False)
+    settings = TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=RANKS, gpus_per_node=RANKS,
+                                buckets=buckets)
+    states = model_states(arch, settings)
+    expected = states.weights + states.optimizer_states
+    if stage == ZeroStage.PARAMETERS:
+        expected += states.gradients_persistent + buckets.reduce_bucket_elements * settings.precision.bytes
+    assert expected == pytest.approx(row["at_rest_bytes"], rel=TOLERANCE), row
