@@ -13,15 +13,19 @@ installed), one warm-up step, then one measured forward + backward in bf16 on on
 - reserved and device: max_memory_reserved() and the device's used memory (mem_get_info), for the allocator
   margin and the CUDA context the model adds on top.
 
-DeepSpeed's ZeRO buffers are checked once the trainer's ds_config generator exists (issue 5); this grid
-validates the activation and logits terms, which decide fit for long sequences.
+A second grid (`--deepspeed`, needs deepspeed) runs whole DeepSpeed steps on one GPU, ZeRO stages 0-3,
+with the config kubetune generates (planner/ds_config.py), and compares max_memory_allocated over a full
+step (forward, backward, optimizer) with the model's total less what the allocator does not see (CUDA
+context) and its margin.
 
 `--device cpu` runs the same pipeline on tiny models, measuring saved tensors instead of the allocator:
 it checks the script, not the GPU figures.
 """
 
 import argparse
+import dataclasses
 import json
+import os
 import platform
 import statistics
 import sys
@@ -31,7 +35,7 @@ import torch
 
 from kubetune.memprobe import probes, tiny_models
 from kubetune.planner import activations, architecture, memory
-from kubetune.planner.settings import Attention, Method, TrainingSettings
+from kubetune.planner.settings import Attention, Buckets, Method, TrainingSettings, ZeroStage
 
 GIB = 1024**3
 MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-1.5B", "meta-llama/Llama-3.2-3B")
@@ -111,6 +115,53 @@ def measure_cpu(model, arch, settings: TrainingSettings) -> dict:
     return {"allocated_bytes": saved + temporaries, "reserved_bytes": None, "device_used_bytes": None}
 
 
+def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]:
+    import deepspeed
+
+    from kubetune.planner.ds_config import ds_config
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29600", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl")
+    model, arch = tiny_models.build(dict(architecture.catalog()[name]), settings.attention.value, torch.float32)
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        model.enable_input_require_grads()
+    if settings.method is Method.LORA:
+        import peft
+
+        config = peft.LoraConfig(r=settings.lora.rank, target_modules=list(arch.lora_modules(settings.lora.target_modules)))
+        model = peft.get_peft_model(model, config)
+    settings = dataclasses.replace(settings, buckets=Buckets.for_hidden_size(arch.hidden_size))
+    torch.cuda.reset_peak_memory_stats()
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
+                                      config=ds_config(settings))
+    ids = torch.randint(0, arch.vocab_size, (settings.micro_batch, settings.seq_len), device="cuda")
+    for _ in range(2):  # the first step allocates lazily created buffers; the second is the steady state
+        torch.cuda.reset_peak_memory_stats()
+        engine.backward(engine(input_ids=ids, labels=ids).loss)
+        engine.step()
+    torch.cuda.synchronize()
+    free, total = torch.cuda.mem_get_info()
+    measured = {"allocated_bytes": torch.cuda.max_memory_allocated(), "reserved_bytes": torch.cuda.max_memory_reserved(),
+                "device_used_bytes": total - free}
+    estimate = memory.estimate(arch, settings)
+    predicted = estimate.total - estimate.overhead - estimate.allocator_margin
+    engine.destroy()
+    del engine, model
+    torch.cuda.empty_cache()
+    return measured, predicted
+
+
+def deepspeed_grid(quick: bool):
+    for name in MODELS[:2] if quick else MODELS:
+        for seq_len in (512, 2048):
+            for method in (Method.LORA, Method.FULL):
+                for stage in ZeroStage:
+                    yield name, TrainingSettings(seq_len=seq_len, method=method, zero_stage=stage,
+                                                 attention=attentions()[-1], num_gpus=1)
+
+
 def grid(quick: bool, device: str):
     models = MODELS[:2] if quick or device == "cpu" else MODELS
     seq_lens = (512,) if device == "cpu" else (SEQ_LENS[:2] if quick else SEQ_LENS)
@@ -127,6 +178,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
+    parser.add_argument("--deepspeed", action="store_true", help="the DeepSpeed ZeRO 0-3 grid instead")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_memory.md"))
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -136,25 +188,34 @@ def main() -> None:
     header = ("| model | seq | method | ckpt | attention | predicted GiB | allocated GiB | error | reserved GiB "
               "| device GiB |\n|---|---:|---|---|---|---:|---:|---:|---:|---:|")
     print(f"device: {device_name}; torch {torch.__version__}\n\n{header}")
-    for name, settings in grid(args.quick, args.device):
+    if args.deepspeed and args.device != "cuda":
+        sys.exit("the DeepSpeed grid needs a GPU; tests/measured/test_model_states_vs_deepspeed.py is its CPU check")
+    configurations = deepspeed_grid(args.quick) if args.deepspeed else grid(args.quick, args.device)
+    for name, settings in configurations:
+        model = None
         try:
-            model, arch = build(name, settings, args.device)
-            measured = (measure_gpu if args.device == "cuda" else measure_cpu)(model, arch, settings)
+            if args.deepspeed:
+                measured, predicted = measure_deepspeed(name, settings)
+            else:
+                model, arch = build(name, settings, args.device)
+                measured = (measure_gpu if args.device == "cuda" else measure_cpu)(model, arch, settings)
+                predicted = predicted_step_bytes(arch, settings, args.device)
         except torch.OutOfMemoryError:
-            print(f"| {name} | {settings.seq_len} | {settings.method} | OOM |")
+            print(f"| {name} | {settings.seq_len} | {settings.method} | ZeRO-{int(settings.zero_stage)} | OOM |")
             continue
         finally:
             model = None
             if args.device == "cuda":
                 torch.cuda.empty_cache()
-        predicted = predicted_step_bytes(arch, settings, args.device)
         error = predicted / measured["allocated_bytes"] - 1
         row = {"model": name, "seq_len": settings.seq_len, "method": settings.method.value,
+               "zero_stage": int(settings.zero_stage) if args.deepspeed else None,
                "gradient_checkpointing": settings.gradient_checkpointing, "attention": settings.attention.value,
                "predicted_bytes": predicted, **measured, "error": error}
         rows.append(row)
         gib = lambda v: f"{v / GIB:.2f}" if v is not None else "-"  # noqa: E731
-        print(f"| {name} | {settings.seq_len} | {settings.method} | {'on' if settings.gradient_checkpointing else 'off'} "
+        kind = f"ZeRO-{int(settings.zero_stage)}" if args.deepspeed else ("on" if settings.gradient_checkpointing else "off")
+        print(f"| {name} | {settings.seq_len} | {settings.method} | {kind} "
               f"| {settings.attention} | {gib(predicted)} | {gib(measured['allocated_bytes'])} | {error:+.1%} "
               f"| {gib(measured['reserved_bytes'])} | {gib(measured['device_used_bytes'])} |", flush=True)
     errors = [abs(r["error"]) for r in rows]
@@ -163,7 +224,8 @@ def main() -> None:
     print(summary)
     if args.device == "cuda":
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"device": device_name, "torch": torch.__version__,
+        out = args.out.with_name(args.out.stem + ("-deepspeed" if args.deepspeed else "") + ".json")
+        out.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
                                                              "rows": rows}, indent=2))
 
 

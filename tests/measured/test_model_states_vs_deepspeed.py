@@ -18,7 +18,7 @@ pytest.importorskip("deepspeed")
 from kubetune.memprobe import deepspeed_states, tiny_models  # noqa: E402
 from kubetune.planner import architecture  # noqa: E402
 from kubetune.planner.model_states import model_states  # noqa: E402
-from kubetune.planner.settings import Buckets, TrainingSettings, ZeroStage  # noqa: E402
+from kubetune.planner.settings import TrainingSettings, ZeroStage  # noqa: E402
 
 pytestmark = pytest.mark.measured
 
@@ -44,7 +44,7 @@ def measured() -> dict[tuple[int, str], dict]:
 def test_deepspeed_holds_what_the_model_predicts(measured: dict, stage: int, method: str) -> None:
     row = measured[(stage, method)]
     arch = architecture.from_hf_config(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE))
-    buckets = Buckets(reduce_bucket_elements=deepspeed_states.REDUCE_BUCKET_ELEMENTS, overlap_comm=False)
+    buckets = deepspeed_states.BUCKETS
     settings = TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=RANKS, gpus_per_node=RANKS,
                                 buckets=buckets)
     states = model_states(arch, settings)

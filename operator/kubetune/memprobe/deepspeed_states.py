@@ -2,7 +2,8 @@
 
     DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 -m kubetune.memprobe.deepspeed_states
 
-Builds a tiny random-weight Llama, trains two steps under each ZeRO stage, full and LoRA, and prints one
+Builds a tiny random-weight Llama, trains two steps under each ZeRO stage, full and LoRA, with the DeepSpeed
+config kubetune generates (planner/ds_config.py), and prints one
 JSON line per configuration from rank 0: the bytes of all live tensors on this rank (unique storages,
 found through the garbage collector) once the step has finished, and the optimizer class DeepSpeed chose.
 """
@@ -17,9 +18,10 @@ import peft
 import torch
 
 from kubetune.memprobe import tiny_models
-from kubetune.planner.settings import ALL_LINEAR
+from kubetune.planner.ds_config import ds_config
+from kubetune.planner.settings import ALL_LINEAR, Buckets, TrainingSettings
 
-REDUCE_BUCKET_ELEMENTS = 1_000_000
+BUCKETS = Buckets(reduce_bucket_elements=1_000_000, overlap_comm=False)
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "vocab_size": 2000}
 
 
@@ -38,13 +40,11 @@ def measure(stage: int, method: str) -> dict:
     model, arch = tiny_models.build(tiny_models.tiny_config("llama", 4, **SHAPE), "sdpa", torch.float32)
     if method == "lora":
         model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=list(arch.lora_modules(ALL_LINEAR))))
-    config = {
-        "train_micro_batch_size_per_gpu": 1,
-        "gradient_accumulation_steps": 1,
-        "bf16": {"enabled": True},
-        "zero_optimization": {"stage": stage, "reduce_bucket_size": REDUCE_BUCKET_ELEMENTS, "overlap_comm": False},
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-4, "torch_adam": True}},
-    }
+    settings = TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=int(os.environ["WORLD_SIZE"]),
+                                gpus_per_node=int(os.environ["WORLD_SIZE"]), buckets=BUCKETS)
+    config = ds_config(settings)
+    # No fused CUDA Adam on the CPU: torch's AdamW holds the same states.
+    config["optimizer"]["params"]["torch_adam"] = True
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config)
     del model

@@ -1,0 +1,45 @@
+"""The DeepSpeed config a plan runs with. The memory model assumes exactly these settings (buckets sized on
+the model, overlap only where DeepSpeed defaults it on), so the trainer must use this and nothing else."""
+
+from typing import Any
+
+from kubetune.planner.settings import Offload, Optimizer, Precision, TrainingSettings, ZeroStage
+
+
+def ds_config(settings: TrainingSettings, learning_rate: float = 2e-4) -> dict[str, Any]:
+    buckets = settings.buckets
+    zero: dict[str, Any] = {
+        "stage": int(settings.zero_stage),
+        "reduce_bucket_size": buckets.reduce_bucket_elements,
+        "allgather_bucket_size": buckets.allgather_bucket_elements,
+        "overlap_comm": buckets.overlaps(settings.zero_stage),
+        "contiguous_gradients": True,
+    }
+    if settings.zero_stage is ZeroStage.PARAMETERS:
+        zero |= {
+            "stage3_prefetch_bucket_size": buckets.prefetch_bucket_elements,
+            "stage3_max_live_parameters": buckets.max_live_parameters,
+            "stage3_param_persistence_threshold": buckets.param_persistence_threshold,
+            "sub_group_size": buckets.sub_group_elements,
+            # Save a whole 16-bit model at the end rather than only ZeRO shards.
+            "stage3_gather_16bit_weights_on_model_save": True,
+        }
+    if settings.offload is not Offload.NONE:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+    if settings.offload is Offload.ALL:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    optimizer = ({"type": "AdamW", "params": {"lr": learning_rate, "betas": [0.9, 0.999], "eps": 1e-8,
+                                               "weight_decay": 0.0}}
+                 if settings.optimizer is Optimizer.ADAMW
+                 else {"type": "SGD", "params": {"lr": learning_rate, "momentum": 0.9}})
+    return {
+        "train_micro_batch_size_per_gpu": settings.micro_batch,
+        "gradient_accumulation_steps": settings.gradient_accumulation,
+        "train_batch_size": settings.micro_batch * settings.gradient_accumulation * settings.num_gpus,
+        "bf16": {"enabled": settings.precision is Precision.BF16},
+        "fp16": {"enabled": settings.precision is Precision.FP16},
+        "zero_optimization": zero,
+        "optimizer": optimizer,
+        "gradient_clipping": 1.0,
+        "steps_per_print": 1_000_000,  # the trainer reports progress itself
+    }
