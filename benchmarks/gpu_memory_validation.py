@@ -225,8 +225,7 @@ def main() -> None:
     if args.device == "cuda":
         args.out.parent.mkdir(parents=True, exist_ok=True)
         out = args.out.with_name(args.out.stem + ("-deepspeed" if args.deepspeed else "") + ".json")
-        out.write_text(json.dumps({"device": device_name, "torch": torch.__version__,
-                                                             "rows": rows}, indent=2))
+        out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

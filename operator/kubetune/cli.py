@@ -10,6 +10,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.api import crd
 from kubetune.catalog import gpus
 from kubetune.devcluster import profile as profiles
 from kubetune.devcluster.cluster import ClusterError, LocalCluster
@@ -99,6 +100,17 @@ def plan_command(
         chart.write_text(report.svg_chart(result, capacities))
     if result.chosen is None:
         raise typer.Exit(1)
+
+
+@app.command("crd")
+def crd_command(write: bool = typer.Option(False, "--write", help=f"Write {crd.CRD_PATH} instead of printing.")) -> None:
+    """Print (or write) the FineTuneJob CRD, generated from the API models."""
+    text = crd.render()
+    if write:
+        Path(crd.CRD_PATH).write_text(text)
+        console.print(f"wrote {crd.CRD_PATH}")
+    else:
+        print(text, end="")
 
 
 def _state_root() -> Path:

@@ -1,0 +1,310 @@
+"""FineTuneJob spec and status. These models are the single source of the CRD schema (crd.py renders them;
+`kubetune crd` writes crds/ and the chart's copy). Field descriptions become `kubectl explain` text; CEL
+rules sit on the narrowest type they constrain.
+
+Conventions (Kubernetes API conventions): camelCase names, no floats in spec (the learning rate is a
+decimal string), CamelCase enum values, units in names, every list and string bounded.
+"""
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "kubetune.io"
+VERSION = "v1alpha1"
+KIND = "FineTuneJob"
+PLURAL = "finetunejobs"
+
+NAME = Annotated[str, Field(min_length=1, max_length=253)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+def rules(*pairs: tuple[str, str]) -> dict[str, Any]:
+    """CEL rules for `x-kubernetes-validations`: (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message} for rule, message in pairs]}
+
+
+class DatasetFormat(StrEnum):
+    INSTRUCTION = "Instruction"  # jsonl with instruction/input/output
+    CHAT = "Chat"  # jsonl with a messages list
+    TEXT = "Text"  # jsonl with a text field, or plain text
+
+
+class MethodType(StrEnum):
+    AUTO = "Auto"
+    LORA = "LoRA"
+    FULL = "Full"
+
+
+class OffloadType(StrEnum):
+    NONE = "None"
+    OPTIMIZER = "Optimizer"
+    ALL = "All"
+
+
+class Toggle(StrEnum):
+    AUTO = "Auto"
+    ENABLED = "Enabled"
+    DISABLED = "Disabled"
+
+
+class AttentionType(StrEnum):
+    AUTO = "Auto"
+    EAGER = "Eager"
+    SDPA = "SDPA"
+    FLASH_ATTENTION_2 = "FlashAttention2"
+
+
+class ObjectiveType(StrEnum):
+    CHEAPEST = "Cheapest"
+    FASTEST = "Fastest"
+    FEWEST_GPUS = "FewestGPUs"
+
+
+class SaveType(StrEnum):
+    ADAPTER = "Adapter"
+    MERGED = "Merged"
+
+
+class ModelSource(_Model):
+    """model is what to fine-tune."""
+
+    name: NAME = Field(description="name is a Hugging Face Hub id (e.g. meta-llama/Llama-3.1-8B), a kubetune "
+                       "catalog name, or a path to a model folder on the data volume.")
+    revision: str | None = Field(default=None, max_length=255, description="revision is the Hub revision (branch, "
+                                 "tag or commit) to load.")
+    config: dict[str, Any] | None = Field(default=None, description="config overrides or supplies the model's "
+                                          "config.json fields (for models outside the catalog).",
+                                          json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
+
+
+class Dataset(_Model):
+    """dataset is the training data."""
+
+    source: NAME = Field(description="source is a Hub dataset id, a URL, or a path on the claim named by "
+                         "`claimName`.")
+    format: DatasetFormat = Field(default=DatasetFormat.INSTRUCTION, description="format of the records.")
+    claim_name: str | None = Field(default=None, max_length=253, description="claimName is a "
+                                   "PersistentVolumeClaim holding the data; `source` is then a path on it.")
+
+
+class Method(_Model):
+    """method holds hints for the planner; anything left out (or Auto) is chosen by it."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!has(self.offload) || self.offload != 'All' || (has(self.zeroStage) && self.zeroStage == 3)",
+         "`offload` 'All' (parameters too) needs `zeroStage` 3"),
+        ("!has(self.offload) || self.offload == 'None' || !has(self.zeroStage) || self.zeroStage >= 1",
+         "`offload` needs `zeroStage` 1 or higher"),
+        ("self.type != 'Full' || (!has(self.loraRank) && !has(self.loraTargets) && !has(self.loraDropoutPercent))",
+         "LoRA settings may not be given with `type` 'Full'"),
+    ))
+
+    type: MethodType = Field(default=MethodType.AUTO, description="type is LoRA, Full, or Auto (the planner "
+                             "chooses).")
+    lora_rank: int | None = Field(default=None, ge=1, le=1024, description="loraRank is the LoRA rank (1-1024).")
+    lora_targets: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        default=None, max_length=16, description="loraTargets are the module names LoRA adapts (default: all "
+        "linear layers).")
+    lora_dropout_percent: int | None = Field(default=None, ge=0, le=90, description="loraDropoutPercent is "
+                                             "LoRA dropout in percent.")
+    zero_stage: int | None = Field(default=None, ge=0, le=3, description="zeroStage pins the DeepSpeed ZeRO "
+                                   "stage (0-3).")
+    offload: OffloadType | None = Field(default=None, description="offload pins DeepSpeed offload to the CPU: "
+                                        "None, Optimizer, or All (parameters too; ZeRO-3 only).")
+    gradient_checkpointing: Toggle = Field(default=Toggle.AUTO, description="gradientCheckpointing is Enabled, "
+                                           "Disabled or Auto.")
+    attention: AttentionType = Field(default=AttentionType.AUTO, description="attention pins the attention "
+                                     "kernel; FlashAttention2 needs compute capability 8.0 or newer.")
+    micro_batch: int | None = Field(default=None, ge=1, le=1024, description="microBatch pins sequences per GPU "
+                                    "per step.")
+
+
+class Training(_Model):
+    """training holds the hyperparameters."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!(has(self.epochs) && has(self.maxSteps))", "`epochs` and `maxSteps` may not both be set"),
+    ))
+
+    epochs: int | None = Field(default=None, ge=1, le=1000, description="epochs over the dataset (1 when "
+                               "neither this nor `maxSteps` is set).")
+    max_steps: int | None = Field(default=None, ge=1, description="maxSteps is the number of optimizer steps.")
+    learning_rate: str = Field(default="0.0002", pattern=r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$", max_length=32,
+                               description="learningRate as a decimal string (quoted in YAML), e.g. '0.0002' or '2e-4'.")
+    global_batch: int = Field(default=32, ge=1, le=65536, description="globalBatch is sequences per optimizer "
+                              "step, across all GPUs.")
+    seq_len: int = Field(default=2048, ge=16, le=1048576, description="seqLen is the (padded or packed) "
+                         "sequence length in tokens.")
+    seed: int = Field(default=42, ge=0, description="seed for data order and initialisation.")
+
+
+class Resources(_Model):
+    """resources bound what the plan may use."""
+
+    gpu_types: list[Annotated[str, Field(max_length=128)]] | None = Field(
+        default=None, max_length=32, description="gpuTypes the job may use, as GPU Feature Discovery product "
+        "labels (NVIDIA-H100-80GB-HBM3) or kubetune ids (H100-SXM-80GB); default: any.")
+    max_gpus: int | None = Field(default=None, ge=1, le=4096, description="maxGPUs caps the GPUs used.")
+    max_nodes: int | None = Field(default=None, ge=1, le=512, description="maxNodes caps the nodes used.")
+    objective: ObjectiveType = Field(default=ObjectiveType.CHEAPEST, description="objective is what the planner "
+                                     "optimises: Cheapest (cost per token), Fastest, or FewestGPUs.")
+
+
+class Output(_Model):
+    """output is where the result goes."""
+
+    claim_name: str | None = Field(default=None, max_length=253, description="claimName is the "
+                                   "PersistentVolumeClaim the model and checkpoints are written to.")
+    path: str = Field(default="/output", max_length=1024, description="path inside the output volume.")
+    save: SaveType = Field(default=SaveType.ADAPTER, description="save the LoRA Adapter alone or the Merged "
+                           "model.")
+
+
+class SecretKeyRef(_Model):
+    name: NAME = Field(description="name of the Secret.")
+    key: str = Field(default="token", max_length=253, description="key in the Secret.")
+
+
+class Images(_Model):
+    trainer: str | None = Field(default=None, max_length=1024, description="trainer image override.")
+
+
+class FineTuneJobSpec(_Model):
+    """spec is the desired fine-tuning run."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("self.method.attention != 'Eager' || self.training.seqLen <= 8192",
+         "`method.attention` 'Eager' keeps a seqLen^2 score matrix per head: `training.seqLen` must be at most "
+         "8192 with it"),
+    ))
+
+    model: ModelSource = Field(description="model to fine-tune.",
+                               json_schema_extra=rules(("self == oldSelf", "`model` is immutable")))
+    dataset: Dataset = Field(description="dataset to train on.",
+                             json_schema_extra=rules(("self == oldSelf", "`dataset` is immutable")))
+    method: Method = Field(default_factory=Method, description="method hints for the planner.",
+                           json_schema_extra={"default": {}, **rules(("self == oldSelf", "`method` is immutable"))})
+    training: Training = Field(default_factory=Training, description="training "
+                               "hyperparameters.",
+                               json_schema_extra={"default": {}, **rules(("self == oldSelf", "`training` is immutable"))})
+    resources: Resources = Field(default_factory=Resources, description="resources the plan may use.",
+                                 json_schema_extra={"default": {}, **rules(("self == oldSelf", "`resources` is immutable"))})
+    output: Output = Field(default_factory=Output, description="output of the run.",
+                           json_schema_extra={"default": {}})
+    checkpoint_interval_steps: int = Field(default=500, ge=1, description="checkpointIntervalSteps between "
+                                           "checkpoints.")
+    images: Images = Field(default_factory=Images, description="images overrides.", json_schema_extra={"default": {}})
+    hub_token_secret_ref: SecretKeyRef | None = Field(default=None, description="hubTokenSecretRef names the "
+                                                      "Secret key holding a Hugging Face token.")
+    queue_name: str | None = Field(default=None, max_length=63, description="queueName is the Kueue LocalQueue; "
+                                   "the job then waits for Kueue's admission.")
+    priority_class_name: str | None = Field(default=None, max_length=253, description="priorityClassName for "
+                                            "the training pods.")
+    suspend: bool = Field(default=False, description="suspend stops the training pods (checkpoints are kept) "
+                          "until set back to false.")
+
+
+class Condition(_Model):
+    """A metav1.Condition."""
+
+    type: str = Field(max_length=316, description="type of the condition: Planned, Admitted, Running, "
+                      "Succeeded or Failed.")
+    status: str = Field(pattern="^(True|False|Unknown)$", description="status: True, False or Unknown.")
+    reason: str = Field(max_length=1024, description="reason, a CamelCase word.")
+    message: str = Field(max_length=32768, description="message for humans.")
+    last_transition_time: str = Field(description="lastTransitionTime when the status last changed.",
+                                      json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(default=None, description="observedGeneration the condition "
+                                            "was set for.")
+
+
+class MemoryBreakdown(_Model):
+    """Predicted bytes per GPU at the peak phase."""
+
+    weights: int
+    gradients: int
+    optimizer_states: int
+    activations: int
+    logits: int
+    buffers: int
+    overhead: int
+    allocator_margin: int
+    total: int
+    gpu_memory: int = Field(description="gpuMemory is the GPU's memory, for comparison with `total`.")
+    peak_phase: str = Field(max_length=64)
+    host_per_node: int = Field(description="hostPerNode is host memory the offload needs per node.")
+
+
+class RunnerUp(_Model):
+    gpu_type: str = Field(max_length=128)
+    gpus: int
+    method: str = Field(max_length=16)
+    zero_stage: int
+    offload: str = Field(max_length=16)
+    gradient_checkpointing: bool
+    predicted_peak_bytes: int
+    tokens_per_second: int
+    why_not_chosen: str = Field(max_length=1024)
+
+
+class Plan(_Model):
+    """The configuration the planner chose, with its prediction."""
+
+    gpu_type: str = Field(max_length=128, description="gpuType is the kubetune GPU id.")
+    gpu_product: str = Field(max_length=128, description="gpuProduct is the nvidia.com/gpu.product label "
+                             "the pods select.")
+    nodes: int
+    gpus_per_node: int
+    gpus: int = Field(description="gpus in all: nodes x gpusPerNode.")
+    peak_summary: str = Field(max_length=64, description="peakSummary is the predicted per-GPU peak against the "
+                              "GPU's memory, e.g. '49.7GiB/80GiB'.")
+    method: str = Field(max_length=16)
+    lora_rank: int | None = None
+    zero_stage: int
+    offload: str = Field(max_length=16)
+    gradient_checkpointing: bool
+    attention: str = Field(max_length=32)
+    precision: str = Field(max_length=8)
+    micro_batch: int
+    gradient_accumulation: int
+    predicted_peak_bytes: int
+    memory: MemoryBreakdown
+    predicted_step_milliseconds: int
+    predicted_tokens_per_second: int
+    explanation: list[Annotated[str, Field(max_length=4096)]] = Field(max_length=16)
+    runners_up: list[RunnerUp] = Field(default_factory=list, max_length=8)
+
+
+class Children(_Model):
+    config_map: str | None = Field(default=None, max_length=253)
+    service: str | None = Field(default=None, max_length=253)
+    job: str | None = Field(default=None, max_length=253)
+
+
+class Progress(_Model):
+    step: int = 0
+    total_steps: int | None = None
+    eta_seconds: int | None = None
+    summary: str | None = Field(default=None, max_length=64, description="summary as 'step/totalSteps'.")
+
+
+class FineTuneJobStatus(_Model):
+    """status is what the operator observed and decided."""
+
+    phase: str | None = Field(default=None, max_length=32, description="phase summarises the conditions: "
+                              "Pending, Planned, Unschedulable, Queued, Running, Suspended, Succeeded or Failed.")
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list, max_length=16,
+                                        json_schema_extra={"x-kubernetes-list-type": "map",
+                                                           "x-kubernetes-list-map-keys": ["type"]})
+    plan: Plan | None = None
+    children: Children | None = None
+    progress: Progress | None = None
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
