@@ -102,6 +102,19 @@ def plan_command(
         raise typer.Exit(1)
 
 
+@app.command("run-operator")
+def run_operator(
+    namespace: list[str] = typer.Option([], help="Watch only these namespaces (repeat it); default: all."),
+    liveness: str | None = typer.Option(None, help="Serve liveness/readiness here, e.g. http://0.0.0.0:8080/healthz."),
+) -> None:
+    """Run the operator against the cluster of the current kubeconfig (or in-cluster)."""
+    import kopf
+
+    from kubetune.controller import handlers  # noqa: F401  (registers the handlers)
+
+    kopf.run(clusterwide=not namespace, namespaces=namespace, standalone=True, liveness_endpoint=liveness)
+
+
 @app.command("crd")
 def crd_command(write: bool = typer.Option(False, "--write", help=f"Write {crd.CRD_PATH} instead of printing.")) -> None:
     """Print (or write) the FineTuneJob CRD, generated from the API models."""

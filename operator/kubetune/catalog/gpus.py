@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 # GFD's mapping from compute capability major (and, for major 7 and 8, minor) to `nvidia.com/gpu.family`.
 _FAMILY_BY_MAJOR = {7: "volta", 8: "ampere", 9: "hopper", 10: "blackwell", 12: "blackwell", 13: "rubin"}
 
+# The extended resource the NVIDIA device plugin advertises.
+GPU_RESOURCE = "nvidia.com/gpu"
+
 # GFD appends this to the product when a GPU is shared (time-slicing or MPS); the hardware is the same.
 SHARED_SUFFIX = "-SHARED"
 

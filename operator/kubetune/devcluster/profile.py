@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from kubetune.catalog import gpus
 
-GPU_RESOURCE = "nvidia.com/gpu"
+GPU_RESOURCE = gpus.GPU_RESOURCE
 PODS_PER_NODE = "110"
 
 

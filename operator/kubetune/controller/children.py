@@ -1,0 +1,148 @@
+"""The objects a FineTuneJob owns, as plain dicts: a ConfigMap with the DeepSpeed and trainer configs, a
+headless Service for rendezvous and metrics, and an Indexed Job with one pod per node running torchrun."""
+
+import json
+from typing import Any
+
+from kubetune.api import v1alpha1 as api
+from kubetune.catalog.gpus import GPU_RESOURCE
+from kubetune.controller.cluster_gpus import PRODUCT_LABEL, GpuNodeGroup
+from kubetune.planner.ds_config import ds_config
+from kubetune.planner.settings import TrainingSettings
+
+LABEL_JOB = "kubetune.io/finetunejob"
+LABEL_COMPONENT = "kubetune.io/component"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
+RENDEZVOUS_PORT = 29500
+METRICS_PORT = 9400
+CONFIG_DIR = "/etc/kubetune"
+GIB = 1024**3
+
+
+def names(job_name: str) -> dict[str, str]:
+    """Deterministic child names: an operator restart finds, never duplicates, what it created."""
+    return {"config_map": f"{job_name}-config", "service": f"{job_name}-workers", "job": f"{job_name}-train"}
+
+
+def labels(job_name: str, component: str) -> dict[str, str]:
+    return {LABEL_JOB: job_name, LABEL_COMPONENT: component}
+
+
+def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
+    trainer = {
+        "model": spec.model.model_dump(by_alias=True, exclude_none=True),
+        "dataset": spec.dataset.model_dump(by_alias=True, exclude_none=True),
+        "training": spec.training.model_dump(by_alias=True, exclude_none=True),
+        "output": spec.output.model_dump(by_alias=True, exclude_none=True),
+        "checkpointIntervalSteps": spec.checkpoint_interval_steps,
+        "method": settings.method.value,
+        "lora": {"rank": settings.lora.rank, "targets": list(settings.lora.target_modules),
+                 "dropout": settings.lora.dropout},
+        "gradientCheckpointing": settings.gradient_checkpointing,
+        "attention": settings.attention.value,
+        # The prediction travels with the run, so the trainer can report predicted against measured memory.
+        "plan": plan.model_dump(by_alias=True, exclude_none=True),
+    }
+    lr = float(spec.training.learning_rate)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": names(name)["config_map"], "labels": labels(name, "config")},
+        "data": {"ds_config.json": json.dumps(ds_config(settings, lr), indent=2),
+                 "trainer.json": json.dumps(trainer, indent=2)},
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": names(name)["service"], "labels": labels(name, "workers")},
+        "spec": {
+            "clusterIP": "None",
+            # Rendezvous happens before pods are ready.
+            "publishNotReadyAddresses": True,
+            "selector": labels(name, "trainer"),
+            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}, {"name": "metrics", "port": METRICS_PORT}],
+        },
+    }
+
+
+def _tolerations(group: GpuNodeGroup) -> list[dict[str, Any]]:
+    tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    for taint in group.taints:
+        toleration = {"key": taint["key"], "operator": "Exists", "effect": taint.get("effect", "NoSchedule")}
+        if toleration not in tolerations:
+            tolerations.append(toleration)
+    return tolerations
+
+
+def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup) -> dict[str, Any]:
+    child = names(name)
+    master = f"{child['job']}-0.{child['service']}"
+    command = [
+        "torchrun", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}",
+        "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master}", f"--master_port={RENDEZVOUS_PORT}",
+        "-m", "kubetune.trainer", f"--config={CONFIG_DIR}/trainer.json", f"--deepspeed={CONFIG_DIR}/ds_config.json",
+    ]
+    env: list[dict[str, Any]] = [{"name": "KUBETUNE_JOB", "value": name}]
+    if spec.hub_token_secret_ref is not None:
+        ref = spec.hub_token_secret_ref
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": child["config_map"]}},
+        # NCCL and the data loaders need more shared memory than a container's default 64 MiB.
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{8 * plan.gpus_per_node}Gi"}},
+        {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}}
+        if spec.output.claim_name else {"name": "output", "emptyDir": {}},
+    ]
+    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+              {"name": "dshm", "mountPath": "/dev/shm"},
+              {"name": "output", "mountPath": spec.output.path}]
+    if spec.dataset.claim_name:
+        volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": spec.dataset.claim_name, "readOnly": True}})
+        mounts.append({"name": "data", "mountPath": "/data", "readOnly": True})
+    host_memory = plan.memory.host_per_node + 8 * GIB * plan.gpus_per_node
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": child["service"],
+        "nodeSelector": {PRODUCT_LABEL: plan.gpu_product},
+        "tolerations": _tolerations(group),
+        "containers": [{
+            "name": "trainer",
+            "image": spec.images.trainer or DEFAULT_TRAINER_IMAGE,
+            "command": command,
+            "env": env,
+            "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
+                      {"name": "metrics", "containerPort": METRICS_PORT}],
+            "resources": {
+                "limits": {GPU_RESOURCE: str(plan.gpus_per_node)},
+                "requests": {GPU_RESOURCE: str(plan.gpus_per_node), "cpu": str(4 * plan.gpus_per_node),
+                             "memory": f"{host_memory // GIB}Gi"},
+            },
+            "volumeMounts": mounts,
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+        }],
+        "volumes": volumes,
+    }
+    if spec.priority_class_name:
+        pod_spec["priorityClassName"] = spec.priority_class_name
+    job_labels = labels(name, "trainer")
+    if spec.queue_name:
+        job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": child["job"], "labels": job_labels},
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": plan.nodes,
+            "parallelism": plan.nodes,
+            # A failed worker fails the run: the operator reports it (retries from checkpoints come later).
+            "backoffLimit": 0,
+            # Kueue unsuspends the Job when it admits it.
+            "suspend": spec.suspend or spec.queue_name is not None,
+            "template": {"metadata": {"labels": labels(name, "trainer")}, "spec": pod_spec},
+        },
+    }

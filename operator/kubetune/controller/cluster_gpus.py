@@ -1,0 +1,86 @@
+"""What GPUs the cluster has, from Node objects labelled by GPU Feature Discovery, less what pods hold."""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubetune.catalog import gpus
+from kubetune.planner.search import GpuPool
+
+PRODUCT_LABEL = "nvidia.com/gpu.product"
+# Pods in these phases no longer hold their GPUs.
+DONE_PHASES = ("Succeeded", "Failed")
+
+
+@dataclass
+class GpuNodeGroup:
+    """Nodes with the same GPU product and GPU count."""
+
+    gpu: gpus.GpuType
+    product: str
+    gpus_per_node: int
+    free_nodes: int = 0  # nodes whose GPUs are all free
+    nodes: int = 0
+    host_memory_bytes: int | None = None
+    taints: list[dict[str, Any]] = field(default_factory=list)
+
+    def pool(self, usd_per_hour: float | None = None) -> GpuPool:
+        return GpuPool(gpu=self.gpu, gpus_per_node=self.gpus_per_node, nodes=max(self.free_nodes, 1),
+                       host_memory_bytes=self.host_memory_bytes, usd_per_hour=usd_per_hour)
+
+
+def _quantity_bytes(value: str) -> int:
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3}
+    for suffix, factor in units.items():
+        if value.endswith(suffix):
+            return int(float(value[: -len(suffix)]) * factor)
+    return int(value)
+
+
+def requested_gpus(pods: list[dict[str, Any]]) -> dict[str, int]:
+    """GPUs requested per node by pods that still hold them."""
+    held: dict[str, int] = defaultdict(int)
+    for pod in pods:
+        node = pod.get("spec", {}).get("nodeName")
+        if not node or pod.get("status", {}).get("phase") in DONE_PHASES:
+            continue
+        for container in pod["spec"].get("containers", []):
+            limits = container.get("resources", {}).get("limits", {})
+            held[node] += int(limits.get(gpus.GPU_RESOURCE, 0))
+    return held
+
+
+def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[GpuNodeGroup]:
+    """Schedulable GPU nodes grouped by product and GPU count, with how many are wholly free."""
+    held = requested_gpus(pods)
+    groups: dict[tuple[str, int], GpuNodeGroup] = {}
+    for node in nodes:
+        labels = node["metadata"].get("labels", {})
+        product = labels.get(PRODUCT_LABEL)
+        allocatable = node.get("status", {}).get("allocatable", {})
+        count = int(allocatable.get(gpus.GPU_RESOURCE, 0))
+        if not product or count == 0 or node.get("spec", {}).get("unschedulable"):
+            continue
+        try:
+            gpu = gpus.by_gfd_product(product)
+        except gpus.UnknownGpuError:
+            continue
+        group = groups.setdefault((product, count), GpuNodeGroup(gpu=gpu, product=product, gpus_per_node=count))
+        group.nodes += 1
+        if held.get(node["metadata"]["name"], 0) == 0:
+            group.free_nodes += 1
+        memory = allocatable.get("memory")
+        if memory:
+            host = _quantity_bytes(memory)
+            group.host_memory_bytes = min(group.host_memory_bytes or host, host)
+        for taint in node.get("spec", {}).get("taints", []) or []:
+            if taint not in group.taints:
+                group.taints.append(taint)
+    return sorted(groups.values(), key=lambda g: (g.gpu.id, g.gpus_per_node))
+
+
+def allowed(group: GpuNodeGroup, gpu_types: list[str] | None) -> bool:
+    if not gpu_types:
+        return True
+    wanted = {t.lower() for t in gpu_types}
+    return group.gpu.id.lower() in wanted or group.product.lower() in wanted

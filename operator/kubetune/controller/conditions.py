@@ -1,0 +1,61 @@
+"""Status conditions (metav1.Condition), written only when something changes, and the phase they sum up."""
+
+from datetime import UTC, datetime
+from typing import Any
+
+PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED = "Planned", "Admitted", "Running", "Succeeded", "Failed"
+
+# Reasons, one CamelCase word each.
+REASON_PLANNED = "Planned"
+REASON_UNSCHEDULABLE = "Unschedulable"
+REASON_INVALID_MODEL = "ModelUnknown"
+REASON_QUEUED = "WaitingForQueue"
+REASON_ADMITTED = "Admitted"
+REASON_SUSPENDED = "Suspended"
+REASON_PODS_RUNNING = "PodsRunning"
+REASON_PODS_PENDING = "PodsPending"
+REASON_COMPLETED = "JobCompleted"
+REASON_POD_FAILED = "PodFailed"
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Conditions:
+    def __init__(self, existing: list[dict[str, Any]] | None, generation: int) -> None:
+        self.items = {c["type"]: dict(c) for c in existing or []}
+        self.generation = generation
+        self.changed: list[dict[str, Any]] = []
+
+    def set(self, kind: str, status: bool, reason: str, message: str) -> None:
+        value = "True" if status else "False"
+        old = self.items.get(kind)
+        if old and (old["status"], old["reason"], old["message"]) == (value, reason, message):
+            return
+        condition = {"type": kind, "status": value, "reason": reason, "message": message[:32768],
+                     "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == value else now(),
+                     "observedGeneration": self.generation}
+        self.items[kind] = condition
+        self.changed.append(condition)
+
+    def true(self, kind: str) -> bool:
+        return self.items.get(kind, {}).get("status") == "True"
+
+    def as_list(self) -> list[dict[str, Any]]:
+        order = (PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED)
+        return [self.items[k] for k in order if k in self.items]
+
+    def phase(self) -> str:
+        if self.true(SUCCEEDED):
+            return "Succeeded"
+        if self.true(FAILED):
+            return "Unschedulable" if self.items[FAILED]["reason"] == REASON_UNSCHEDULABLE else "Failed"
+        if self.true(RUNNING):
+            return "Running"
+        admitted = self.items.get(ADMITTED)
+        if admitted and admitted["status"] == "False":
+            return "Suspended" if admitted["reason"] == REASON_SUSPENDED else "Queued"
+        if self.true(PLANNED):
+            return "Planned"
+        return "Pending"

@@ -1,0 +1,160 @@
+"""kopf handlers. One level-based reconcile, run on create, on spec changes and by a timer: plan if not
+planned, make sure the children exist, and read the Job and its pods into conditions, phase and Events."""
+
+import os
+from typing import Any
+
+import kopf
+from pydantic import ValidationError
+
+from kubetune.api import v1alpha1 as api
+from kubetune.controller import children, planning
+from kubetune.controller import conditions as c
+from kubetune.controller.cluster_gpus import node_groups
+from kubetune.controller.kube import Kube
+
+RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # kopf's own bookkeeping lives in annotations under our prefix, never in status.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io")
+    settings.persistence.finalizer = "kubetune.io/finalizer"
+    # Watches that hang forever without a server timeout (kopf#698, #204).
+    settings.watching.server_timeout = 60
+    settings.networking.request_timeout = 30
+    settings.posting.level = 20  # Events for INFO and above
+    memo.kube = await Kube.connect()
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.kube.close()
+
+
+@kopf.on.create(*RESOURCE)
+@kopf.on.resume(*RESOURCE)
+@kopf.on.update(*RESOURCE, field="spec")
+@kopf.timer(*RESOURCE, interval=RECONCILE_SECONDS, initial_delay=RECONCILE_SECONDS)
+async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
+                    patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    generation = body["metadata"].get("generation", 1)
+    conds = c.Conditions(status.get("conditions"), generation)
+    if conds.true(c.SUCCEEDED) or conds.true(c.FAILED):
+        return
+    try:
+        job_spec = api.FineTuneJobSpec.model_validate(dict(spec))
+    except ValidationError as error:
+        conds.set(c.FAILED, True, "InvalidSpec", str(error))
+        return _write(body, patch, conds, status)
+    plan = api.Plan.model_validate(status["plan"]) if status.get("plan") else None
+    if plan is None:
+        plan = await _plan(body, job_spec, memo.kube, conds, patch)
+        if plan is None:
+            return _write(body, patch, conds, status)
+    await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
+    await _observe(body, name, namespace, job_spec, memo.kube, conds, patch, status)
+    _write(body, patch, conds, status)
+
+
+async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c.Conditions,
+                patch: kopf.Patch) -> api.Plan | None:
+    groups = node_groups(await kube.nodes(), await kube.pods())
+    decision = planning.decide(spec, groups)
+    if decision.plan is None:
+        reason = c.REASON_INVALID_MODEL if "unknown model" in decision.message else c.REASON_UNSCHEDULABLE
+        conds.set(c.PLANNED, False, reason, decision.message)
+        conds.set(c.FAILED, True, reason, decision.message)
+        return None
+    plan = decision.plan
+    summary = (f"{plan.gpu_type} x {plan.gpus} ({plan.nodes} node(s)): {plan.method}"
+               f"{f' r={plan.lora_rank}' if plan.lora_rank else ''}, ZeRO-{plan.zero_stage}, offload {plan.offload}, "
+               f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.attention}, "
+               f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
+               f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
+    conds.set(c.PLANNED, True, c.REASON_PLANNED, summary)
+    patch.status["plan"] = plan.model_dump(by_alias=True, exclude_none=True)
+    return plan
+
+
+async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
+                           kube: Kube, patch: kopf.Patch) -> None:
+    settings = planning.settings_from_plan(spec, plan)
+    groups = [g for g in node_groups(await kube.nodes(), []) if g.product == plan.gpu_product]
+    group = groups[0] if groups else None
+    manifests = [children.config_map(name, spec, plan, settings), children.service(name)]
+    if group is not None:
+        manifests.append(children.job(name, spec, plan, group))
+    for manifest in manifests:
+        kopf.adopt(manifest, owner=body)
+        if await kube.create(namespace, manifest):
+            kopf.info(body, reason="Created", message=f"created {manifest['kind']} {manifest['metadata']['name']}")
+    patch.status["children"] = {"configMap": children.names(name)["config_map"],
+                                "service": children.names(name)["service"], "job": children.names(name)["job"]}
+
+
+async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, kube: Kube,
+                   conds: c.Conditions, patch: kopf.Patch, status: kopf.Status) -> None:
+    job_name = children.names(name)["job"]
+    job = await kube.job(namespace, job_name)
+    if job is None:
+        return
+    suspended = bool(job["spec"].get("suspend"))
+    # The user's suspend flag drives the Job, except that Kueue alone lifts suspension of a queued Job.
+    if spec.suspend != suspended and (spec.suspend or spec.queue_name is None):
+        await kube.suspend_job(namespace, job_name, spec.suspend)
+        suspended = spec.suspend
+    if spec.suspend:
+        conds.set(c.ADMITTED, False, c.REASON_SUSPENDED, "spec.suspend is true: the training pods are stopped")
+    elif suspended:
+        conds.set(c.ADMITTED, False, c.REASON_QUEUED, f"waiting for Kueue to admit it from queue '{spec.queue_name}'")
+    else:
+        conds.set(c.ADMITTED, True, c.REASON_ADMITTED, "the Job may run" +
+                  (f" (admitted by Kueue from '{spec.queue_name}')" if spec.queue_name else ""))
+    job_status = job.get("status", {})
+    job_conditions = {cond["type"]: cond for cond in job_status.get("conditions", []) if cond["status"] == "True"}
+    if "Complete" in job_conditions:
+        conds.set(c.RUNNING, False, c.REASON_COMPLETED, "all workers finished")
+        conds.set(c.SUCCEEDED, True, c.REASON_COMPLETED, f"Job {job_name} completed")
+        patch.status["completionTime"] = job_status.get("completionTime") or c.now()
+    elif "Failed" in job_conditions:
+        message = await _failed_pod_message(kube, namespace, name) or job_conditions["Failed"].get("message", "")
+        conds.set(c.RUNNING, False, c.REASON_POD_FAILED, message)
+        conds.set(c.FAILED, True, c.REASON_POD_FAILED, message)
+        patch.status["completionTime"] = c.now()
+    elif job_status.get("active", 0) > 0 and not suspended:
+        ready = job_status.get("ready", 0)
+        conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
+        if not status.get("startTime"):
+            patch.status["startTime"] = job_status.get("startTime") or c.now()
+    elif not suspended:
+        conds.set(c.RUNNING, False, c.REASON_PODS_PENDING, "waiting for the workers to be scheduled")
+
+
+async def _failed_pod_message(kube: Kube, namespace: str, name: str) -> str | None:
+    selector = ",".join(f"{k}={v}" for k, v in children.labels(name, "trainer").items())
+    for pod in await kube.pods(namespace, selector):
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            terminated = container.get("state", {}).get("terminated")
+            if terminated and terminated.get("exitCode", 0) != 0:
+                return (f"pod {pod['metadata']['name']} container {container['name']} exited with code "
+                        f"{terminated['exitCode']} ({terminated.get('reason', 'Error')}): "
+                        f"{terminated.get('message', '').strip()}")
+    return None
+
+
+def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf.Status) -> None:
+    for condition in conds.changed:
+        kind = "Warning" if condition["type"] == c.FAILED or condition["reason"] == c.REASON_UNSCHEDULABLE else "Normal"
+        kopf.event(body, type=kind, reason=condition["reason"], message=f"{condition['type']}={condition['status']}: "
+                   f"{condition['message']}")
+    if conds.changed:
+        patch.status["conditions"] = conds.as_list()
+    phase = conds.phase()
+    if status.get("phase") != phase:
+        patch.status["phase"] = phase
+    if status.get("observedGeneration") != conds.generation:
+        patch.status["observedGeneration"] = conds.generation

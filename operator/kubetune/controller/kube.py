@@ -1,0 +1,65 @@
+"""The only module that talks to the Kubernetes API (kubernetes_asyncio), with plain-dict objects in and out."""
+
+import json
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+CONFLICT, NOT_FOUND = 409, 404
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.batch = client.BatchV1Api(api)
+
+    @classmethod
+    async def connect(cls) -> "Kube":
+        try:
+            config.load_incluster_config()
+        except config.ConfigException:
+            await config.load_kube_config()
+        return cls(client.ApiClient())
+
+    async def close(self) -> None:
+        await self.api.close()
+
+    @staticmethod
+    async def _json(response: Any) -> dict[str, Any]:
+        return json.loads(await response.read())
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return (await self._json(await self.core.list_node(_preload_content=False)))["items"]
+
+    async def pods(self, namespace: str | None = None, selector: str | None = None) -> list[dict[str, Any]]:
+        if namespace is None:
+            response = await self.core.list_pod_for_all_namespaces(_preload_content=False)
+        else:
+            response = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+        return (await self._json(response))["items"]
+
+    async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
+        """Create unless an object of that name exists; True when this call created it."""
+        kind = manifest["kind"]
+        create = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
+                  "Job": self.batch.create_namespaced_job}[kind]
+        try:
+            await create(namespace, manifest)
+        except ApiException as error:
+            if error.status == CONFLICT:
+                return False
+            raise
+        return True
+
+    async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self._json(await self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+        except ApiException as error:
+            if error.status == NOT_FOUND:
+                return None
+            raise
+
+    async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        await self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})

@@ -1,0 +1,124 @@
+"""A FineTuneJob's spec and the cluster's GPU nodes -> the planner's request -> the plan in status."""
+
+from dataclasses import dataclass
+
+from kubetune.api import v1alpha1 as api
+from kubetune.controller.cluster_gpus import GpuNodeGroup, allowed
+from kubetune.planner import architecture, search
+from kubetune.planner.settings import (
+    ALL_LINEAR,
+    Attention,
+    Buckets,
+    Lora,
+    Method,
+    Offload,
+    Precision,
+    TrainingSettings,
+    ZeroStage,
+)
+
+GIB = 1024**3
+_ATTENTION = {api.AttentionType.EAGER: Attention.EAGER, api.AttentionType.SDPA: Attention.SDPA,
+              api.AttentionType.FLASH_ATTENTION_2: Attention.FLASH_ATTENTION_2}
+_OBJECTIVE = {api.ObjectiveType.CHEAPEST: search.Objective.CHEAPEST, api.ObjectiveType.FASTEST: search.Objective.FASTEST,
+              api.ObjectiveType.FEWEST_GPUS: search.Objective.FEWEST_GPUS}
+
+
+@dataclass(frozen=True)
+class Decision:
+    plan: api.Plan | None
+    group: GpuNodeGroup | None  # where the pods go
+    candidate: search.Candidate | None
+    message: str  # why, in one paragraph
+
+
+def request_for(spec: api.FineTuneJobSpec) -> search.Request:
+    m = spec.method
+    lora = Lora(rank=m.lora_rank or 16, target_modules=tuple(m.lora_targets or ALL_LINEAR),
+                dropout=(m.lora_dropout_percent or 0) / 100)
+    toggles = {api.Toggle.ENABLED: True, api.Toggle.DISABLED: False, api.Toggle.AUTO: None}
+    methods = {api.MethodType.LORA: Method.LORA, api.MethodType.FULL: Method.FULL, api.MethodType.AUTO: None}
+    offloads = {api.OffloadType.NONE: Offload.NONE, api.OffloadType.OPTIMIZER: Offload.OPTIMIZER,
+                api.OffloadType.ALL: Offload.ALL, None: None}
+    return search.Request(
+        seq_len=spec.training.seq_len, global_batch=spec.training.global_batch, micro_batch=m.micro_batch,
+        method=methods[m.type], lora=lora, zero_stage=ZeroStage(m.zero_stage) if m.zero_stage is not None else None,
+        offload=offloads[m.offload], gradient_checkpointing=toggles[m.gradient_checkpointing],
+        attention=_ATTENTION.get(m.attention), objective=_OBJECTIVE[spec.resources.objective],
+    )
+
+
+def _pool(group: GpuNodeGroup, resources: api.Resources) -> search.GpuPool:
+    per_node = group.gpus_per_node
+    nodes = group.free_nodes
+    if resources.max_nodes is not None:
+        nodes = min(nodes, resources.max_nodes)
+    if resources.max_gpus is not None:
+        per_node = min(per_node, resources.max_gpus)
+        nodes = min(nodes, max(1, resources.max_gpus // per_node))
+    return search.GpuPool(gpu=group.gpu, gpus_per_node=per_node, nodes=max(nodes, 1),
+                          host_memory_bytes=group.host_memory_bytes)
+
+
+def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> Decision:
+    try:
+        arch = (architecture.from_hf_config(spec.model.config, name=spec.model.name) if spec.model.config
+                else architecture.load(spec.model.name))
+    except (LookupError, ValueError) as error:
+        return Decision(None, None, None, str(error))
+    usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and g.free_nodes > 0]
+    if not usable:
+        wanted = ", ".join(spec.resources.gpu_types or ["any"])
+        have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free)" for g in groups) or "none"
+        return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}")
+    # One group per GPU type: the one with the most free nodes.
+    by_type: dict[str, GpuNodeGroup] = {}
+    for group in usable:
+        if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
+            by_type[group.gpu.id] = group
+    result = search.plan(arch, request_for(spec), [_pool(g, spec.resources) for g in by_type.values()])
+    if result.chosen is None:
+        return Decision(None, None, None, " ".join(result.explanation))
+    chosen = result.chosen
+    return Decision(_status_plan(chosen, result, by_type[chosen.gpu]), by_type[chosen.gpu], chosen,
+                    " ".join(result.explanation))
+
+
+def _status_plan(chosen: search.Candidate, result: search.Plan, group: GpuNodeGroup) -> api.Plan:
+    s, m = chosen.settings, chosen.memory
+    capacity = group.gpu.memory_bytes
+    return api.Plan(
+        gpu_type=chosen.gpu, gpu_product=group.product, nodes=s.num_nodes, gpus_per_node=s.gpus_per_node,
+        gpus=s.num_gpus, peak_summary=f"{m.total / GIB:.1f}GiB/{capacity / GIB:.0f}GiB",
+        method="LoRA" if s.method is Method.LORA else "Full", lora_rank=s.lora.rank if s.method is Method.LORA else None,
+        zero_stage=int(s.zero_stage), offload=s.offload.value, gradient_checkpointing=s.gradient_checkpointing,
+        attention=s.attention.value, precision=s.precision.value, micro_batch=s.micro_batch,
+        gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total,
+        memory=api.MemoryBreakdown(
+            weights=m.weights, gradients=m.gradients, optimizer_states=m.optimizer_states, activations=m.activations,
+            logits=m.logits, buffers=m.buffers, overhead=m.overhead, allocator_margin=m.allocator_margin,
+            total=m.total, gpu_memory=capacity, peak_phase=m.peak_phase.value, host_per_node=m.cpu_bytes_per_node),
+        predicted_step_milliseconds=int(chosen.time.step_seconds * 1000),
+        predicted_tokens_per_second=int(chosen.time.tokens_per_second),
+        explanation=result.explanation[:16],
+        runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method.value,
+                                 zero_stage=int(c.settings.zero_stage), offload=c.settings.offload.value,
+                                 gradient_checkpointing=c.settings.gradient_checkpointing,
+                                 predicted_peak_bytes=c.memory.total, tokens_per_second=int(c.time.tokens_per_second),
+                                 why_not_chosen=why) for c, why in result.runners_up[:8]],
+    )
+
+
+def settings_from_plan(spec: api.FineTuneJobSpec, plan: api.Plan) -> TrainingSettings:
+    """The training settings a stored plan stands for: children are always built from status, so an operator
+    restart between planning and creating them builds the same objects."""
+    arch = (architecture.from_hf_config(spec.model.config, name=spec.model.name) if spec.model.config
+            else architecture.load(spec.model.name))
+    request = request_for(spec)
+    return TrainingSettings(
+        seq_len=spec.training.seq_len, micro_batch=plan.micro_batch, gradient_accumulation=plan.gradient_accumulation,
+        precision=Precision(plan.precision), method=Method.LORA if plan.method == "LoRA" else Method.FULL,
+        lora=request.lora, gradient_checkpointing=plan.gradient_checkpointing, attention=Attention(plan.attention),
+        zero_stage=ZeroStage(plan.zero_stage), offload=Offload(plan.offload), buckets=Buckets.for_hidden_size(arch.hidden_size),
+        num_gpus=plan.gpus, gpus_per_node=plan.gpus_per_node,
+    )
