@@ -112,6 +112,7 @@ def run_operator(
 
     from kubetune.controller import handlers  # noqa: F401  (registers the handlers)
 
+    kopf.configure(verbose=False)  # kopf's log format and INFO level, as `kopf run` sets them
     kopf.run(clusterwide=not namespace, namespaces=namespace, standalone=True, liveness_endpoint=liveness)
 
 

@@ -150,7 +150,8 @@ class Resources(_Model):
     gpu_types: list[Annotated[str, Field(max_length=128)]] | None = Field(
         default=None, max_length=32, description="gpuTypes the job may use, as GPU Feature Discovery product "
         "labels (NVIDIA-H100-80GB-HBM3) or kubetune ids (H100-SXM-80GB); default: any.")
-    max_gpus: int | None = Field(default=None, ge=1, le=4096, description="maxGPUs caps the GPUs used.")
+    max_gpus: int | None = Field(default=None, ge=1, le=4096, alias="maxGPUs",
+                                 description="maxGPUs caps the GPUs used.")
     max_nodes: int | None = Field(default=None, ge=1, le=512, description="maxNodes caps the nodes used.")
     objective: ObjectiveType = Field(default=ObjectiveType.CHEAPEST, description="objective is what the planner "
                                      "optimises: Cheapest (cost per token), Fastest, or FewestGPUs.")
@@ -173,6 +174,15 @@ class SecretKeyRef(_Model):
 
 class Images(_Model):
     trainer: str | None = Field(default=None, max_length=1024, description="trainer image override.")
+
+
+class PodMetadata(_Model):
+    """podMetadata is added to the training pods (e.g. cost labels, sidecar annotations)."""
+
+    labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+        default=None, description="labels added to the training pods.", json_schema_extra={"maxProperties": 64})
+    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+        default=None, description="annotations added to the training pods.", json_schema_extra={"maxProperties": 64})
 
 
 class FineTuneJobSpec(_Model):
@@ -206,6 +216,8 @@ class FineTuneJobSpec(_Model):
                                    "the job then waits for Kueue's admission.")
     priority_class_name: str | None = Field(default=None, max_length=253, description="priorityClassName for "
                                             "the training pods.")
+    pod_metadata: PodMetadata | None = Field(default=None, description="podMetadata adds labels and annotations "
+                                             "to the training pods.")
     suspend: bool = Field(default=False, description="suspend stops the training pods (checkpoints are kept) "
                           "until set back to false.")
 

@@ -78,6 +78,15 @@ def _tolerations(group: GpuNodeGroup) -> list[dict[str, Any]]:
     return tolerations
 
 
+def _pod_metadata(name: str, spec: api.FineTuneJobSpec) -> dict[str, Any]:
+    extra = spec.pod_metadata or api.PodMetadata()
+    # Our own labels win: the Service and the operator select pods by them.
+    metadata: dict[str, Any] = {"labels": {**(extra.labels or {}), **labels(name, "trainer")}}
+    if extra.annotations:
+        metadata["annotations"] = dict(extra.annotations)
+    return metadata
+
+
 def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup) -> dict[str, Any]:
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
@@ -143,6 +152,6 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
             "backoffLimit": 0,
             # Kueue unsuspends the Job when it admits it.
             "suspend": spec.suspend or spec.queue_name is not None,
-            "template": {"metadata": {"labels": labels(name, "trainer")}, "spec": pod_spec},
+            "template": {"metadata": _pod_metadata(name, spec), "spec": pod_spec},
         },
     }

@@ -43,7 +43,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
                     patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     generation = body["metadata"].get("generation", 1)
     conds = c.Conditions(status.get("conditions"), generation)
-    if conds.true(c.SUCCEEDED) or conds.true(c.FAILED):
+    if conds.true(c.SUCCEEDED) or conds.true(c.FAILED) or body["metadata"].get("deletionTimestamp"):
         return
     try:
         job_spec = api.FineTuneJobSpec.model_validate(dict(spec))

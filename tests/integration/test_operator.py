@@ -1,0 +1,293 @@
+"""The operator against the real control plane: examples are planned, run by kwok and succeed; bad input is
+refused at apply time or reported in status; failures, suspension, Kueue admission, operator restarts and
+deletion behave as a user expects. The operator runs as its real command, `kubetune run-operator`."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from kubetune.devcluster.cluster import LocalCluster
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+WAIT_SECONDS = 60
+
+
+class Operator:
+    """`kubetune run-operator` as a child process that a test may kill and start again."""
+
+    def __init__(self, cluster: LocalCluster, log: Path) -> None:
+        self.cluster = cluster
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1")
+        self.process = subprocess.Popen([KUBETUNE, "run-operator"], env=env, stdout=self.log.open("a"),
+                                        stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+    running = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    running.start()
+    yield running
+    running.stop()
+    print(running.log.read_text()[-5000:])
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    name = f"ftj-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl_ok("create", "namespace", name)
+    cluster.kubectl_ok("create", "secret", "generic", "hf-token", "--from-literal=token=hf_test", "-n", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
+
+
+def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json")
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def in_phase(cluster: LocalCluster, namespace: str, name: str, *phases: str) -> Callable[[], dict | None]:
+    def check() -> dict | None:
+        ftj = get(cluster, namespace, "ftj", name)
+        return ftj if ftj and ftj.get("status", {}).get("phase") in phases else None
+    return check
+
+
+def apply(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    # JSON, not YAML: PyYAML writes '2e-4' unquoted, which the apiserver's YAML 1.2 reads as a number.
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+
+
+def events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl_ok("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
+                             "-o", "json")
+    return json.loads(out)["items"]
+
+
+def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in ftj["status"]["conditions"] if c["type"] == kind)
+
+
+def test_examples_exist() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"minimal", "llama-8b-lora", "llama-70b", "long-context", "cannot-fit"}
+
+
+@pytest.mark.parametrize("name", ["minimal", "llama-8b-lora", "llama-70b", "long-context"])
+def test_example_is_planned_scheduled_on_the_planned_gpus_and_succeeds(
+    cluster: LocalCluster, operator: Operator, namespace: str, name: str
+) -> None:
+    assert apply(cluster, namespace, example(name)).returncode == 0
+    ftj = wait_until("the job to succeed", in_phase(cluster, namespace, name, "Succeeded", "Failed", "Unschedulable"))
+    assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
+    plan = ftj["status"]["plan"]
+    assert plan["memory"]["total"] == plan["predictedPeakBytes"] < plan["memory"]["gpuMemory"]
+    assert plan["explanation"] and plan["gpus"] == plan["nodes"] * plan["gpusPerNode"]
+
+    job = get(cluster, namespace, "job", ftj["status"]["children"]["job"])
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["completions"] == plan["nodes"]
+    assert job["metadata"]["ownerReferences"][0]["name"] == name
+    pod_spec = job["spec"]["template"]["spec"]
+    assert pod_spec["nodeSelector"]["nvidia.com/gpu.product"] == plan["gpuProduct"]
+    container = pod_spec["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == str(plan["gpusPerNode"])
+    assert f"--nnodes={plan['nodes']}" in container["command"]
+    assert f"--nproc_per_node={plan['gpusPerNode']}" in container["command"]
+
+    config = get(cluster, namespace, "configmap", ftj["status"]["children"]["configMap"])
+    ds_config = json.loads(config["data"]["ds_config.json"])
+    assert ds_config["zero_optimization"]["stage"] == plan["zeroStage"]
+    assert ds_config["train_micro_batch_size_per_gpu"] == plan["microBatch"]
+    assert get(cluster, namespace, "service", ftj["status"]["children"]["service"])["spec"]["clusterIP"] == "None"
+
+    pods = json.loads(cluster.kubectl_ok("get", "pods", "-n", namespace, "-l", f"kubetune.io/finetunejob={name}",
+                                         "-o", "json"))["items"]
+    assert len(pods) == plan["nodes"]
+    for pod in pods:
+        node = get(cluster, "default", "node", pod["spec"]["nodeName"])
+        assert node["metadata"]["labels"]["nvidia.com/gpu.product"] == plan["gpuProduct"]
+
+    assert condition(ftj, "Planned")["status"] == "True"
+    assert condition(ftj, "Succeeded")["status"] == "True"
+    reasons = {e["reason"] for e in events(cluster, namespace, name)}
+    assert {"Planned", "Created", "JobCompleted"} <= reasons
+
+
+def test_70b_on_one_80gb_node_is_planned_with_zero3_lora_and_checkpointing(
+    cluster: LocalCluster, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, example("llama-70b"))
+    ftj = wait_until("a plan", lambda: (f := get(cluster, namespace, "ftj", "llama-70b")) and
+                     f.get("status", {}).get("plan") and f)
+    plan = ftj["status"]["plan"]
+    assert (plan["zeroStage"], plan["method"], plan["gradientCheckpointing"], plan["nodes"]) == (3, "LoRA", True, 1)
+
+
+def test_a_pinned_configuration_that_cannot_fit_fails_with_the_smallest_need(
+    cluster: LocalCluster, operator: Operator, namespace: str
+) -> None:
+    apply(cluster, namespace, example("cannot-fit"))
+    ftj = wait_until("the job to be unschedulable", in_phase(cluster, namespace, "cannot-fit", "Unschedulable"))
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "Unschedulable"
+    assert "smallest need" in failed["message"] and "GiB" in failed["message"]
+    assert get(cluster, namespace, "job", "cannot-fit-train") is None
+    assert any(e["type"] == "Warning" and e["reason"] == "Unschedulable" for e in events(cluster, namespace, "cannot-fit"))
+
+
+@pytest.mark.parametrize(
+    ("method", "training", "message"),
+    [
+        ({"offload": "All", "zeroStage": 2}, {}, "`offload` 'All' (parameters too) needs `zeroStage` 3"),
+        ({"loraRank": 0}, {}, "spec.method.loraRank"),
+        ({"type": "Full", "loraRank": 8}, {}, "LoRA settings may not be given with `type` 'Full'"),
+        ({"attention": "Eager"}, {"seqLen": 32768}, "`training.seqLen` must be at most 8192"),
+        ({}, {"epochs": 1, "maxSteps": 10}, "`epochs` and `maxSteps` may not both be set"),
+    ],
+)
+def test_contradictory_specs_are_refused_at_apply_time(
+    cluster: LocalCluster, operator: Operator, namespace: str, method: dict, training: dict, message: str
+) -> None:
+    manifest = example("minimal")
+    manifest["spec"]["method"] = method
+    manifest["spec"]["training"] = training
+    result = apply(cluster, namespace, manifest)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+def test_immutable_fields_cannot_change(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    apply(cluster, namespace, example("minimal"))
+    result = cluster.kubectl("patch", "ftj", "minimal", "-n", namespace, "--type=merge",
+                             "-p", '{"spec":{"model":{"name":"meta-llama/Llama-3.1-8B"}}}')
+    assert result.returncode != 0 and "`model` is immutable" in result.stderr
+
+
+def test_a_failed_pod_surfaces_its_reason_and_message(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
+    manifest = example("minimal")
+    manifest["spec"]["podMetadata"] = {
+        "labels": {prefix: "true"},
+        "annotations": {f"{prefix}/exit-code": "137", f"{prefix}/reason": "OOMKilled",
+                        f"{prefix}/message": "CUDA out of memory"},
+    }
+    apply(cluster, namespace, manifest)
+    ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "PodFailed"
+    assert "exited with code 137 (OOMKilled): CUDA out of memory" in failed["message"]
+
+
+def test_suspend_stops_the_job_and_resume_runs_it(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    manifest = example("minimal")
+    manifest["spec"]["suspend"] = True
+    apply(cluster, namespace, manifest)
+    wait_until("the job to be suspended", in_phase(cluster, namespace, "minimal", "Suspended"))
+    assert get(cluster, namespace, "job", "minimal-train")["spec"]["suspend"] is True
+    cluster.kubectl_ok("patch", "ftj", "minimal", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    wait_until("the resumed job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+
+
+def test_a_queue_name_waits_for_kueue_admission(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    manifest = example("minimal")
+    manifest["spec"]["queueName"] = "team-a"
+    apply(cluster, namespace, manifest)
+    ftj = wait_until("the job to queue", in_phase(cluster, namespace, "minimal", "Queued"))
+    job = get(cluster, namespace, "job", "minimal-train")
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert condition(ftj, "Admitted")["reason"] == "WaitingForQueue"
+    # Kueue admits a workload by unsuspending its Job; do what it does.
+    cluster.kubectl_ok("patch", "job", "minimal-train", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    ftj = wait_until("the admitted job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    assert condition(ftj, "Admitted")["status"] == "True"
+
+
+def test_killing_the_operator_mid_reconcile_creates_no_duplicates(
+    cluster: LocalCluster, operator: Operator, namespace: str
+) -> None:
+    names = [f"restart-{i}" for i in range(3)]
+    for name in names:
+        manifest = example("minimal")
+        manifest["metadata"]["name"] = name
+        apply(cluster, namespace, manifest)
+    for delay in (0.3, 0.8):
+        time.sleep(delay)
+        operator.kill()
+        operator.start()
+    for name in names:
+        wait_until(f"{name} to succeed", in_phase(cluster, namespace, name, "Succeeded"))
+    for kind in ("jobs", "configmaps", "services"):
+        items = json.loads(cluster.kubectl_ok("get", kind, "-n", namespace, "-l", "kubetune.io/finetunejob",
+                                              "-o", "json"))["items"]
+        owners = sorted(i["metadata"]["labels"]["kubetune.io/finetunejob"] for i in items)
+        assert owners == names, (kind, owners)
+
+
+def test_deleting_the_job_removes_everything_it_created(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    apply(cluster, namespace, example("minimal"))
+    wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    cluster.kubectl_ok("delete", "ftj", "minimal", "-n", namespace)
+
+    def gone() -> bool:
+        return all(get(cluster, namespace, kind, name) is None
+                   for kind, name in (("job", "minimal-train"), ("configmap", "minimal-config"),
+                                      ("service", "minimal-workers")))
+
+    wait_until("the garbage collector to remove the children", gone)
+
+
+def test_kubectl_get_shows_the_plan(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    apply(cluster, namespace, example("minimal"))
+    wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    table = cluster.kubectl_ok("get", "ftj", "-n", namespace)
+    header, row = table.splitlines()[:2]
+    assert header.split()[:8] == ["NAME", "PHASE", "MODEL", "GPU", "GPUS", "ZERO", "METHOD", "PEAK"]
+    assert "Succeeded" in row and "Qwen/Qwen2.5-0.5B" in row and "GiB/" in row
+    assert "minimal" in cluster.kubectl_ok("get", "kubetune", "-n", namespace)
