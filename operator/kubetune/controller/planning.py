@@ -99,7 +99,7 @@ def _status_plan(chosen: search.Candidate, result: search.Plan, group: GpuNodeGr
             logits=m.logits, buffers=m.buffers, overhead=m.overhead, allocator_margin=m.allocator_margin,
             total=m.total, gpu_memory=capacity, peak_phase=m.peak_phase.value, host_per_node=m.cpu_bytes_per_node),
         predicted_step_milliseconds=int(chosen.time.step_seconds * 1000),
-        predicted_tokens_per_second=int(chosen.time.tokens_per_second),
+        predicted_tokens_per_second=round(chosen.time.tokens_per_second),
         explanation=result.explanation[:16],
         runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method.value,
                                  zero_stage=int(c.settings.zero_stage), offload=c.settings.offload.value,
