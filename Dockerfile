@@ -7,3 +7,4 @@ RUN pip install --no-cache-dir . && rm -rf /src
 # Any non-root uid works; the chart sets runAsNonRoot.
 USER 65532:65532
 ENTRYPOINT ["kubetune"]
+CMD ["run-operator", "--liveness", "http://0.0.0.0:8080/healthz"]

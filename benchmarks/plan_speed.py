@@ -24,8 +24,8 @@ def main() -> None:
     pools = [search.GpuPool(gpu=gpu, gpus_per_node=8, nodes=16) for gpu in gpus.catalog()]
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}; "
           f"{len(pools)} GPU types x up to 16 nodes; seq_len {args.seq_len}; {args.repeat} runs each\n")
-    print(f"| model | candidates | median ms | max ms | chosen |")
-    print(f"|---|---:|---:|---:|---|")
+    print("| model | candidates | median ms | max ms | chosen |")
+    print("|---|---:|---:|---:|---|")
     for name in MODELS:
         arch = architecture.load(name)
         request = search.Request(seq_len=args.seq_len)

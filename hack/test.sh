@@ -5,4 +5,5 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 hack/setup.sh
+.venv/bin/ruff check operator tests benchmarks
 exec .venv/bin/pytest "$@"

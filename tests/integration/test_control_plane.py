@@ -4,21 +4,20 @@ the real apiserver enforces RBAC, and kwok simulates the nodes and the pods' liv
 import json
 import re
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-
 from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
 
+from tests.integration.waiting import wait_until
+
 pytestmark = pytest.mark.cluster
 
-WAIT_SECONDS = 60
 
 
 @pytest.fixture
@@ -35,17 +34,6 @@ def apply(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> No
 
 def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any]:
     return json.loads(cluster.kubectl_ok("get", "-n", namespace, kind, name, "-o", "json"))
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.25)
 
 
 def gpu_pod(name: str, gpus: int, node_selector: dict[str, str] | None = None) -> dict[str, Any]:

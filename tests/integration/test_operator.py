@@ -15,15 +15,15 @@ from typing import Any
 
 import pytest
 import yaml
-
 from kubetune.devcluster.cluster import LocalCluster
+
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
-WAIT_SECONDS = 60
 
 
 class Operator:
@@ -71,17 +71,6 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl_ok("create", "secret", "generic", "hf-token", "--from-literal=token=hf_test", "-n", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
-
-
-def wait_until(what: str, check: Callable[[], Any], timeout: float = WAIT_SECONDS) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:

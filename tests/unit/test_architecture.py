@@ -3,7 +3,6 @@
 import json
 
 import pytest
-
 from kubetune.planner import architecture
 
 # Parameter counts as published on each model's card or Hub safetensors metadata.

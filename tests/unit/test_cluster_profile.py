@@ -4,7 +4,6 @@ import re
 from collections import Counter
 
 import pytest
-
 from kubetune.catalog import gpus
 from kubetune.devcluster import profile
 

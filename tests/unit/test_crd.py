@@ -4,7 +4,6 @@ import re
 from pathlib import Path
 
 import yaml
-
 from kubetune.api import crd
 
 ROOT = Path(__file__).resolve().parents[2]

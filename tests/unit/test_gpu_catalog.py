@@ -1,7 +1,6 @@
 """The GPU catalog: lookups by the labels GPU Feature Discovery writes, and the GFD facts derived from it."""
 
 import pytest
-
 from kubetune.catalog import gpus
 
 
