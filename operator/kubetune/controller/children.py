@@ -5,6 +5,7 @@ import json
 from typing import Any
 
 from kubetune.api import v1alpha1 as api
+from kubetune.api.trainer_config import LoraConfig, TrainerConfig
 from kubetune.catalog.gpus import GPU_RESOURCE
 from kubetune.controller.cluster_gpus import PRODUCT_LABEL, GpuNodeGroup
 from kubetune.planner.ds_config import ds_config
@@ -30,27 +31,23 @@ def labels(job_name: str, component: str) -> dict[str, str]:
 
 
 def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
-    trainer = {
-        "model": spec.model.model_dump(by_alias=True, exclude_none=True),
-        "dataset": spec.dataset.model_dump(by_alias=True, exclude_none=True),
-        "training": spec.training.model_dump(by_alias=True, exclude_none=True),
-        "output": spec.output.model_dump(by_alias=True, exclude_none=True),
-        "checkpointIntervalSteps": spec.checkpoint_interval_steps,
-        "method": settings.method.value,
-        "lora": {"rank": settings.lora.rank, "targets": list(settings.lora.target_modules),
-                 "dropout": settings.lora.dropout},
-        "gradientCheckpointing": settings.gradient_checkpointing,
-        "attention": settings.attention.value,
-        # The prediction travels with the run, so the trainer can report predicted against measured memory.
-        "plan": plan.model_dump(by_alias=True, exclude_none=True),
-    }
+    lora = settings.lora
+    trainer = TrainerConfig(
+        job=name, model=spec.model, dataset=spec.dataset, training=spec.training, output=spec.output,
+        checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method.value,
+        # alpha = 2 x rank, the common choice; the API exposes rank only.
+        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
+        if settings.method.value == "lora" else None,
+        gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention.value,
+        precision=settings.precision.value, metrics_port=METRICS_PORT, plan=plan,
+    )
     lr = float(spec.training.learning_rate)
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {"name": names(name)["config_map"], "labels": labels(name, "config")},
         "data": {"ds_config.json": json.dumps(ds_config(settings, lr), indent=2),
-                 "trainer.json": json.dumps(trainer, indent=2)},
+                 "trainer.json": trainer.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
     }
 
 

@@ -1,0 +1,3 @@
+from kubetune.trainer.run import main
+
+main()

@@ -1,0 +1,208 @@
+"""`python -m kubetune.trainer --config trainer.json --deepspeed ds_config.json`, under torchrun.
+
+Loads the model (a hub id, a local path, or random weights from an inline config), the tokenizer and the
+data, applies the plan (LoRA or full, checkpointing, attention kernel, DeepSpeed ZeRO from the generated
+config), trains with checkpoints and resume, serves metrics, and ends with a one-line reason in the
+termination message; a CUDA out-of-memory exits with OOM_EXIT_CODE and the measured peak.
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import deepspeed
+import torch
+import torch.distributed as dist
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+from kubetune.api.trainer_config import TrainerConfig
+from kubetune.catalog import gpus
+from kubetune.planner import architecture, throughput
+from kubetune.planner.settings import TrainingSettings
+from kubetune.trainer import checkpoints, data
+from kubetune.trainer.metrics import TrainerMetrics
+
+# Distinct from a crash (1) and from the kernel's OOM kill (137): the GPU ran out, the operator may replan.
+OOM_EXIT_CODE = 86
+TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
+
+
+def _attention(requested: str) -> str:
+    if requested == "flash_attention_2":
+        try:
+            import flash_attn  # noqa: F401
+        except ImportError:
+            return "sdpa"
+        return requested if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0) else "sdpa"
+    return requested
+
+
+def build_model(config: TrainerConfig) -> torch.nn.Module:
+    torch.manual_seed(config.training.seed)
+    attention = _attention(config.attention)
+    if config.model.config:
+        # Random weights from a config: smoke tests and benchmarks, no download.
+        kwargs = {k: v for k, v in config.model.config.items() if k != "model_type"}
+        hf_config = AutoConfig.for_model(config.model.config["model_type"], **kwargs)
+        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(config.model.name, revision=config.model.revision,
+                                                     attn_implementation=attention)
+    model.config.use_cache = False
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if config.method == "lora":
+        import peft
+
+        lora = config.lora
+        model = peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
+                                                           target_modules=lora.targets, lora_dropout=lora.dropout))
+    return model
+
+
+def total_steps(config: TrainerConfig, examples: int, ds: dict) -> int:
+    if config.training.max_steps:
+        return config.training.max_steps
+    per_step = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * dist.get_world_size()
+    return max(1, math.ceil(examples / per_step)) * (config.training.epochs or 1)
+
+
+def train(config: TrainerConfig, ds: dict) -> None:
+    rank, world = dist.get_rank(), dist.get_world_size()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    plan = config.plan
+    metrics = TrainerMetrics(config.job, rank, plan.gpu_type if plan else "unknown")
+    metrics.serve(config.metrics_port + local_rank)
+    if plan:
+        metrics.memory_predicted.set(plan.predicted_peak_bytes)
+
+    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    records = data.read_records(Path(config.dataset.source))
+    examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
+    batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], rank, world, config.training.seed)
+
+    model = build_model(config)
+    steps = total_steps(config, len(examples), ds)
+    flops_per_token = _flops_per_token_at_peak(config, model)
+    optimizer_params = [p for p in model.parameters() if p.requires_grad]
+    # DeepSpeed steps the schedule at each optimizer step and keeps its state in the checkpoints.
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, model_parameters=optimizer_params, config=ds,
+        lr_scheduler=lambda optimizer: get_cosine_schedule_with_warmup(
+            optimizer, num_warmup_steps=max(1, steps // 20), num_training_steps=steps))
+    metrics.total_steps.set(steps)
+
+    directory = Path(config.output.path) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    step = 0
+    resume = checkpoints.latest(directory)
+    if resume:
+        _, state = engine.load_checkpoint(str(directory), tag=resume)
+        step = state["step"]
+    log = (Path(config.output.path) / "train_log.jsonl").open("a") if rank == 0 else None
+    accumulation = ds["gradient_accumulation_steps"]
+    device = engine.device
+    while step < steps:
+        started = time.perf_counter()
+        losses = []
+        for micro in range(accumulation):
+            batch = {k: v.to(device) for k, v in batches.batch(step * accumulation + micro).items()}
+            loss = engine(**batch).loss
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.item())
+        step += 1
+        seconds = time.perf_counter() - started
+        samples = accumulation * ds["train_micro_batch_size_per_gpu"]
+        mean_loss = sum(losses) / len(losses)
+        lr = engine.get_lr()[0]
+        _record(metrics, step, seconds, samples, config.training.seq_len, flops_per_token, mean_loss, lr)
+        if log:
+            log.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr,
+                                  "seconds": seconds}) + "\n")
+            log.flush()
+        if step % config.checkpoint_interval_steps == 0 or step == steps:
+            saving = time.perf_counter()
+            checkpoints.save(engine, directory, step, {"step": step})
+            metrics.checkpoint_seconds.observe(time.perf_counter() - saving)
+            metrics.checkpoints.inc()
+    _save_final(engine, config, rank)
+
+
+def _record(metrics: TrainerMetrics, step: int, seconds: float, samples: int, seq_len: int,
+            flops_per_token: float | None, loss: float, lr: float) -> None:
+    metrics.step.set(step)
+    metrics.step_seconds.observe(seconds)
+    metrics.tokens_per_second.set(samples * seq_len / seconds)
+    metrics.samples_per_second.set(samples / seconds)
+    metrics.loss.set(loss)
+    metrics.learning_rate.set(lr)
+    if flops_per_token:
+        metrics.mfu.set(flops_per_token * samples * seq_len / seconds)
+    if torch.cuda.is_available():
+        metrics.memory_allocated.set(torch.cuda.memory_allocated())
+        metrics.memory_reserved.set(torch.cuda.memory_reserved())
+        metrics.memory_peak.set(torch.cuda.max_memory_allocated())
+        metrics.memory_total.set(torch.cuda.get_device_properties(0).total_memory)
+
+
+def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> float | None:
+    """Training FLOPs per token as a share of the GPU's dense peak per second (for MFU); None off GPU."""
+    if not torch.cuda.is_available() or config.plan is None:
+        return None
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    arch = architecture.from_hf_config(base.config.to_dict())
+    settings = TrainingSettings(seq_len=config.training.seq_len, precision=config.precision,
+                                method=config.method, attention=config.attention,
+                                gradient_checkpointing=config.gradient_checkpointing)
+    passes = (3 if config.method == "full" else 2) + (1 if config.gradient_checkpointing else 0)
+    peak = throughput.peak_tflops(gpus.by_id(config.plan.gpu_type), settings.precision) * 1e12
+    return throughput.forward_flops_per_token(arch, settings) * passes / peak
+
+
+def _save_final(engine, config: TrainerConfig, rank: int) -> None:
+    final = Path(config.output.path) / "final"
+    if config.method == "lora":
+        # Adapters are small; under ZeRO-3 they are kept whole on every rank (persistence threshold).
+        if rank == 0:
+            engine.module.save_pretrained(str(final))
+    else:
+        engine.save_16bit_model(str(final))
+    dist.barrier()
+
+
+def _terminate(message: str) -> None:
+    try:
+        TERMINATION_LOG.write_text(message[:4000])
+    except OSError:
+        pass
+    print(message, file=sys.stderr)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m kubetune.trainer")
+    parser.add_argument("--config", type=Path, required=True)
+    parser.add_argument("--deepspeed", type=Path, required=True)
+    args = parser.parse_args()
+    try:
+        config = TrainerConfig.model_validate_json(args.config.read_text())
+        ds = json.loads(args.deepspeed.read_text())
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+        train(config, ds)
+    except torch.OutOfMemoryError:
+        peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
+        total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+        _terminate(f"kubetune-oom peak_allocated_bytes={peak} device_total_bytes={total}")
+        sys.exit(OOM_EXIT_CODE)
+    except Exception as error:  # the last word of any failure goes to the termination message
+        traceback.print_exc()
+        _terminate(f"kubetune-error {type(error).__name__}: {error}".splitlines()[0])
+        sys.exit(1)
