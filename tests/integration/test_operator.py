@@ -280,3 +280,19 @@ def test_kubectl_get_shows_the_plan(cluster: LocalCluster, operator: Operator, n
     assert header.split()[:8] == ["NAME", "PHASE", "MODEL", "GPU", "GPUS", "ZERO", "METHOD", "PEAK"]
     assert "Succeeded" in row and "Qwen/Qwen2.5-0.5B" in row and "GiB/" in row
     assert "minimal" in cluster.kubectl_ok("get", "kubetune", "-n", namespace)
+
+
+def test_the_trainers_out_of_memory_exit_is_reported_as_such(cluster: LocalCluster, operator: Operator,
+                                                            namespace: str) -> None:
+    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
+    manifest = example("minimal")
+    manifest["spec"]["podMetadata"] = {
+        "labels": {prefix: "true"},
+        "annotations": {f"{prefix}/exit-code": "86", f"{prefix}/reason": "Error",
+                        f"{prefix}/message": "kubetune-oom peak_allocated_bytes=85000000000 device_total_bytes=85520809984"},
+    }
+    apply(cluster, namespace, manifest)
+    ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "GPUOutOfMemory"
+    assert "peak_allocated_bytes=85000000000" in failed["message"]

@@ -16,6 +16,7 @@ REASON_PODS_RUNNING = "PodsRunning"
 REASON_PODS_PENDING = "PodsPending"
 REASON_COMPLETED = "JobCompleted"
 REASON_POD_FAILED = "PodFailed"
+REASON_GPU_OOM = "GPUOutOfMemory"
 
 
 def now() -> str:

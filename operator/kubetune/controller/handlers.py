@@ -14,6 +14,8 @@ from kubetune.controller.cluster_gpus import node_groups
 from kubetune.controller.kube import Kube
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+# kubetune.trainer.run.OOM_EXIT_CODE; repeated here because the operator does not import the trainer (torch).
+TRAINER_OOM_EXIT_CODE = 86
 RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
 
 
@@ -121,9 +123,10 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         conds.set(c.SUCCEEDED, True, c.REASON_COMPLETED, f"Job {job_name} completed")
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
-        message = await _failed_pod_message(kube, namespace, name) or job_conditions["Failed"].get("message", "")
-        conds.set(c.RUNNING, False, c.REASON_POD_FAILED, message)
-        conds.set(c.FAILED, True, c.REASON_POD_FAILED, message)
+        reason, message = await _failed_pod(kube, namespace, name)
+        message = message or job_conditions["Failed"].get("message", "")
+        conds.set(c.RUNNING, False, reason, message)
+        conds.set(c.FAILED, True, reason, message)
         patch.status["completionTime"] = c.now()
     elif job_status.get("active", 0) > 0 and not suspended:
         ready = job_status.get("ready", 0)
@@ -134,16 +137,19 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         conds.set(c.RUNNING, False, c.REASON_PODS_PENDING, "waiting for the workers to be scheduled")
 
 
-async def _failed_pod_message(kube: Kube, namespace: str, name: str) -> str | None:
+async def _failed_pod(kube: Kube, namespace: str, name: str) -> tuple[str, str | None]:
+    """The reason and message of the first failed trainer container; the trainer's own exit code for a
+    CUDA out-of-memory error is told apart from other failures."""
     selector = ",".join(f"{k}={v}" for k, v in children.labels(name, "trainer").items())
     for pod in await kube.pods(namespace, selector):
         for container in pod.get("status", {}).get("containerStatuses", []):
             terminated = container.get("state", {}).get("terminated")
             if terminated and terminated.get("exitCode", 0) != 0:
-                return (f"pod {pod['metadata']['name']} container {container['name']} exited with code "
-                        f"{terminated['exitCode']} ({terminated.get('reason', 'Error')}): "
-                        f"{terminated.get('message', '').strip()}")
-    return None
+                code = terminated["exitCode"]
+                reason = c.REASON_GPU_OOM if code == TRAINER_OOM_EXIT_CODE else c.REASON_POD_FAILED
+                return reason, (f"pod {pod['metadata']['name']} container {container['name']} exited with code "
+                                f"{code} ({terminated.get('reason', 'Error')}): {terminated.get('message', '').strip()}")
+    return c.REASON_POD_FAILED, None
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf.Status) -> None:

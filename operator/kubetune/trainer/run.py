@@ -126,8 +126,11 @@ def train(config: TrainerConfig, ds: dict) -> None:
         lr = engine.get_lr()[0]
         _record(metrics, step, seconds, samples, config.training.seq_len, flops_per_token, mean_loss, lr)
         if log:
-            log.write(json.dumps({"step": step, "loss": mean_loss, "lr": lr,
-                                  "seconds": seconds}) + "\n")
+            entry = {"step": step, "loss": mean_loss, "lr": lr, "seconds": seconds,
+                     "tokens_per_second": samples * config.training.seq_len * world / seconds}
+            if torch.cuda.is_available():
+                entry["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
+            log.write(json.dumps(entry) + "\n")
             log.flush()
         if step % config.checkpoint_interval_steps == 0 or step == steps:
             saving = time.perf_counter()

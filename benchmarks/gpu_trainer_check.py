@@ -1,0 +1,111 @@
+"""The trainer on a real GPU: a ~1B random-weight model (Llama-3.2-1B's config), a few plans, measured peak
+memory against the plan's prediction, tokens/s and MFU.
+
+    python benchmarks/gpu_trainer_check.py [--steps 20] [--device cpu]
+
+Each configuration is planned with kubetune's planner for one GPU of the detected type, written as the
+operator would write it (trainer.json + ds_config.json), and run under torchrun with one process.
+`--device cpu` runs the same pipeline on a tiny model to check the script, not the figures.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from kubetune.api import v1alpha1 as api
+from kubetune.api.trainer_config import LoraConfig, TrainerConfig
+from kubetune.catalog import gpus
+from kubetune.planner import architecture, memory, throughput
+from kubetune.planner.ds_config import ds_config
+from kubetune.planner.settings import ALL_LINEAR, Buckets, Method, TrainingSettings, ZeroStage
+
+GIB = 1024**3
+CONFIGS = [  # (method, zero stage, checkpointing, seq_len)
+    ("lora", 2, False, 2048), ("lora", 2, True, 4096), ("full", 2, False, 1024), ("full", 3, True, 2048),
+]
+
+
+def tokenizer_and_data(root: Path) -> None:
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    words = [f"w{i}" for i in range(500)]
+    texts = [" ".join(words[(i * 7 + k) % 500] for k in range(400)) for i in range(256)]
+    (root / "data.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=1000, special_tokens=["<pad>", "<eos>", "<unk>"]))
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>",
+                            unk_token="<unk>").save_pretrained(root / "tokenizer")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    args = parser.parse_args()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run on a GPU machine, or --device cpu to check the script")
+    gpu = next((g for g in gpus.catalog() if g.gfd_products[0].replace("-", " ") in torch.cuda.get_device_name()),
+               gpus.by_id("H100-SXM-80GB")) if cuda else gpus.by_id("H100-SXM-80GB")
+    model_config = dict(architecture.catalog()["meta-llama/Llama-3.2-1B"])
+    if not cuda:
+        model_config |= {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "head_dim": 16,
+                         "num_key_value_heads": 2, "intermediate_size": 172, "vocab_size": 1024}
+    arch = architecture.from_hf_config(model_config)
+    root = Path(tempfile.mkdtemp(prefix="kubetune-gpu-check-"))
+    tokenizer_and_data(root)
+    print(f"device: {torch.cuda.get_device_name() if cuda else 'cpu'} (planned as {gpu.id}); torch {torch.__version__}\n")
+    print("| method | ZeRO | ckpt | seq | predicted GiB | measured peak GiB | error | tokens/s | predicted tokens/s | MFU |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for method, stage, ckpt, seq_len in CONFIGS:
+        seq_len = seq_len if cuda else 64
+        settings = TrainingSettings(seq_len=seq_len, micro_batch=1, method=Method(method), zero_stage=ZeroStage(stage),
+                                    gradient_checkpointing=ckpt, attention="sdpa",
+                                    buckets=Buckets.for_hidden_size(arch.hidden_size))
+        out = root / f"{method}-{stage}-{ckpt}-{seq_len}"
+        out.mkdir()
+        ds = ds_config(settings)
+        if not cuda:
+            ds["optimizer"]["params"]["torch_adam"] = True
+        trainer = TrainerConfig(
+            job="gpu-check", model=api.ModelSource(name="llama-1b-random", config=model_config),
+            tokenizer=str(root / "tokenizer"), dataset=api.Dataset(source=str(root / "data.jsonl"), format="Text"),
+            training=api.Training(max_steps=args.steps, seq_len=seq_len), output=api.Output(path=str(out)),
+            checkpoint_interval_steps=10_000, method=method,
+            lora=LoraConfig(rank=16, alpha=32, targets=list(ALL_LINEAR), dropout=0.0) if method == "lora" else None,
+            gradient_checkpointing=ckpt, attention="sdpa", precision="bf16", metrics_port=19500)
+        (out / "trainer.json").write_text(trainer.model_dump_json(by_alias=True, exclude_none=True))
+        (out / "ds.json").write_text(json.dumps(ds))
+        env = dict(os.environ, KUBETUNE_TERMINATION_LOG=str(out / "termination-log"))
+        if not cuda:
+            env["DS_ACCELERATOR"] = "cpu"
+        torchrun = str(Path(sys.executable).parent / "torchrun")
+        result = subprocess.run([torchrun, "--nproc_per_node=1", "--master_port=29800", "-m", "kubetune.trainer",
+                                 f"--config={out / 'trainer.json'}", f"--deepspeed={out / 'ds.json'}"],
+                                env=env, capture_output=True, text=True, timeout=1800, check=False)
+        if result.returncode != 0:
+            reason = (out / "termination-log").read_text() if (out / "termination-log").exists() else result.stderr[-300:]
+            print(f"| {method} | {stage} | {ckpt} | {seq_len} | failed: {reason.strip()[:120]} |")
+            continue
+        log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+        estimate = memory.estimate(arch, settings)
+        predicted = estimate.total - estimate.overhead - estimate.allocator_margin
+        measured = max((e.get("peak_allocated_bytes", 0) for e in log), default=0)
+        tps = sorted(e["tokens_per_second"] for e in log[2:])[len(log[2:]) // 2] if len(log) > 2 else 0
+        predicted_tps = throughput.step_time(arch, settings, gpu).tokens_per_second
+        passes = (3 if method == "full" else 2) + (1 if ckpt else 0)
+        mfu = throughput.forward_flops_per_token(arch, settings) * passes * tps / (gpu.bf16_tflops * 1e12)
+        error = f"{predicted / measured - 1:+.1%}" if measured else "-"
+        print(f"| {method} | {stage} | {ckpt} | {seq_len} | {predicted / GIB:.2f} | {measured / GIB:.2f} | {error} "
+              f"| {tps:,.0f} | {predicted_tps:,.0f} | {mfu:.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

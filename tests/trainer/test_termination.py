@@ -1,0 +1,40 @@
+"""How the trainer ends: a CUDA out-of-memory error exits with its own code and the measured peak in the
+termination message; any other error leaves its one-line reason."""
+
+import sys
+
+import pytest
+import torch
+from kubetune.controller.handlers import TRAINER_OOM_EXIT_CODE
+from kubetune.trainer import run
+
+
+def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, tmp_path) -> None:
+    def out_of_memory(*_):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(run, "train", out_of_memory)
+    monkeypatch.setattr(run.deepspeed, "init_distributed", lambda **_: None)
+    monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
+    config = tmp_path / "trainer.json"
+    config.write_text('{"job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
+                      '"output": {}, "checkpointIntervalSteps": 1, "method": "lora", "gradientCheckpointing": false, '
+                      '"attention": "sdpa", "precision": "bf16"}')
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    assert exit_info.value.code == run.OOM_EXIT_CODE == TRAINER_OOM_EXIT_CODE
+    assert (tmp_path / "termination-log").read_text().startswith("kubetune-oom peak_allocated_bytes=")
+
+
+def test_a_config_of_an_unknown_version_is_refused(monkeypatch, tmp_path) -> None:
+    config = tmp_path / "trainer.json"
+    config.write_text('{"version": 2}')
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
+    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    assert exit_info.value.code == 1
+    assert (tmp_path / "termination-log").read_text().startswith("kubetune-error ValidationError")
