@@ -67,7 +67,7 @@ class Run:
 
 
 def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: int, interval: int,
-                  checkpointing: bool = True, port: int = 19400) -> tuple[Path, Path]:
+                  checkpointing: bool = True, port: int = 19400, save: str = "Adapter") -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
     settings = TrainingSettings(seq_len=SEQ_LEN, micro_batch=4, gradient_accumulation=1, method=Method(method),
                                 zero_stage=ZeroStage(stage), gradient_checkpointing=checkpointing,
@@ -80,7 +80,7 @@ def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: 
         tokenizer=str(world / "tokenizer"),
         dataset=api.Dataset(source=str(world / "data.jsonl")),
         training=api.Training(max_steps=steps, seq_len=SEQ_LEN, seed=7),
-        output=api.Output(path=str(output)), checkpoint_interval_steps=interval, method=method,
+        output=api.Output(path=str(output), save=save), checkpoint_interval_steps=interval, method=method,
         lora=LoraConfig(rank=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                                    "down_proj"], dropout=0.0) if method == "lora" else None,
         gradient_checkpointing=checkpointing, attention="sdpa", precision="bf16", metrics_port=port,

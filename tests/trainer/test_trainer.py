@@ -41,8 +41,9 @@ def losses(run: Run) -> dict[int, float]:
     return {entry["step"]: entry["loss"] for entry in run.log()}
 
 
-def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter(world: Path, tmp_path: Path) -> None:
-    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=60, interval=30, port=19410)
+def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_merged_model(world: Path, tmp_path: Path) -> None:
+    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=60, interval=30, port=19410,
+                               save="Merged")
     run = Run(tmp_path, launch(config, ds, tmp_path, master_port=29610))
     wait_for_step(run, 3)
     scraped = urllib.request.urlopen("http://127.0.0.1:19410/metrics", timeout=10).read().decode()
@@ -63,13 +64,15 @@ def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter(world: 
     kwargs = {k: v for k, v in model_config().items() if k != "model_type"}
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **kwargs), attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
-    examples = [data.encode(r, "Instruction", tokenizer, 48) for r in data.read_records(world / "data.jsonl")]
+    examples = [data.encode(r, "Instruction", tokenizer, 48) for r in data.read_records(str(world / "data.jsonl"))]
     batch = data.Batches(examples, 64, 0, 1, 0).batch(0)
     with torch.no_grad():
         untrained = base(**batch).loss.item()
         tuned = peft.PeftModel.from_pretrained(base, tmp_path / "final")(**batch).loss.item()
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "final" / "merged")(**batch).loss.item()
     assert tuned == pytest.approx(mean(curve[-5:]), rel=0.1)
     assert tuned < 0.8 * untrained
+    assert merged == pytest.approx(tuned, rel=0.02)  # the merged model computes what base + adapter does
 
 
 def test_zero3_full_fine_tuning_with_checkpointing_learns(world: Path, tmp_path: Path) -> None:

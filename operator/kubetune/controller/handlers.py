@@ -8,7 +8,7 @@ import kopf
 from pydantic import ValidationError
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning
+from kubetune.controller import children, planning, progress
 from kubetune.controller import conditions as c
 from kubetune.controller.cluster_gpus import node_groups
 from kubetune.controller.kube import Kube
@@ -133,6 +133,12 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
         if not status.get("startTime"):
             patch.status["startTime"] = job_status.get("startTime") or c.now()
+        if progress.in_cluster():
+            names = children.names(name)
+            url = f"http://{names['job']}-0.{names['service']}.{namespace}.svc:{children.METRICS_PORT}/metrics"
+            current = await progress.scrape(url)
+            if current is not None:
+                patch.status["progress"] = current.model_dump(by_alias=True, exclude_none=True)
     elif not suspended:
         conds.set(c.RUNNING, False, c.REASON_PODS_PENDING, "waiting for the workers to be scheduled")
 

@@ -12,9 +12,15 @@ from transformers import PreTrainedTokenizerBase
 IGNORE = -100
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
-    with path.open() as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+def read_records(source: str) -> list[dict[str, Any]]:
+    """jsonl records from a file (on a mounted claim, say), else the train split of a Hub dataset."""
+    path = Path(source)
+    if path.exists() or path.is_absolute() or source.startswith("."):
+        with path.open() as lines:
+            return [json.loads(line) for line in lines if line.strip()]
+    from datasets import load_dataset  # only needed, and only reachable, for Hub datasets
+
+    return [dict(record) for record in load_dataset(source, split="train")]
 
 
 def _prompt_and_answer(record: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:

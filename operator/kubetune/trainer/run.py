@@ -29,6 +29,7 @@ from kubetune.trainer.metrics import TrainerMetrics
 
 # Distinct from a crash (1) and from the kernel's OOM kill (137): the GPU ran out, the operator may replan.
 OOM_EXIT_CODE = 86
+DATA_MOUNT = Path("/data")  # controller/children.py mounts the dataset claim here
 TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
 
 
@@ -85,7 +86,9 @@ def train(config: TrainerConfig, ds: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    records = data.read_records(Path(config.dataset.source))
+    # The operator mounts the dataset's claim at DATA_MOUNT; `source` is then a path on it.
+    source = str(DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
+    records = data.read_records(source)
     examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
     batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], rank, world, config.training.seed)
 
@@ -177,6 +180,11 @@ def _save_final(engine, config: TrainerConfig, rank: int) -> None:
         # Adapters are small; under ZeRO-3 they are kept whole on every rank (persistence threshold).
         if rank == 0:
             engine.module.save_pretrained(str(final))
+        if config.output.save.value == "Merged":
+            # Every rank takes part in gathering ZeRO-3 partitions; rank 0 merges and writes.
+            with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+                if rank == 0:
+                    engine.module.merge_and_unload().save_pretrained(str(final / "merged"))
     else:
         engine.save_16bit_model(str(final))
     dist.barrier()
