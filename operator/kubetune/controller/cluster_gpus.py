@@ -29,12 +29,17 @@ class GpuNodeGroup:
                        host_memory_bytes=self.host_memory_bytes, usd_per_hour=usd_per_hour)
 
 
-def _quantity_bytes(value: str) -> int:
-    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3}
+def _quantity_bytes(value: str) -> int | None:
+    """A memory Quantity in bytes; None for forms a node's allocatable memory does not use."""
+    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3,
+             "T": 1000**4}
     for suffix, factor in units.items():
         if value.endswith(suffix):
-            return int(float(value[: -len(suffix)]) * factor)
-    return int(value)
+            try:
+                return int(float(value[: -len(suffix)]) * factor)
+            except ValueError:
+                return None
+    return int(value) if value.isdigit() else None
 
 
 def requested_gpus(pods: list[dict[str, Any]]) -> dict[str, int]:
@@ -69,9 +74,8 @@ def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list
         group.nodes += 1
         if held.get(node["metadata"]["name"], 0) == 0:
             group.free_nodes += 1
-        memory = allocatable.get("memory")
-        if memory:
-            host = _quantity_bytes(memory)
+        host = _quantity_bytes(allocatable.get("memory", ""))
+        if host is not None:
             group.host_memory_bytes = min(group.host_memory_bytes or host, host)
         for taint in node.get("spec", {}).get("taints", []) or []:
             if taint not in group.taints:

@@ -57,8 +57,14 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
         plan = await _plan(body, job_spec, memo.kube, conds, patch)
         if plan is None:
             return _write(body, patch, conds, status)
-    await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
-    await _observe(body, name, namespace, job_spec, memo.kube, conds, patch, status)
+    job = await memo.kube.job(namespace, children.names(name)["job"])
+    if job is None:
+        # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
+        # goes last, so once it exists its ConfigMap and Service do too and steady state costs one read.
+        await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
+        job = await memo.kube.job(namespace, children.names(name)["job"])
+    if job is not None:
+        await _observe(name, namespace, job_spec, job, memo.kube, conds, patch, status)
     _write(body, patch, conds, status)
 
 
@@ -98,12 +104,9 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
                                 "service": children.names(name)["service"], "job": children.names(name)["job"]}
 
 
-async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, kube: Kube,
+async def _observe(name: str, namespace: str, spec: api.FineTuneJobSpec, job: dict[str, Any], kube: Kube,
                    conds: c.Conditions, patch: kopf.Patch, status: kopf.Status) -> None:
-    job_name = children.names(name)["job"]
-    job = await kube.job(namespace, job_name)
-    if job is None:
-        return
+    job_name = job["metadata"]["name"]
     suspended = bool(job["spec"].get("suspend"))
     # The user's suspend flag drives the Job, except that Kueue alone lifts suspension of a queued Job.
     if spec.suspend != suspended and (spec.suspend or spec.queue_name is None):

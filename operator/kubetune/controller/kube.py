@@ -28,6 +28,8 @@ class Kube:
 
     @staticmethod
     async def _json(response: Any) -> dict[str, Any]:
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=await response.text())
         return json.loads(await response.read())
 
     async def nodes(self) -> list[dict[str, Any]]:
@@ -55,11 +57,17 @@ class Kube:
 
     async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self._json(await self.batch.read_namespaced_job(name, namespace, _preload_content=False))
+            response = await self.batch.read_namespaced_job(name, namespace, _preload_content=False)
         except ApiException as error:
             if error.status == NOT_FOUND:
                 return None
             raise
+        # Without preloading, the client hands back error responses instead of raising.
+        if response.status == NOT_FOUND:
+            return None
+        if response.status >= 400:
+            raise ApiException(status=response.status, reason=await response.text())
+        return await self._json(response)
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
