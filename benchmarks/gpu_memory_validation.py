@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from kubetune.memprobe import probes, tiny_models
 from kubetune.planner import activations, architecture, memory
 from kubetune.planner.settings import Attention, Buckets, Method, TrainingSettings, ZeroStage
@@ -116,6 +117,7 @@ def measure_cpu(model, arch, settings: TrainingSettings) -> dict:
 
 def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]:
     import deepspeed
+
     from kubetune.planner.ds_config import ds_config
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29600", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")

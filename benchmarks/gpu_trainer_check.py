@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from kubetune.api import v1alpha1 as api
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig
 from kubetune.catalog import gpus

@@ -16,6 +16,7 @@ import time
 
 import deepspeed
 import torch
+
 from kubetune.memprobe import tiny_models
 from kubetune.planner.ds_config import ds_config
 from kubetune.planner.settings import ALL_LINEAR, Buckets, Method, TrainingSettings, ZeroStage

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
 

@@ -117,12 +117,13 @@ def run_operator(
 
 
 @app.command("crd")
-def crd_command(write: bool = typer.Option(False, "--write", help=f"Write {crd.CRD_PATH} instead of printing.")) -> None:
+def crd_command(write: bool = typer.Option(False, "--write", help="Write crds/ and the chart's copy.")) -> None:
     """Print (or write) the FineTuneJob CRD, generated from the API models."""
     text = crd.render()
     if write:
-        Path(crd.CRD_PATH).write_text(text)
-        console.print(f"wrote {crd.CRD_PATH}")
+        for path in crd.CRD_PATHS:
+            Path(path).write_text(text)
+            console.print(f"wrote {path}")
     else:
         print(text, end="")
 

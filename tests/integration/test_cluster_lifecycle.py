@@ -4,6 +4,7 @@ state is broken (as after a crash), finding them by their pid files."""
 from pathlib import Path
 
 import pytest
+
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
 

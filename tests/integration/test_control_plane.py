@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 import yaml
+
 from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
-
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster

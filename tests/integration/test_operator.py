@@ -3,61 +3,26 @@ refused at apply time or reported in status; failures, suspension, Kueue admissi
 deletion behave as a user expects. The operator runs as its real command, `kubetune run-operator`."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
-import yaml
-from kubetune.devcluster.cluster import LocalCluster
 
+from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.ftj import ROOT, Operator, apply, condition, events, example, get, in_phase
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
-ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-KUBETUNE = str(Path(sys.executable).parent / "kubetune")
-
-
-class Operator:
-    """`kubetune run-operator` as a child process that a test may kill and start again."""
-
-    def __init__(self, cluster: LocalCluster, log: Path) -> None:
-        self.cluster = cluster
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.cluster.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1")
-        self.process = subprocess.Popen([KUBETUNE, "run-operator"], env=env, stdout=self.log.open("a"),
-                                        stderr=subprocess.STDOUT)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
     cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
-    running = Operator(cluster, tmp_path_factory.mktemp("operator") / "operator.log")
+    running = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
     running.start()
     yield running
     running.stop()
@@ -71,37 +36,6 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl_ok("create", "secret", "generic", "hf-token", "--from-literal=token=hf_test", "-n", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false")
-
-
-def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
-    result = cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json")
-    return json.loads(result.stdout) if result.returncode == 0 else None
-
-
-def in_phase(cluster: LocalCluster, namespace: str, name: str, *phases: str) -> Callable[[], dict | None]:
-    def check() -> dict | None:
-        ftj = get(cluster, namespace, "ftj", name)
-        return ftj if ftj and ftj.get("status", {}).get("phase") in phases else None
-    return check
-
-
-def apply(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
-    # JSON, not YAML: PyYAML writes '2e-4' unquoted, which the apiserver's YAML 1.2 reads as a number.
-    return cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
-
-
-def example(name: str) -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
-
-
-def events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    out = cluster.kubectl_ok("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
-                             "-o", "json")
-    return json.loads(out)["items"]
-
-
-def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
-    return next(c for c in ftj["status"]["conditions"] if c["type"] == kind)
 
 
 def test_examples_exist() -> None:

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+
 from kubetune.controller.handlers import TRAINER_OOM_EXIT_CODE
 from kubetune.trainer import run
 

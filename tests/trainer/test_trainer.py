@@ -57,8 +57,9 @@ def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_mer
     assert mean(curve[-5:]) < 0.8 * mean(curve[:5]), curve
 
     import peft
-    from kubetune.trainer import data
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from kubetune.trainer import data
 
     torch.manual_seed(7)  # the trainer's seed: the same random base weights
     kwargs = {k: v for k, v in model_config().items() if k != "model_type"}

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+
 from kubetune.planner import architecture
 
 # Parameter counts as published on each model's card or Hub safetensors metadata.

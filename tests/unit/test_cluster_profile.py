@@ -4,6 +4,7 @@ import re
 from collections import Counter
 
 import pytest
+
 from kubetune.catalog import gpus
 from kubetune.devcluster import profile
 

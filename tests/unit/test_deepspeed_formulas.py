@@ -17,6 +17,7 @@ elements), so its fp32 gradients are at most 4 x sub_group_size: the model match
 """
 
 import pytest
+
 from kubetune.planner import architecture
 from kubetune.planner.model_states import model_states, trainable_params
 from kubetune.planner.settings import Buckets, Method, Offload, TrainingSettings, ZeroStage

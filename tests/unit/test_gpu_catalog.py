@@ -1,6 +1,7 @@
 """The GPU catalog: lookups by the labels GPU Feature Discovery writes, and the GFD facts derived from it."""
 
 import pytest
+
 from kubetune.catalog import gpus
 
 

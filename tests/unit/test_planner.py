@@ -1,6 +1,7 @@
 """The planner's choices agree with the study's guidance where it holds, honour pins, and explain failures."""
 
 import pytest
+
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, search
 from kubetune.planner.settings import Attention, Method, Offload, ZeroStage

@@ -1,7 +1,8 @@
 """Progress read from the trainer's metrics page."""
 
-from kubetune.controller import progress
 from prometheus_client import generate_latest
+
+from kubetune.controller import progress
 
 
 def test_progress_and_eta_from_the_trainers_own_metrics() -> None:

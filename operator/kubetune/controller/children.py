@@ -2,6 +2,7 @@
 headless Service for rendezvous and metrics, and an Indexed Job with one pod per node running torchrun."""
 
 import json
+import os
 from typing import Any
 
 from kubetune.api import v1alpha1 as api
@@ -117,7 +118,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         "tolerations": _tolerations(group),
         "containers": [{
             "name": "trainer",
-            "image": spec.images.trainer or DEFAULT_TRAINER_IMAGE,
+            "image": spec.images.trainer or os.environ.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             "command": command,
             "env": env,
             "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},

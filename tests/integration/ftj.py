@@ -1,0 +1,76 @@
+"""FineTuneJob helpers shared by the operator and chart tests: the operator as a real process, examples,
+and reading status, conditions and events."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kubetune.devcluster.cluster import LocalCluster
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+
+
+class Operator:
+    """`kubetune run-operator` as a child process that a test may kill and start again."""
+
+    def __init__(self, kubeconfig: Path, log: Path) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1")
+        self.process = subprocess.Popen([KUBETUNE, "run-operator"], env=env, stdout=self.log.open("a"),
+                                        stderr=subprocess.STDOUT)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+    result = cluster.kubectl("get", "-n", namespace, kind, name, "-o", "json")
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def in_phase(cluster: LocalCluster, namespace: str, name: str, *phases: str) -> Callable[[], dict | None]:
+    def check() -> dict | None:
+        ftj = get(cluster, namespace, "ftj", name)
+        return ftj if ftj and ftj.get("status", {}).get("phase") in phases else None
+    return check
+
+
+def apply(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    # JSON, not YAML: PyYAML writes '2e-4' unquoted, which the apiserver's YAML 1.2 reads as a number.
+    return cluster.kubectl("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+
+
+def example(name: str) -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "examples" / f"{name}.yaml").read_text())
+
+
+def events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    out = cluster.kubectl_ok("get", "events", "-n", namespace, "--field-selector", f"involvedObject.name={name}",
+                             "-o", "json")
+    return json.loads(out)["items"]
+
+
+def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(c for c in ftj["status"]["conditions"] if c["type"] == kind)

@@ -1,0 +1,134 @@
+"""The Helm chart installed for real: CRDs established, the operator pod scheduled on a CPU node, and the
+chart's RBAC both sufficient (the operator, running with the chart's ServiceAccount token, plans and runs a
+job and reports a failure) and no more than needed (`kubectl auth can-i`). Uninstalling leaves nothing."""
+
+import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.devcluster import binaries
+from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.ftj import ROOT, Operator, apply, condition, example, in_phase
+from tests.integration.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+RELEASE, NAMESPACE = "kubetune", "kubetune-system"
+ACCOUNT = f"system:serviceaccount:{NAMESPACE}:{RELEASE}"
+
+
+def helm(cluster: LocalCluster, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(binaries.built("helm")), "--kubeconfig", str(cluster.kubeconfig), *args],
+                          capture_output=True, text=True, timeout=180, check=False)
+
+
+@pytest.fixture(scope="module")
+def installed(cluster: LocalCluster) -> Iterator[None]:
+    result = helm(cluster, "install", RELEASE, str(ROOT / "charts" / "kubetune"), "-n", NAMESPACE,
+                  "--create-namespace", "--wait=false")
+    assert result.returncode == 0, result.stderr
+    yield
+    helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE)
+
+
+def test_install_establishes_the_crd_and_schedules_the_operator_on_a_cpu_node(cluster: LocalCluster,
+                                                                            installed: None) -> None:
+    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+
+    def operator_pod() -> dict | None:
+        pods = json.loads(cluster.kubectl_ok("get", "pods", "-n", NAMESPACE, "-l",
+                                             f"app.kubernetes.io/instance={RELEASE}", "-o", "json"))["items"]
+        return pods[0] if pods and pods[0]["spec"].get("nodeName") else None
+
+    pod = wait_until("the operator pod to be scheduled", operator_pod)
+    node = json.loads(cluster.kubectl_ok("get", "node", pod["spec"]["nodeName"], "-o", "json"))
+    assert "nvidia.com/gpu.present" not in node["metadata"]["labels"]
+    security = pod["spec"]["containers"][0]["securityContext"]
+    assert security["readOnlyRootFilesystem"] and security["capabilities"]["drop"] == ["ALL"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "allowed"),
+    [
+        ("list", "nodes", True),
+        ("list", "pods", True),
+        ("create", "jobs.batch", True),
+        ("patch", "finetunejobs.kubetune.io/status", True),
+        ("create", "events", True),
+        ("get", "secrets", False),
+        ("list", "secrets", False),
+        ("delete", "nodes", False),
+        ("delete", "jobs.batch", False),
+        ("create", "deployments.apps", False),
+        ("create", "pods", False),
+        ("update", "customresourcedefinitions.apiextensions.k8s.io", False),
+        ("create", "clusterrolebindings.rbac.authorization.k8s.io", False),
+    ],
+)
+def test_rbac_grants_only_what_the_operator_needs(cluster: LocalCluster, installed: None, verb: str,
+                                                  resource: str, allowed: bool) -> None:
+    result = cluster.kubectl("auth", "can-i", verb, resource, "--as", ACCOUNT, "-n", "default")
+    assert result.stdout.strip() == ("yes" if allowed else "no"), (verb, resource, result.stdout, result.stderr)
+
+
+@pytest.fixture
+def operator_as_the_charts_account(cluster: LocalCluster, installed: None, tmp_path: Path) -> Iterator[Operator]:
+    token = cluster.kubectl_ok("create", "token", RELEASE, "-n", NAMESPACE, "--duration=1h").strip()
+    admin = yaml.safe_load(cluster.kubeconfig.read_text())
+    kubeconfig = tmp_path / "operator.kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
+        "current-context": "operator",
+    }))
+    # The in-cluster pod cannot run (kwok runs no containers): the same account runs out of cluster instead.
+    cluster.kubectl_ok("scale", "deployment", RELEASE, "-n", NAMESPACE, "--replicas=0")
+    operator = Operator(kubeconfig, tmp_path / "operator.log")
+    operator.start()
+    yield operator
+    operator.stop()
+    print(operator.log.read_text()[-3000:])
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    name = "chart-rbac"
+    cluster.kubectl_ok("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false")
+
+
+def test_the_charts_account_is_enough_to_plan_run_and_report(cluster: LocalCluster,
+                                                            operator_as_the_charts_account: Operator,
+                                                            namespace: str) -> None:
+    apply(cluster, namespace, example("minimal"))
+    ftj = wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    assert condition(ftj, "Planned")["status"] == "True"
+
+    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
+    failing = example("minimal")
+    failing["metadata"]["name"] = "failing"
+    failing["spec"]["podMetadata"] = {"labels": {prefix: "true"}, "annotations": {f"{prefix}/exit-code": "3"}}
+    apply(cluster, namespace, failing)
+    ftj = wait_until("the job to fail", in_phase(cluster, namespace, "failing", "Failed"))
+    assert "exited with code 3" in condition(ftj, "Failed")["message"]
+    assert "Forbidden" not in operator_as_the_charts_account.log.read_text()
+
+
+def test_uninstall_leaves_no_operator_objects(cluster: LocalCluster, installed: None) -> None:
+    assert helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE).returncode == 0
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    wait_until("the operator's objects to go", lambda: not json.loads(cluster.kubectl_ok(
+        "get", "deployments,serviceaccounts,roles,rolebindings", "-n", NAMESPACE, "-l", selector, "-o", "json"))["items"])
+    cluster_wide = json.loads(cluster.kubectl_ok("get", "clusterroles,clusterrolebindings", "-l", selector,
+                                                 "-o", "json"))["items"]
+    assert not cluster_wide
+    # Helm keeps CRDs (and so FineTuneJobs) on uninstall, as its docs say; README documents it.
+    assert cluster.kubectl("get", "crd", "finetunejobs.kubetune.io").returncode == 0
