@@ -122,6 +122,25 @@ def test_the_charts_account_is_enough_to_plan_run_and_report(cluster: LocalClust
     assert "Forbidden" not in operator_as_the_charts_account.log.read_text()
 
 
+def test_rendered_manifests_pass_the_apiservers_own_validation(cluster: LocalCluster, installed: None,
+                                                               tmp_path: Path) -> None:
+    for sets in ([], ["--set", "operator.watchNamespaces={default}"]):
+        rendered = helm(cluster, "template", "dryrun", str(ROOT / "charts" / "kubetune"), "-n", NAMESPACE, *sets)
+        assert rendered.returncode == 0, rendered.stderr
+        result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout)
+        assert result.returncode == 0, result.stderr
+
+
+def test_upgrade_keeps_existing_finetunejobs(cluster: LocalCluster, installed: None) -> None:
+    cluster.kubectl("create", "namespace", "chart-upgrade")
+    apply(cluster, "chart-upgrade", example("minimal"))
+    result = helm(cluster, "upgrade", RELEASE, str(ROOT / "charts" / "kubetune"), "-n", NAMESPACE,
+                  "--set", "operator.reconcileSeconds=5", "--wait=false")
+    assert result.returncode == 0, result.stderr
+    assert cluster.kubectl("get", "ftj", "minimal", "-n", "chart-upgrade").returncode == 0
+    cluster.kubectl("delete", "namespace", "chart-upgrade", "--wait=false")
+
+
 def test_uninstall_leaves_no_operator_objects(cluster: LocalCluster, installed: None) -> None:
     assert helm(cluster, "uninstall", RELEASE, "-n", NAMESPACE).returncode == 0
     selector = f"app.kubernetes.io/instance={RELEASE}"
