@@ -140,6 +140,8 @@ def train(config: TrainerConfig, ds: dict) -> None:
             checkpoints.save(engine, directory, step, {"step": step})
             metrics.checkpoint_seconds.observe(time.perf_counter() - saving)
             metrics.checkpoints.inc()
+    if log:
+        log.close()
     _save_final(engine, config, rank)
 
 
