@@ -74,3 +74,17 @@ def events(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, A
 
 def condition(ftj: dict[str, Any], kind: str) -> dict[str, Any]:
     return next(c for c in ftj["status"]["conditions"] if c["type"] == kind)
+
+
+KWOK_FAILURE = "pod-container-running-failed.stage.kwok.x-k8s.io"
+
+
+def failing(name: str, exit_code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
+    """The minimal example, with pod metadata that makes kwok fail its training pods as chosen."""
+    manifest = example("minimal")
+    manifest["metadata"]["name"] = name
+    annotations = {f"{KWOK_FAILURE}/exit-code": str(exit_code), f"{KWOK_FAILURE}/reason": reason}
+    if message:
+        annotations[f"{KWOK_FAILURE}/message"] = message
+    manifest["spec"]["podMetadata"] = {"labels": {KWOK_FAILURE: "true"}, "annotations": annotations}
+    return manifest

@@ -12,7 +12,7 @@ import yaml
 
 from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, condition, example, in_phase
+from tests.integration.ftj import ROOT, Operator, apply, condition, example, failing, in_phase
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -112,11 +112,7 @@ def test_the_charts_account_is_enough_to_plan_run_and_report(cluster: LocalClust
     ftj = wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
     assert condition(ftj, "Planned")["status"] == "True"
 
-    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
-    failing = example("minimal")
-    failing["metadata"]["name"] = "failing"
-    failing["spec"]["podMetadata"] = {"labels": {prefix: "true"}, "annotations": {f"{prefix}/exit-code": "3"}}
-    apply(cluster, namespace, failing)
+    apply(cluster, namespace, failing("failing", 3))
     ftj = wait_until("the job to fail", in_phase(cluster, namespace, "failing", "Failed"))
     assert "exited with code 3" in condition(ftj, "Failed")["message"]
     assert "Forbidden" not in operator_as_the_charts_account.log.read_text()

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from kubetune.devcluster.cluster import LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, condition, events, example, get, in_phase
+from tests.integration.ftj import ROOT, Operator, apply, condition, events, example, failing, get, in_phase
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -133,13 +133,7 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, operator: Operato
 
 
 def test_a_failed_pod_surfaces_its_reason_and_message(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
-    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
-    manifest = example("minimal")
-    manifest["spec"]["podMetadata"] = {
-        "labels": {prefix: "true"},
-        "annotations": {f"{prefix}/exit-code": "137", f"{prefix}/reason": "OOMKilled",
-                        f"{prefix}/message": "CUDA out of memory"},
-    }
+    manifest = failing("minimal", 137, "OOMKilled", "CUDA out of memory")
     apply(cluster, namespace, manifest)
     ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
     failed = condition(ftj, "Failed")
@@ -218,13 +212,8 @@ def test_kubectl_get_shows_the_plan(cluster: LocalCluster, operator: Operator, n
 
 def test_the_trainers_out_of_memory_exit_is_reported_as_such(cluster: LocalCluster, operator: Operator,
                                                             namespace: str) -> None:
-    prefix = "pod-container-running-failed.stage.kwok.x-k8s.io"
-    manifest = example("minimal")
-    manifest["spec"]["podMetadata"] = {
-        "labels": {prefix: "true"},
-        "annotations": {f"{prefix}/exit-code": "86", f"{prefix}/reason": "Error",
-                        f"{prefix}/message": "kubetune-oom peak_allocated_bytes=85000000000 device_total_bytes=85520809984"},
-    }
+    manifest = failing("minimal", 86, message="kubetune-oom peak_allocated_bytes=85000000000 "
+                                              "device_total_bytes=85520809984")
     apply(cluster, namespace, manifest)
     ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
     failed = condition(ftj, "Failed")
