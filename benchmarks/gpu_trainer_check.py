@@ -101,8 +101,7 @@ def main() -> None:
         measured = max((e.get("peak_allocated_bytes", 0) for e in log), default=0)
         tps = sorted(e["tokens_per_second"] for e in log[2:])[len(log[2:]) // 2] if len(log) > 2 else 0
         predicted_tps = throughput.step_time(arch, settings, gpu).tokens_per_second
-        passes = (3 if method == "full" else 2) + (1 if ckpt else 0)
-        mfu = throughput.forward_flops_per_token(arch, settings) * passes * tps / (gpu.bf16_tflops * 1e12)
+        mfu = throughput.training_flops_per_token(arch, settings) * tps / (gpu.bf16_tflops * 1e12)
         error = f"{predicted / measured - 1:+.1%}" if measured else "-"
         print(f"| {method} | {stage} | {ckpt} | {seq_len} | {predicted / GIB:.2f} | {measured / GIB:.2f} | {error} "
               f"| {tps:,.0f} | {predicted_tps:,.0f} | {mfu:.1%} |", flush=True)

@@ -8,10 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import yaml
 
 from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.accounts import service_account_kubeconfig
 from tests.integration.ftj import ROOT, Operator, apply, condition, example, failing, in_phase
 from tests.integration.waiting import wait_until
 
@@ -78,16 +78,7 @@ def test_rbac_grants_only_what_the_operator_needs(cluster: LocalCluster, install
 
 @pytest.fixture
 def operator_as_the_charts_account(cluster: LocalCluster, installed: None, tmp_path: Path) -> Iterator[Operator]:
-    token = cluster.kubectl_ok("create", "token", RELEASE, "-n", NAMESPACE, "--duration=1h").strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    kubeconfig = tmp_path / "operator.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "local", "user": "operator"}}],
-        "current-context": "operator",
-    }))
+    kubeconfig = service_account_kubeconfig(cluster, RELEASE, NAMESPACE, tmp_path / "operator.kubeconfig")
     # The in-cluster pod cannot run (kwok runs no containers): the same account runs out of cluster instead.
     cluster.kubectl_ok("scale", "deployment", RELEASE, "-n", NAMESPACE, "--replicas=0")
     operator = Operator(kubeconfig, tmp_path / "operator.log")

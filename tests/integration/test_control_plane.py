@@ -14,6 +14,7 @@ import yaml
 
 from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.accounts import service_account_kubeconfig
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -156,18 +157,7 @@ def test_labelled_pod_fails_with_the_chosen_exit_code_and_message(cluster: Local
 
 def test_service_account_without_rbac_is_refused(cluster: LocalCluster, namespace: str, tmp_path: Path) -> None:
     cluster.kubectl_ok("create", "serviceaccount", "nobody", "-n", namespace)
-    token = cluster.kubectl_ok("create", "token", "nobody", "-n", namespace).strip()
-    admin = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    kubeconfig = tmp_path / "nobody.kubeconfig"
-    kubeconfig.write_text(yaml.safe_dump({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "local", "cluster": server}],
-        "users": [{"name": "nobody", "user": {"token": token}}],
-        "contexts": [{"name": "nobody", "context": {"cluster": "local", "user": "nobody", "namespace": namespace}}],
-        "current-context": "nobody",
-    }))
+    kubeconfig = service_account_kubeconfig(cluster, "nobody", namespace, tmp_path / "nobody.kubeconfig")
     as_nobody = [str(binaries.kubectl()), "--kubeconfig", str(kubeconfig), "get", "pods"]
     result = subprocess.run(
         as_nobody, capture_output=True, text=True, timeout=30, check=False,

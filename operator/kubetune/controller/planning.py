@@ -60,10 +60,16 @@ def _pool(group: GpuNodeGroup, resources: api.Resources) -> search.GpuPool:
                           host_memory_bytes=group.host_memory_bytes)
 
 
+def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
+    """The inline config when the spec has one, else the catalog entry or config.json named."""
+    if spec.model.config:
+        return architecture.from_hf_config(spec.model.config, name=spec.model.name)
+    return architecture.load(spec.model.name)
+
+
 def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> Decision:
     try:
-        arch = (architecture.from_hf_config(spec.model.config, name=spec.model.name) if spec.model.config
-                else architecture.load(spec.model.name))
+        arch = architecture_of(spec)
     except (LookupError, ValueError) as error:
         return Decision(None, None, None, str(error))
     usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and g.free_nodes > 0]
@@ -112,8 +118,7 @@ def _status_plan(chosen: search.Candidate, result: search.Plan, group: GpuNodeGr
 def settings_from_plan(spec: api.FineTuneJobSpec, plan: api.Plan) -> TrainingSettings:
     """The training settings a stored plan stands for: children are always built from status, so an operator
     restart between planning and creating them builds the same objects."""
-    arch = (architecture.from_hf_config(spec.model.config, name=spec.model.name) if spec.model.config
-            else architecture.load(spec.model.name))
+    arch = architecture_of(spec)
     request = request_for(spec)
     return TrainingSettings(
         seq_len=spec.training.seq_len, micro_batch=plan.micro_batch, gradient_accumulation=plan.gradient_accumulation,

@@ -40,6 +40,13 @@ def forward_flops_per_token(arch: Architecture, settings: TrainingSettings) -> f
     return matmul + attention
 
 
+def training_flops_per_token(arch: Architecture, settings: TrainingSettings) -> float:
+    """Forward plus backward: backward costs two forwards with weight gradients (full), one without them
+    (LoRA's frozen base); checkpointing adds one more forward."""
+    passes = (3 if settings.method is Method.FULL else 2) + (1 if settings.gradient_checkpointing else 0)
+    return forward_flops_per_token(arch, settings) * passes
+
+
 def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> StepTime:
     coeff = coefficients()
     n = settings.num_gpus
@@ -48,11 +55,7 @@ def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> S
     total = arch.total_params
     micro_steps = settings.gradient_accumulation
 
-    # Backward costs two forwards with weight gradients (full), one without them (LoRA's frozen base).
-    passes = 3 if settings.method is Method.FULL else 2
-    if settings.gradient_checkpointing:
-        passes += 1
-    flops = forward_flops_per_token(arch, settings) * passes * settings.tokens_per_micro_batch
+    flops = training_flops_per_token(arch, settings) * settings.tokens_per_micro_batch
     compute = micro_steps * flops / (peak_tflops(gpu, settings.precision) * 1e12 * coeff.achievable_flops_fraction)
 
     ring = (n - 1) / n

@@ -171,9 +171,8 @@ def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> f
     settings = TrainingSettings(seq_len=config.training.seq_len, precision=config.precision,
                                 method=config.method, attention=config.attention,
                                 gradient_checkpointing=config.gradient_checkpointing)
-    passes = (3 if config.method == "full" else 2) + (1 if config.gradient_checkpointing else 0)
     peak = throughput.peak_tflops(gpus.by_id(config.plan.gpu_type), settings.precision) * 1e12
-    return throughput.forward_flops_per_token(arch, settings) * passes / peak
+    return throughput.training_flops_per_token(arch, settings) / peak
 
 
 def _save_final(engine, config: TrainerConfig, rank: int) -> None:
