@@ -106,14 +106,32 @@ def plan_command(
 def run_operator(
     namespace: list[str] = typer.Option([], help="Watch only these namespaces (repeat it); default: all."),
     liveness: str | None = typer.Option(None, help="Serve liveness/readiness here, e.g. http://0.0.0.0:8080/healthz."),
+    metrics_port: int | None = typer.Option(None, help="Serve Prometheus metrics on this port (all interfaces)."),
 ) -> None:
     """Run the operator against the cluster of the current kubeconfig (or in-cluster)."""
     import kopf
 
-    from kubetune.controller import handlers  # noqa: F401  (registers the handlers)
+    from kubetune.controller import (
+        handlers,  # noqa: F401  (registers the handlers)
+        metrics,
+    )
 
     kopf.configure(verbose=False)  # kopf's log format and INFO level, as `kopf run` sets them
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
     kopf.run(clusterwide=not namespace, namespaces=namespace, standalone=True, liveness_endpoint=liveness)
+
+
+@app.command("dashboards")
+def dashboards_command(write: bool = typer.Option(False, "--write", help="Write the chart's dashboards/.")) -> None:
+    """Print (or write into the chart) the Grafana dashboards, generated from code."""
+    from kubetune.observability import dashboards
+
+    if write:
+        for path in dashboards.write():
+            console.print(f"wrote {path}")
+    else:
+        print(json.dumps(dashboards.all_dashboards(), indent=2))
 
 
 @app.command("crd")

@@ -93,7 +93,11 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master}", f"--master_port={RENDEZVOUS_PORT}",
         "-m", "kubetune.trainer", f"--config={CONFIG_DIR}/trainer.json", f"--deepspeed={CONFIG_DIR}/ds_config.json",
     ]
-    env: list[dict[str, Any]] = [{"name": "KUBETUNE_JOB", "value": name}]
+    # The trainer labels its metrics with its pod and namespace, as DCGM exporter labels the pod's GPUs.
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+    ]
     if spec.hub_token_secret_ref is not None:
         ref = spec.hub_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -121,8 +125,10 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
             "image": spec.images.trainer or os.environ.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
             "command": command,
             "env": env,
+            # One metrics port per local rank; the chart's PodMonitor scrapes every port named metrics*.
             "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
-                      {"name": "metrics", "containerPort": METRICS_PORT}],
+                      *({"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": METRICS_PORT + i}
+                        for i in range(plan.gpus_per_node))],
             "resources": {
                 "limits": {GPU_RESOURCE: str(plan.gpus_per_node)},
                 "requests": {GPU_RESOURCE: str(plan.gpus_per_node), "cpu": str(4 * plan.gpus_per_node),

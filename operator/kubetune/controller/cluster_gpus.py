@@ -5,7 +5,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kubetune.catalog import gpus
-from kubetune.planner.search import GpuPool
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 # Pods in these phases no longer hold their GPUs.
@@ -23,10 +22,6 @@ class GpuNodeGroup:
     nodes: int = 0
     host_memory_bytes: int | None = None
     taints: list[dict[str, Any]] = field(default_factory=list)
-
-    def pool(self, usd_per_hour: float | None = None) -> GpuPool:
-        return GpuPool(gpu=self.gpu, gpus_per_node=self.gpus_per_node, nodes=max(self.free_nodes, 1),
-                       host_memory_bytes=self.host_memory_bytes, usd_per_hour=usd_per_hour)
 
 
 def _quantity_bytes(value: str) -> int | None:

@@ -1,7 +1,10 @@
 """kopf handlers. One level-based reconcile, run on create, on spec changes and by a timer: plan if not
 planned, make sure the children exist, and read the Job and its pods into conditions, phase and Events."""
 
+import json
 import os
+import time
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -10,6 +13,7 @@ from pydantic import ValidationError
 from kubetune.api import v1alpha1 as api
 from kubetune.controller import children, planning, progress
 from kubetune.controller import conditions as c
+from kubetune.controller import metrics as m
 from kubetune.controller.cluster_gpus import node_groups
 from kubetune.controller.kube import Kube
 
@@ -17,6 +21,8 @@ RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 # kubetune.trainer.run.OOM_EXIT_CODE; repeated here because the operator does not import the trainer (torch).
 TRAINER_OOM_EXIT_CODE = 86
 RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
+# USD per GPU-hour by kubetune GPU id, overriding the catalog's list prices (the chart's gpuPrices value).
+GPU_PRICES: dict[str, float] = json.loads(os.environ.get("KUBETUNE_GPU_PRICES") or "{}")
 
 
 @kopf.on.startup()
@@ -30,6 +36,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.posting.level = 20  # Events for INFO and above
     memo.kube = await Kube.connect()
+    memo.series = m.JobSeries()
 
 
 @kopf.on.cleanup()
@@ -42,7 +49,29 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.timer(*RESOURCE, interval=RECONCILE_SECONDS, initial_delay=RECONCILE_SECONDS)
 async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
-                    patch: kopf.Patch, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+                    patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+    started = time.perf_counter()
+    if retry:
+        m.reconcile_retries.inc()
+    try:
+        await _reconcile(body, spec, status, name, namespace, patch, memo)
+    except Exception as error:
+        m.reconcile_errors.labels(type(error).__name__).inc()
+        raise
+    finally:
+        m.reconcile_seconds.observe(time.perf_counter() - started)
+    plan = patch.status.get("plan") or status.get("plan")
+    memo.series.observe(namespace, name, patch.status.get("phase") or status.get("phase") or "Pending",
+                        api.Plan.model_validate(plan) if plan else None)
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+async def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    memo.series.forget(namespace, name)
+
+
+async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
+                     patch: kopf.Patch, memo: kopf.Memo) -> None:
     generation = body["metadata"].get("generation", 1)
     conds = c.Conditions(status.get("conditions"), generation)
     if conds.true(c.SUCCEEDED) or conds.true(c.FAILED) or body["metadata"].get("deletionTimestamp"):
@@ -64,16 +93,17 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
         await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
         job = await memo.kube.job(namespace, children.names(name)["job"])
     if job is not None:
-        await _observe(name, namespace, job_spec, job, memo.kube, conds, patch, status)
+        await _observe(body, name, namespace, job_spec, job, memo.kube, conds, patch, status)
     _write(body, patch, conds, status)
 
 
 async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c.Conditions,
                 patch: kopf.Patch) -> api.Plan | None:
     groups = node_groups(await kube.nodes(), await kube.pods())
-    decision = planning.decide(spec, groups)
+    decision = planning.decide(spec, groups, GPU_PRICES)
     if decision.plan is None:
         reason = c.REASON_INVALID_MODEL if "unknown model" in decision.message else c.REASON_UNSCHEDULABLE
+        m.plan_failures.labels(reason).inc()
         conds.set(c.PLANNED, False, reason, decision.message)
         conds.set(c.FAILED, True, reason, decision.message)
         return None
@@ -84,6 +114,8 @@ async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c
                f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
                f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
     conds.set(c.PLANNED, True, c.REASON_PLANNED, summary)
+    m.plans.labels(plan.gpu_type, str(plan.zero_stage), plan.offload, plan.method,
+                   str(plan.gradient_checkpointing).lower(), plan.attention).inc()
     patch.status["plan"] = plan.model_dump(by_alias=True, exclude_none=True)
     return plan
 
@@ -104,7 +136,7 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
                                 "service": children.names(name)["service"], "job": children.names(name)["job"]}
 
 
-async def _observe(name: str, namespace: str, spec: api.FineTuneJobSpec, job: dict[str, Any], kube: Kube,
+async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, job: dict[str, Any], kube: Kube,
                    conds: c.Conditions, patch: kopf.Patch, status: kopf.Status) -> None:
     job_name = job["metadata"]["name"]
     suspended = bool(job["spec"].get("suspend"))
@@ -135,7 +167,8 @@ async def _observe(name: str, namespace: str, spec: api.FineTuneJobSpec, job: di
         ready = job_status.get("ready", 0)
         conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
         if not status.get("startTime"):
-            patch.status["startTime"] = job_status.get("startTime") or c.now()
+            patch.status["startTime"] = c.now()
+            m.time_to_running.observe(_seconds_since(body["metadata"]["creationTimestamp"]))
         if progress.in_cluster():
             names = children.names(name)
             url = f"http://{names['job']}-0.{names['service']}.{namespace}.svc:{children.METRICS_PORT}/metrics"
@@ -144,6 +177,10 @@ async def _observe(name: str, namespace: str, spec: api.FineTuneJobSpec, job: di
                 patch.status["progress"] = current.model_dump(by_alias=True, exclude_none=True)
     elif not suspended:
         conds.set(c.RUNNING, False, c.REASON_PODS_PENDING, "waiting for the workers to be scheduled")
+
+
+def _seconds_since(timestamp: str) -> float:
+    return (datetime.now(UTC) - datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)).total_seconds()
 
 
 async def _failed_pod(kube: Kube, namespace: str, name: str) -> tuple[str, str | None]:
@@ -166,6 +203,8 @@ def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf
         kind = "Warning" if condition["type"] == c.FAILED or condition["reason"] == c.REASON_UNSCHEDULABLE else "Normal"
         kopf.event(body, type=kind, reason=condition["reason"], message=f"{condition['type']}={condition['status']}: "
                    f"{condition['message']}")
+        if condition["type"] == c.FAILED and condition["status"] == "True":
+            m.failures.labels(body["metadata"]["namespace"], condition["reason"]).inc()
     if conds.changed:
         patch.status["conditions"] = conds.as_list()
     phase = conds.phase()

@@ -48,7 +48,7 @@ def request_for(spec: api.FineTuneJobSpec) -> search.Request:
     )
 
 
-def _pool(group: GpuNodeGroup, resources: api.Resources) -> search.GpuPool:
+def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None) -> search.GpuPool:
     per_node = group.gpus_per_node
     nodes = group.free_nodes
     if resources.max_nodes is not None:
@@ -57,7 +57,7 @@ def _pool(group: GpuNodeGroup, resources: api.Resources) -> search.GpuPool:
         per_node = min(per_node, resources.max_gpus)
         nodes = min(nodes, max(1, resources.max_gpus // per_node))
     return search.GpuPool(gpu=group.gpu, gpus_per_node=per_node, nodes=max(nodes, 1),
-                          host_memory_bytes=group.host_memory_bytes)
+                          host_memory_bytes=group.host_memory_bytes, usd_per_hour=usd_per_hour)
 
 
 def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
@@ -67,7 +67,9 @@ def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
     return architecture.load(spec.model.name)
 
 
-def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> Decision:
+def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None) -> Decision:
+    """The plan for a spec on the cluster's GPU groups; `prices` (USD per GPU-hour by GPU id) replace the
+    catalog's list prices where the platform team knows its own."""
     try:
         arch = architecture_of(spec)
     except (LookupError, ValueError) as error:
@@ -82,7 +84,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> Decision:
     for group in usable:
         if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
             by_type[group.gpu.id] = group
-    result = search.plan(arch, request_for(spec), [_pool(g, spec.resources) for g in by_type.values()])
+    result = search.plan(arch, request_for(spec), [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()])
     if result.chosen is None:
         return Decision(None, None, None, " ".join(result.explanation))
     chosen = result.chosen

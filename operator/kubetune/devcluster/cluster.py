@@ -29,6 +29,10 @@ DEFAULT_STAGES = (
     "pod/chaos/pod-container-running-failed.yaml",
 )
 
+# Pods of Jobs in this namespace run until deleted instead of completing at once, for what needs a
+# training run in progress: live metrics, node loss mid-run, dashboards with running jobs.
+LONG_RUNNING_NAMESPACE = "kubetune-long-running"
+
 START_TIMEOUT_SECONDS = 180
 
 
@@ -137,8 +141,12 @@ class LocalCluster:
             # kwokctl binds 0.0.0.0 unless told otherwise, and has no flag for it.
             "options": {"runtime": "binary", "bindAddress": "127.0.0.1"},
         }
-        stages = [binaries.kwok_stages_dir().joinpath(path).read_text() for path in DEFAULT_STAGES]
-        return "---\n".join([yaml.safe_dump(options), *stages])
+        stages = [yaml.safe_load(binaries.kwok_stages_dir().joinpath(path).read_text()) for path in DEFAULT_STAGES]
+        for stage in stages:
+            if stage["metadata"]["name"] == "pod-complete":
+                stage["spec"]["selector"]["matchExpressions"].append(
+                    {"key": ".metadata.namespace", "operator": "NotIn", "values": [LONG_RUNNING_NAMESPACE]})
+        return "---\n".join(yaml.safe_dump(document) for document in [options, *stages])
 
     def _kill_leftover_pids(self) -> None:
         # kwokctl records each component's pid; a crashed run can leave them behind. Kill by recorded pid,

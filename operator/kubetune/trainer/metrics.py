@@ -1,30 +1,50 @@
-"""Per-rank Prometheus metrics (kubetune_trainer_*), served on the metrics port plus the local rank."""
+"""Per-rank Prometheus metrics (kubetune_trainer_*), served on the metrics port plus the local rank.
 
+Every series carries `namespace` and `finetunejob` (the operator's per-job labels, so the two join), `rank`,
+`gpu_type`, and `pod`, which together with `namespace` is how DCGM exporter labels a GPU's series when it maps
+GPUs to pods. The pod's name and namespace come from the downward API (POD_NAME, POD_NAMESPACE)."""
+
+import os
+import resource
+import socket
+import time
+
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-LABELS = ("job", "rank", "gpu_type")
+LABELS = ("namespace", "finetunejob", "pod", "rank", "gpu_type")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class TrainerMetrics:
     def __init__(self, job: str, rank: int, gpu_type: str) -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"job": job, "rank": str(rank), "gpu_type": gpu_type}
+        self.labels = {"namespace": os.environ.get("POD_NAMESPACE", ""), "finetunejob": job,
+                       "pod": os.environ.get("POD_NAME", socket.gethostname()), "rank": str(rank),
+                       "gpu_type": gpu_type}
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, LABELS, registry=self.registry).labels(**self.labels)
 
-        self.memory_allocated = gauge("kubetune_trainer_memory_allocated_bytes", "GPU memory allocated by torch, per 'rank'.")
-        self.memory_reserved = gauge("kubetune_trainer_memory_reserved_bytes", "GPU memory reserved by torch's allocator.")
-        self.memory_peak = gauge("kubetune_trainer_memory_peak_allocated_bytes", "Peak GPU memory allocated so far.")
-        self.memory_total = gauge("kubetune_trainer_memory_device_total_bytes", "The GPU's total memory.")
+        # On a CPU-only run (the tests) the memory series report the process: resident set for allocated and
+        # reserved, its high-water mark for peak, the machine's RAM for the device total.
+        self.memory_allocated = gauge("kubetune_trainer_memory_allocated_bytes", "Memory allocated by torch on the "
+                                      "rank's GPU after the last step.")
+        self.memory_reserved = gauge("kubetune_trainer_memory_reserved_bytes", "Memory reserved by torch's caching "
+                                     "allocator after the last step.")
+        self.memory_peak = gauge("kubetune_trainer_memory_peak_allocated_bytes", "Peak memory allocated so far.")
+        self.memory_total = gauge("kubetune_trainer_memory_device_total_bytes", "The training device's memory.")
         self.memory_predicted = gauge("kubetune_trainer_memory_predicted_peak_bytes", "The plan's predicted peak.")
         self.tokens_per_second = gauge("kubetune_trainer_tokens_per_second", "Tokens per second on this rank.")
         self.samples_per_second = gauge("kubetune_trainer_samples_per_second", "Sequences per second on this rank.")
         self.loss = gauge("kubetune_trainer_loss", "Training loss of the last optimizer step.")
         self.learning_rate = gauge("kubetune_trainer_learning_rate", "Learning rate of the last optimizer step.")
-        self.mfu = gauge("kubetune_trainer_model_flops_utilization_ratio", "Model FLOPs utilisation (0-1).")
+        self.mfu = gauge("kubetune_trainer_model_flops_utilization_ratio", "Model FLOPs utilisation (0-1); "
+                         "absent off GPU.")
         self.step = gauge("kubetune_trainer_step", "Optimizer steps done.")
         self.total_steps = gauge("kubetune_trainer_total_steps", "Optimizer steps planned.")
+        self.last_step = gauge("kubetune_trainer_last_step_timestamp_seconds", "Unix time the last optimizer step "
+                               "ended (the stall alert's clock).")
         self.step_seconds = Histogram("kubetune_trainer_step_duration_seconds", "Wall time of one optimizer step.",
                                       LABELS, registry=self.registry,
                                       buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64)).labels(**self.labels)
@@ -36,3 +56,27 @@ class TrainerMetrics:
 
     def serve(self, port: int) -> None:
         start_http_server(port, addr="0.0.0.0", registry=self.registry)
+
+    def record_step(self, step: int, seconds: float, samples: int, seq_len: int, flops_per_token: float | None,
+                    loss: float, lr: float) -> None:
+        self.step.set(step)
+        self.last_step.set(time.time())
+        self.step_seconds.observe(seconds)
+        self.tokens_per_second.set(samples * seq_len / seconds)
+        self.samples_per_second.set(samples / seconds)
+        self.loss.set(loss)
+        self.learning_rate.set(lr)
+        if flops_per_token:
+            self.mfu.set(flops_per_token * samples * seq_len / seconds)
+        if torch.cuda.is_available():
+            self.memory_allocated.set(torch.cuda.memory_allocated())
+            self.memory_reserved.set(torch.cuda.memory_reserved())
+            self.memory_peak.set(torch.cuda.max_memory_allocated())
+            self.memory_total.set(torch.cuda.get_device_properties(0).total_memory)
+        else:
+            with open("/proc/self/statm") as statm:
+                resident = int(statm.read().split()[1]) * _PAGE
+            self.memory_allocated.set(resident)
+            self.memory_reserved.set(resident)
+            self.memory_peak.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+            self.memory_total.set(os.sysconf("SC_PHYS_PAGES") * _PAGE)

@@ -1,0 +1,1 @@
+"""What users watch: the Grafana dashboards the chart ships, generated from code."""
