@@ -15,6 +15,11 @@ if ! command -v ss >/dev/null; then
   apt-get update -qq && apt-get install -y -qq iproute2 >/dev/null
 fi
 
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  log "installing Debian's prometheus (server and promtool), which the observability tests run for real"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 [ -x .venv/bin/python ] || { log "creating .venv"; python3.11 -m venv .venv; }
 log "installing kubetune[test] into .venv"
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'

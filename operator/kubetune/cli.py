@@ -107,8 +107,13 @@ def run_operator(
     namespace: list[str] = typer.Option([], help="Watch only these namespaces (repeat it); default: all."),
     liveness: str | None = typer.Option(None, help="Serve liveness/readiness here, e.g. http://0.0.0.0:8080/healthz."),
     metrics_port: int | None = typer.Option(None, help="Serve Prometheus metrics on this port (all interfaces)."),
+    leader_election_namespace: str | None = typer.Option(
+        None, help="Elect a leader among replicas on a Lease in this namespace; only the leader reconciles."),
+    lease_name: str = typer.Option("kubetune-operator", help="Name of the leader election Lease."),
 ) -> None:
     """Run the operator against the cluster of the current kubeconfig (or in-cluster)."""
+    import asyncio
+
     import kopf
 
     from kubetune.controller import (
@@ -119,7 +124,42 @@ def run_operator(
     kopf.configure(verbose=False)  # kopf's log format and INFO level, as `kopf run` sets them
     if metrics_port is not None:
         metrics.serve(metrics_port)
-    kopf.run(clusterwide=not namespace, namespaces=namespace, standalone=True, liveness_endpoint=liveness)
+    options = {"clusterwide": not namespace, "namespaces": namespace, "standalone": True,
+               "liveness_endpoint": liveness}
+    if leader_election_namespace is None:
+        kopf.run(**options)
+        return
+    if not asyncio.run(_lead(leader_election_namespace, lease_name, options)):
+        raise typer.Exit(1)
+
+
+async def _lead(namespace: str, lease_name: str, options: dict) -> bool:
+    """Run kopf while this replica holds the Lease; False when the lease was lost (the pod then restarts and
+    waits as a standby), True after a clean shutdown, which hands the Lease over."""
+    import asyncio
+    import socket
+
+    import kopf
+
+    from kubetune.controller.kube import Kube
+    from kubetune.controller.leader import Lease
+
+    kube = await Kube.connect()
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+    lease = Lease(kube, namespace, lease_name, identity)
+    try:
+        await lease.acquire()
+        lost = asyncio.Event()
+        keeper = asyncio.create_task(lease.keep(lost))
+        try:
+            await kopf.operator(**options, stop_flag=lost)
+        finally:
+            keeper.cancel()
+        if not lost.is_set():
+            await lease.release()
+        return not lost.is_set()
+    finally:
+        await kube.close()
 
 
 @app.command("dashboards")

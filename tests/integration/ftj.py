@@ -21,14 +21,15 @@ KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 class Operator:
     """`kubetune run-operator` as a child process that a test may kill and start again."""
 
-    def __init__(self, kubeconfig: Path, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
+        self.args = args
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1")
-        self.process = subprocess.Popen([KUBETUNE, "run-operator"], env=env, stdout=self.log.open("a"),
+        self.process = subprocess.Popen([KUBETUNE, "run-operator", *self.args], env=env, stdout=self.log.open("a"),
                                         stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

@@ -90,9 +90,10 @@ def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: 
     return output / "trainer.json", output / "ds_config.json"
 
 
-def launch(config: Path, ds: Path, output: Path, master_port: int) -> subprocess.Popen:
+def launch(config: Path, ds: Path, output: Path, master_port: int,
+           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
-               KUBETUNE_TERMINATION_LOG=str(output / "termination-log"))
+               KUBETUNE_TERMINATION_LOG=str(output / "termination-log"), **(extra_env or {}))
     return subprocess.Popen(
         [TORCHRUN, f"--nproc_per_node={RANKS}", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
          f"--master_port={master_port}", "-m", "kubetune.trainer", f"--config={config}", f"--deepspeed={ds}"],

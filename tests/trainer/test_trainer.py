@@ -50,7 +50,7 @@ def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_mer
     finish(run.process, tmp_path)
     for series in SERIES:
         assert series in scraped, series
-    assert 'rank="0"' in scraped and 'job="test"' in scraped
+    assert 'rank="0"' in scraped and 'finetunejob="test"' in scraped
 
     curve = [losses(run)[step] for step in sorted(losses(run))]
     assert len(curve) == 60

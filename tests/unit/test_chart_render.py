@@ -1,5 +1,7 @@
 """The chart lints clean, refuses unknown or wrong values, and renders least-privilege RBAC in both modes."""
 
+import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -51,3 +53,83 @@ def test_namespaced_mode_grants_writes_through_roles_in_those_namespaces_only() 
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for doc in cluster_roles for rule in doc["rules"])
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     assert "--namespace=team-a" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [doc for doc in docs if doc["kind"] == kind]
+
+
+def test_monitoring_pieces_are_off_by_default_and_scrape_what_the_operator_and_trainers_serve() -> None:
+    from kubetune.controller import children
+
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & {doc["kind"] for doc in render()}
+    docs = render("monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true",
+                  "monitoring.prometheusRule.enabled=true", "monitoring.labels.release=prom")
+    service = next(d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "kt-kubetune-metrics")
+    deployment = by_kind(docs, "Deployment")[0]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 8081} in container["ports"]
+    assert "--metrics-port=8081" in container["args"]
+    assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+
+    monitor = by_kind(docs, "ServiceMonitor")[0]
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["spec"]["endpoints"][0]["honorLabels"]
+
+    pods = by_kind(docs, "PodMonitor")[0]["spec"]
+    assert pods["selector"]["matchLabels"].items() <= children.labels("any", "trainer").items()
+    keep = pods["podMetricsEndpoints"][0]["relabelings"][0]
+    ports = [f"metrics-{i}" for i in range(1, 8)] + ["metrics"]
+    assert all(re.fullmatch(keep["regex"], port) for port in ports) and not re.fullmatch(keep["regex"], "rendezvous")
+    assert pods["namespaceSelector"] == {"any": True}
+    scoped = by_kind(render("monitoring.podMonitor.enabled=true", "operator.watchNamespaces={a,b}"), "PodMonitor")
+    assert scoped[0]["spec"]["namespaceSelector"] == {"matchNames": ["a", "b"]}
+
+
+def test_dashboards_are_configmaps_for_the_grafana_sidecar_with_the_generated_json() -> None:
+    assert not by_kind(render(), "ConfigMap")
+    maps = by_kind(render("grafana.dashboards.enabled=true"), "ConfigMap")
+    files = sorted((CHART / "dashboards").glob("*.json"))
+    assert len(maps) == len(files) == 2
+    for config_map, path in zip(sorted(maps, key=lambda m: m["metadata"]["name"]), files, strict=True):
+        assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+        assert config_map["metadata"]["annotations"]["grafana_folder"] == "kubetune"
+        assert json.loads(config_map["data"][path.name]) == json.loads(path.read_text())
+
+
+def test_gpu_prices_reach_the_operator_and_unknown_gpu_ids_are_refused() -> None:
+    result = helm("template", "kt", str(CHART), "--set-json", 'operator.gpuPrices={"L4-24GB": 0.45}')
+    assert result.returncode == 0, result.stderr
+    deployment = by_kind([d for d in yaml.safe_load_all(result.stdout) if d], "Deployment")[0]
+    env = {e["name"]: e.get("value") for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert json.loads(env["KUBETUNE_GPU_PRICES"]) == {"L4-24GB": 0.45}
+    typo = helm("template", "kt", str(CHART), "--set-json", 'operator.gpuPrices={"L4": 0.45}')
+    assert typo.returncode != 0 and "L4-24GB" in typo.stderr
+
+
+def test_schema_lists_exactly_the_catalogs_gpu_ids() -> None:
+    from kubetune.catalog import gpus
+
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    listed = schema["properties"]["operator"]["properties"]["gpuPrices"]["propertyNames"]["enum"]
+    assert listed == [gpu.id for gpu in gpus.catalog()]
+
+
+def test_two_replicas_elect_a_leader_on_a_lease_only_they_may_write() -> None:
+    single = render()
+    assert not [r for r in by_kind(single, "Role") if "leader" in r["metadata"]["name"]]
+    assert by_kind(single, "Deployment")[0]["spec"]["strategy"] == {"type": "Recreate"}
+    docs = render("operator.replicas=2")
+    deployment = by_kind(docs, "Deployment")[0]
+    assert deployment["spec"]["replicas"] == 2 and "strategy" not in deployment["spec"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"--leader-election-namespace=ops", "--lease-name=kt-kubetune"} <= set(container["args"])
+    assert container["readinessProbe"]["httpGet"]["port"] == "metrics"
+    role = next(r for r in by_kind(docs, "Role") if "leader" in r["metadata"]["name"])
+    assert role["metadata"]["namespace"] == "ops"
+    assert role["rules"] == [
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["kt-kubetune"],
+         "verbs": ["get", "update"]},
+    ]

@@ -14,6 +14,7 @@ class Kube:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
+        self.coordination = client.CoordinationV1Api(api)
 
     @classmethod
     async def connect(cls) -> "Kube":
@@ -71,3 +72,22 @@ class Kube:
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+    async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
+        response = await self.coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+        if response.status == NOT_FOUND:
+            return None
+        return await self._json(response)
+
+    async def write_lease(self, namespace: str, lease: dict[str, Any]) -> bool:
+        """Create the Lease, or replace it at the resourceVersion it was read at; False when another writer got
+        there first (the optimistic concurrency the election rests on)."""
+        if "resourceVersion" in lease["metadata"]:
+            response = await self.coordination.replace_namespaced_lease(lease["metadata"]["name"], namespace, lease,
+                                                                        _preload_content=False)
+        else:
+            response = await self.coordination.create_namespaced_lease(namespace, lease, _preload_content=False)
+        if response.status == CONFLICT:
+            return False
+        await self._json(response)
+        return True

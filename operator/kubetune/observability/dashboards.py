@@ -34,10 +34,12 @@ class Panel:
     reference_series: tuple[str, ...] = field(default=())
 
 
-def _quantiles(metric: str, selector: str, by: str = "") -> tuple[Query, ...]:
-    group = f"le{', ' + by if by else ''}"
-    return tuple(Query(f"histogram_quantile({q}, sum by ({group}) (rate({metric}_bucket{{{selector}}}[$__rate_interval])))",
-                       f"p{int(q * 100)}{' {{' + by + '}}' if by else ''}") for q in (0.5, 0.9, 0.99))
+def _quantiles(metric: str, selector: str = "", window: str = "$__rate_interval") -> tuple[Query, ...]:
+    """p50/p90/p99 of a histogram over `window`: the rate interval for frequent events, the dashboard's whole
+    range for rare ones (a job starting), whose rate over a minute is mostly empty."""
+    series = f"{metric}_bucket{{{selector}}}" if selector else f"{metric}_bucket"
+    return tuple(Query(f"histogram_quantile({q}, sum by (le) (increase({series}[{window}])))", f"p{int(q * 100)}")
+                 for q in (0.5, 0.9, 0.99))
 
 
 FLEET_PANELS = (
@@ -50,7 +52,7 @@ FLEET_PANELS = (
            Query("sum by (gpu_type) (kubetune_finetunejob_gpus_requested{" + FLEET + "} * on (namespace, finetunejob) "
                  'group_left () (kubetune_finetunejob_phase{phase!="Running"} == 1))', "{{gpu_type}} waiting"))),
     Panel("Time from creation to running", "Planning plus queueing plus scheduling, per job that started.", "s",
-          _quantiles("kubetune_finetunejob_time_to_running_seconds", "")),
+          _quantiles("kubetune_finetunejob_time_to_running_seconds", window="$__range")),
     Panel("Failures by reason", "FineTuneJobs that ended Failed in the dashboard's time range, by reason.", "short",
           (Query(f"sum by (reason) (increase(kubetune_finetunejob_failures_total{{{FLEET}}}[$__range])) or vector(0)",
                  "{{reason}}"),), kind="stat"),
@@ -62,7 +64,7 @@ FLEET_PANELS = (
           (Query(f"finetunejob:kubetune_memory_measured_over_predicted:ratio{{{FLEET}}}",
                  "{{namespace}}/{{finetunejob}}"),)),
     Panel("Reconcile latency", "Wall time of the operator's reconciles.", "s",
-          _quantiles("kubetune_reconcile_duration_seconds", "")),
+          _quantiles("kubetune_reconcile_duration_seconds")),
     Panel("Reconcile errors and retries", "Reconciles that raised, by exception, and retries kopf made.", "ops",
           (Query("sum by (reason) (rate(kubetune_reconcile_errors_total[$__rate_interval])) or vector(0)",
                  "errors {{reason}}"),
