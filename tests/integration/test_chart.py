@@ -111,7 +111,8 @@ def test_the_charts_account_is_enough_to_plan_run_and_report(cluster: LocalClust
 
 def test_rendered_manifests_pass_the_apiservers_own_validation(cluster: LocalCluster, installed: None,
                                                                tmp_path: Path) -> None:
-    for sets in ([], ["--set", "operator.watchNamespaces={default}"]):
+    for sets in ([], ["--set", "operator.watchNamespaces={default}"],
+                 ["--set", "operator.replicas=2", "--set", "grafana.dashboards.enabled=true"]):
         rendered = helm(cluster, "template", "dryrun", str(ROOT / "charts" / "kubetune"), "-n", NAMESPACE, *sets)
         assert rendered.returncode == 0, rendered.stderr
         result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", stdin=rendered.stdout)

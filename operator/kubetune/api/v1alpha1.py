@@ -86,8 +86,18 @@ class ModelSource(_Model):
 class Dataset(_Model):
     """dataset is the training data."""
 
-    source: NAME = Field(description="source is a Hub dataset id, a URL, or a path on the claim named by "
-                         "`claimName`.")
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!self.source.contains('://')",
+         "`dataset.source` must be a Hub dataset id (owner/name) or, with `claimName`, a path on the claim: URLs "
+         "are not supported"),
+        ("has(self.claimName) || self.source.matches('^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$')",
+         "`dataset.source` without `claimName` must be a Hub dataset id such as tatsu-lab/alpaca"),
+        ("!has(self.claimName) || (!self.source.startsWith('/') && !self.source.split('/').exists(p, p == '..'))",
+         "`dataset.source` with `claimName` is a relative path on the claim, without '..'"),
+    ))
+
+    source: NAME = Field(description="source is a Hub dataset id (owner/name), or a relative path on the claim "
+                         "named by `claimName`.")
     format: DatasetFormat = Field(default=DatasetFormat.INSTRUCTION, description="format of the records.")
     claim_name: str | None = Field(default=None, max_length=253, description="claimName is a "
                                    "PersistentVolumeClaim holding the data; `source` is then a path on it.")

@@ -17,6 +17,7 @@ REASON_PODS_PENDING = "PodsPending"
 REASON_COMPLETED = "JobCompleted"
 REASON_POD_FAILED = "PodFailed"
 REASON_GPU_OOM = "GPUOutOfMemory"
+REASON_NAME_CONFLICT = "NameConflict"
 
 
 def now() -> str:

@@ -90,8 +90,14 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
     if job is None:
         # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
         # goes last, so once it exists its ConfigMap and Service do too and steady state costs one read.
-        await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
+        foreign = await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
+        if foreign:
+            conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, foreign)
+            return _write(body, patch, conds, status)
         job = await memo.kube.job(namespace, children.names(name)["job"])
+    if job is not None and not _owned(job, body):
+        conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, _foreign_message(job))
+        return _write(body, patch, conds, status)
     if job is not None:
         await _observe(body, name, namespace, job_spec, job, memo.kube, conds, patch, status)
     _write(body, patch, conds, status)
@@ -102,7 +108,7 @@ async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c
     groups = node_groups(await kube.nodes(), await kube.pods())
     decision = planning.decide(spec, groups, GPU_PRICES)
     if decision.plan is None:
-        reason = c.REASON_INVALID_MODEL if "unknown model" in decision.message else c.REASON_UNSCHEDULABLE
+        reason = decision.reason or c.REASON_UNSCHEDULABLE
         m.plan_failures.labels(reason).inc()
         conds.set(c.PLANNED, False, reason, decision.message)
         conds.set(c.FAILED, True, reason, decision.message)
@@ -120,8 +126,18 @@ async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c
     return plan
 
 
+def _owned(child: dict[str, Any], body: kopf.Body) -> bool:
+    return any(ref.get("uid") == body["metadata"]["uid"] for ref in child["metadata"].get("ownerReferences", []))
+
+
+def _foreign_message(child: dict[str, Any]) -> str:
+    return (f"a {child['kind']} named {child['metadata']['name']} already exists and does not belong to this "
+            "FineTuneJob; kubetune leaves it alone: rename the FineTuneJob or remove that object")
+
+
 async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                           kube: Kube, patch: kopf.Patch) -> None:
+                           kube: Kube, patch: kopf.Patch) -> str | None:
+    """Create the missing children; a message when an object of a child's name exists that is not ours."""
     settings = planning.settings_from_plan(spec, plan)
     groups = [g for g in node_groups(await kube.nodes(), []) if g.product == plan.gpu_product]
     group = groups[0] if groups else None
@@ -132,8 +148,14 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
         kopf.adopt(manifest, owner=body)
         if await kube.create(namespace, manifest):
             kopf.info(body, reason="Created", message=f"created {manifest['kind']} {manifest['metadata']['name']}")
+            continue
+        existing = await kube.read(namespace, manifest["kind"], manifest["metadata"]["name"])
+        if existing is not None and not _owned(existing, body):
+            existing.setdefault("kind", manifest["kind"])
+            return _foreign_message(existing)
     patch.status["children"] = {"configMap": children.names(name)["config_map"],
                                 "service": children.names(name)["service"], "job": children.names(name)["job"]}
+    return None
 
 
 async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, job: dict[str, Any], kube: Kube,

@@ -57,17 +57,15 @@ class Kube:
         return True
 
     async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            response = await self.batch.read_namespaced_job(name, namespace, _preload_content=False)
-        except ApiException as error:
-            if error.status == NOT_FOUND:
-                return None
-            raise
+        return await self.read(namespace, "Job", name)
+
+    async def read(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
+        read = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
+                "Job": self.batch.read_namespaced_job}[kind]
         # Without preloading, the client hands back error responses instead of raising.
+        response = await read(name, namespace, _preload_content=False)
         if response.status == NOT_FOUND:
             return None
-        if response.status >= 400:
-            raise ApiException(status=response.status, reason=await response.text())
         return await self._json(response)
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:

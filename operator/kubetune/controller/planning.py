@@ -1,6 +1,7 @@
 """A FineTuneJob's spec and the cluster's GPU nodes -> the planner's request -> the plan in status."""
 
 from dataclasses import dataclass
+from typing import Literal
 
 from kubetune.api import v1alpha1 as api
 from kubetune.controller.cluster_gpus import GpuNodeGroup, allowed
@@ -30,6 +31,8 @@ class Decision:
     group: GpuNodeGroup | None  # where the pods go
     candidate: search.Candidate | None
     message: str  # why, in one paragraph
+    # Why there is no plan: the model is unknown, its config is unusable, or nothing fits the cluster.
+    reason: Literal["ModelUnknown", "InvalidModelConfig", "InvalidSpec", "Unschedulable"] | None = None
 
 
 def request_for(spec: api.FineTuneJobSpec) -> search.Request:
@@ -72,21 +75,28 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     catalog's list prices where the platform team knows its own."""
     try:
         arch = architecture_of(spec)
-    except (LookupError, ValueError) as error:
-        return Decision(None, None, None, str(error))
+    except LookupError as error:
+        return Decision(None, None, None, str(error).strip("'\""), "ModelUnknown")
+    except ValueError as error:
+        return Decision(None, None, None, str(error), "InvalidModelConfig")
     usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and g.free_nodes > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
         have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free)" for g in groups) or "none"
-        return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}")
+        return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
+                        "Unschedulable")
     # One group per GPU type: the one with the most free nodes.
     by_type: dict[str, GpuNodeGroup] = {}
     for group in usable:
         if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
             by_type[group.gpu.id] = group
-    result = search.plan(arch, request_for(spec), [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()])
+    pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
+    try:
+        result = search.plan(arch, request_for(spec), pools)
+    except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
+        return Decision(None, None, None, str(error), "InvalidSpec")
     if result.chosen is None:
-        return Decision(None, None, None, " ".join(result.explanation))
+        return Decision(None, None, None, " ".join(result.explanation), "Unschedulable")
     chosen = result.chosen
     return Decision(_status_plan(chosen, result, by_type[chosen.gpu]), by_type[chosen.gpu], chosen,
                     " ".join(result.explanation))

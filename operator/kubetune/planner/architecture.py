@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class MlpType(StrEnum):
@@ -213,7 +213,23 @@ def _falcon(name: str, config: dict[str, Any]) -> Architecture:
 
 
 def from_hf_config(config: dict[str, Any], name: str = "custom") -> Architecture:
-    """Normalise a Hugging Face config.json (as a dict)."""
+    """Normalise a Hugging Face config.json (as a dict); a config that cannot describe a model (a field
+    missing, of the wrong type or zero) raises ValueError naming what is wrong."""
+    try:
+        return _from_hf_config(config, name)
+    except KeyError as missing:
+        raise ValueError(f"the model config lacks {missing}, which a '{config.get('model_type')}' config.json "
+                         "has") from None
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise ValueError(f"the model config is not a valid '{config.get('model_type')}' config.json: "
+                         f"{'.'.join(map(str, first['loc']))} {first['msg'].lower()}") from None
+    except (TypeError, ZeroDivisionError) as error:
+        raise ValueError(f"the model config is not a valid '{config.get('model_type')}' config.json: "
+                         f"{error}") from None
+
+
+def _from_hf_config(config: dict[str, Any], name: str) -> Architecture:
     model_type = config.get("model_type")
     match model_type:
         case "llama" | "mistral" | "phi3" | "gemma" | "gemma2":

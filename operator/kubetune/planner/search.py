@@ -191,7 +191,10 @@ def _metric(candidate: Candidate, objective: Objective) -> float:
 
 def _preference(candidate: Candidate) -> tuple:
     s = candidate.settings
-    return (ZERO_CHOICES.index((s.zero_stage, s.offload)), s.gradient_checkpointing, s.method is Method.FULL,
+    # A pinned pair outside the preference list (ZeRO-1 with offload, say) is all there is to rank it against.
+    zero = (s.zero_stage, s.offload)
+    return (ZERO_CHOICES.index(zero) if zero in ZERO_CHOICES else len(ZERO_CHOICES), s.gradient_checkpointing,
+            s.method is Method.FULL,
             s.num_gpus, -s.micro_batch)
 
 
@@ -249,7 +252,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
     if not candidates:
         smallest = min(rejected, key=lambda c: c.memory.total) if rejected else None
         return Plan(model=arch.name, objective=request.objective, chosen=None, runners_up=[],
-                    explanation=_nothing_fits(pinned_problems, smallest), candidates_evaluated=evaluated,
+                    explanation=_nothing_fits(pinned_problems, smallest, request), candidates_evaluated=evaluated,
                     smallest_need=smallest)
     ranked = _rank(candidates, request.objective)
     chosen = ranked[0]
@@ -332,9 +335,15 @@ def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) ->
     return lines
 
 
-def _nothing_fits(pinned_problems: list[str], smallest: Candidate | None) -> list[str]:
+def _nothing_fits(pinned_problems: list[str], smallest: Candidate | None, request: Request) -> list[str]:
     lines = [f"Cannot plan: {p}." for p in pinned_problems]
     if smallest is not None:
         lines.append(f"Nothing fits. The smallest need is {smallest.memory.total / GIB:.1f} GiB per GPU, with "
                      f"{describe(smallest.settings)} on {smallest.gpu}: {smallest.reasons[0]}.")
+    elif not lines:
+        # Nothing was even tried: no GPU count splits the global batch into whole micro-batches.
+        micro = f"the pinned micro-batch {request.micro_batch}" if request.micro_batch else "any micro-batch"
+        lines.append(f"Cannot plan: the global batch of {request.global_batch} sequences does not split into "
+                     f"{micro} x a number of GPUs the cluster offers; make the global batch a multiple of "
+                     "micro-batch x GPUs.")
     return lines
