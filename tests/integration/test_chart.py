@@ -63,7 +63,10 @@ def test_install_establishes_the_crd_and_schedules_the_operator_on_a_cpu_node(cl
         ("get", "secrets", False),
         ("list", "secrets", False),
         ("delete", "nodes", False),
-        ("delete", "jobs.batch", False),
+        ("delete", "jobs.batch", True),  # to replace a failed attempt's Job
+        ("delete", "configmaps", False),
+        ("delete", "services", False),
+        ("delete", "finetunejobs.kubetune.io", False),
         ("create", "deployments.apps", False),
         ("create", "pods", False),
         ("update", "customresourcedefinitions.apiextensions.k8s.io", False),

@@ -1,12 +1,12 @@
 """How the trainer ends: a CUDA out-of-memory error exits with its own code and the measured peak in the
-termination message; any other error leaves its one-line reason."""
+termination message; input no retry can fix exits with another code; any error leaves a one-line reason."""
 
 import sys
 
 import pytest
 import torch
 
-from kubetune.controller.handlers import TRAINER_OOM_EXIT_CODE
+from kubetune.controller.recovery import TRAINER_INVALID_INPUT_EXIT_CODE, TRAINER_OOM_EXIT_CODE
 from kubetune.trainer import run
 
 
@@ -37,5 +37,6 @@ def test_a_config_of_an_unknown_version_is_refused(monkeypatch, tmp_path) -> Non
     monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
     with pytest.raises(SystemExit) as exit_info:
         run.main()
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == run.INVALID_INPUT_EXIT_CODE == TRAINER_INVALID_INPUT_EXIT_CODE
+    assert (tmp_path / "termination-log").read_text().startswith("kubetune-invalid-input ")
     assert (tmp_path / "termination-log").read_text().startswith("kubetune-error ValidationError")

@@ -112,13 +112,14 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint_with_the_same_lo
         assert got[step] == pytest.approx(expected[step], rel=0.02, abs=0.02), (step, got[step], expected[step])
 
 
-def test_a_failure_ends_with_a_one_line_reason(world: Path, tmp_path: Path) -> None:
+def test_a_missing_dataset_ends_with_the_invalid_input_code_and_a_one_line_reason(world: Path, tmp_path: Path) -> None:
     config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=5, interval=5, port=19450)
     broken = json.loads(config.read_text())
     broken["dataset"]["source"] = str(tmp_path / "missing.jsonl")
     config.write_text(json.dumps(broken))
     process = launch(config, ds, tmp_path, master_port=29650)
-    assert process.wait(timeout=300) != 0
+    assert process.wait(timeout=300) != 0  # torchrun's own code; each worker exited with the trainer's
+    assert "exitcode  : 87" in (tmp_path / "stdout.log").read_text()
     message = (tmp_path / "termination-log").read_text()
-    assert message.startswith("kubetune-error FileNotFoundError") and "missing.jsonl" in message
+    assert message.startswith("kubetune-invalid-input FileNotFoundError") and "missing.jsonl" in message
     assert "\n" not in message.strip()

@@ -195,6 +195,16 @@ class PodMetadata(_Model):
         default=None, description="annotations added to the training pods.", json_schema_extra={"maxProperties": 64})
 
 
+class Recovery(_Model):
+    """recovery bounds how often a run is restarted from its newest checkpoint."""
+
+    max_restarts: int = Field(default=3, ge=0, le=100, description="maxRestarts after a worker is lost (pod "
+                              "deleted or evicted, node lost, preempted) or fails with an error a retry may fix.")
+    max_out_of_memory_replans: int = Field(default=3, ge=0, le=10, description="maxOutOfMemoryReplans: after a GPU "
+                                           "runs out of memory the run restarts on a more memory-frugal plan, at most "
+                                           "this many times.")
+
+
 class FineTuneJobSpec(_Model):
     """spec is the desired fine-tuning run."""
 
@@ -230,6 +240,8 @@ class FineTuneJobSpec(_Model):
                                              "to the training pods.")
     suspend: bool = Field(default=False, description="suspend stops the training pods (checkpoints are kept) "
                           "until set back to false.")
+    recovery: Recovery = Field(default_factory=Recovery, description="recovery limits restarts from checkpoints.",
+                               json_schema_extra={"default": {}})
 
 
 class Condition(_Model):
@@ -316,11 +328,25 @@ class Progress(_Model):
     summary: str | None = Field(default=None, max_length=64, description="summary as 'step/totalSteps'.")
 
 
+class Attempt(_Model):
+    """One run of the training Job that ended without finishing, and what the operator did about it."""
+
+    number: int = Field(description="number of the attempt, from 1.")
+    reason: str = Field(max_length=64, description="reason it ended: GPUOutOfMemory, WorkerLost or WorkerFailed.")
+    message: str = Field(max_length=4096, description="message from the failed worker or the Job.")
+    plan_summary: str = Field(max_length=512, description="planSummary of the plan the attempt ran.")
+    predicted_peak_bytes: int = Field(description="predictedPeakBytes of that plan, per GPU.")
+    measured_peak_bytes: int | None = Field(default=None, description="measuredPeakBytes the worker reported "
+                                            "when it ran out of memory.")
+    action: str = Field(max_length=512, description="action taken: the new plan, a restart, or giving up.")
+    finished_at: str = Field(json_schema_extra={"format": "date-time"}, description="finishedAt is when it ended.")
+
+
 class FineTuneJobStatus(_Model):
     """status is what the operator observed and decided."""
 
     phase: str | None = Field(default=None, max_length=32, description="phase summarises the conditions: "
-                              "Pending, Planned, Unschedulable, Queued, Running, Suspended, Succeeded or Failed.")
+                              "Pending, Planned, Unschedulable, Queued, Running, Restarting, Suspended, Succeeded or Failed.")
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list, max_length=16,
                                         json_schema_extra={"x-kubernetes-list-type": "map",
@@ -330,3 +356,8 @@ class FineTuneJobStatus(_Model):
     progress: Progress | None = None
     start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
     completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    attempts: list[Attempt] = Field(default_factory=list, max_length=128, description="attempts that ended "
+                                    "without finishing, oldest first.")
+    memory_scale: str | None = Field(default=None, max_length=16, description="memoryScale is the measured over "
+                                     "predicted memory the current plan was made with, after an out-of-memory "
+                                     "failure (a decimal string).")

@@ -14,6 +14,8 @@ from kubetune.planner.settings import TrainingSettings
 
 LABEL_JOB = "kubetune.io/finetunejob"
 LABEL_COMPONENT = "kubetune.io/component"
+# Which attempt of the run a Job and its pods belong to: restarts replace the Job under the same name.
+LABEL_ATTEMPT = "kubetune.io/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
 RENDEZVOUS_PORT = 29500
@@ -29,6 +31,10 @@ def names(job_name: str) -> dict[str, str]:
 
 def labels(job_name: str, component: str) -> dict[str, str]:
     return {LABEL_JOB: job_name, LABEL_COMPONENT: component}
+
+
+def attempt_of(job: dict[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "1"))
 
 
 def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
@@ -76,16 +82,17 @@ def _tolerations(group: GpuNodeGroup) -> list[dict[str, Any]]:
     return tolerations
 
 
-def _pod_metadata(name: str, spec: api.FineTuneJobSpec) -> dict[str, Any]:
+def _pod_metadata(name: str, spec: api.FineTuneJobSpec, attempt: int) -> dict[str, Any]:
     extra = spec.pod_metadata or api.PodMetadata()
     # Our own labels win: the Service and the operator select pods by them.
-    metadata: dict[str, Any] = {"labels": {**(extra.labels or {}), **labels(name, "trainer")}}
+    metadata: dict[str, Any] = {"labels": {**(extra.labels or {}), **labels(name, "trainer"),
+                                           LABEL_ATTEMPT: str(attempt)}}
     if extra.annotations:
         metadata["annotations"] = dict(extra.annotations)
     return metadata
 
 
-def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup) -> dict[str, Any]:
+def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1) -> dict[str, Any]:
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
     command = [
@@ -141,7 +148,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     }
     if spec.priority_class_name:
         pod_spec["priorityClassName"] = spec.priority_class_name
-    job_labels = labels(name, "trainer")
+    job_labels = {**labels(name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     return {
@@ -152,10 +159,10 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
             "completionMode": "Indexed",
             "completions": plan.nodes,
             "parallelism": plan.nodes,
-            # A failed worker fails the run: the operator reports it (retries from checkpoints come later).
+            # A failed worker fails the attempt; the operator restarts the whole gang (controller/recovery.py).
             "backoffLimit": 0,
             # Kueue unsuspends the Job when it admits it.
             "suspend": spec.suspend or spec.queue_name is not None,
-            "template": {"metadata": _pod_metadata(name, spec), "spec": pod_spec},
+            "template": {"metadata": _pod_metadata(name, spec, attempt), "spec": pod_spec},
         },
     }

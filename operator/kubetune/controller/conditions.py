@@ -15,9 +15,9 @@ REASON_SUSPENDED = "Suspended"
 REASON_PODS_RUNNING = "PodsRunning"
 REASON_PODS_PENDING = "PodsPending"
 REASON_COMPLETED = "JobCompleted"
-REASON_POD_FAILED = "PodFailed"
-REASON_GPU_OOM = "GPUOutOfMemory"
 REASON_NAME_CONFLICT = "NameConflict"
+REASON_REPLANNED = "Replanned"
+REASON_RESTARTING = "Restarting"
 
 
 def now() -> str:
@@ -55,6 +55,8 @@ class Conditions:
             return "Unschedulable" if self.items[FAILED]["reason"] == REASON_UNSCHEDULABLE else "Failed"
         if self.true(RUNNING):
             return "Running"
+        if self.items.get(RUNNING, {}).get("reason") == REASON_RESTARTING:
+            return "Restarting"
         admitted = self.items.get(ADMITTED)
         if admitted and admitted["status"] == "False":
             return "Suspended" if admitted["reason"] == REASON_SUSPENDED else "Queued"

@@ -11,15 +11,13 @@ import kopf
 from pydantic import ValidationError
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning, progress
+from kubetune.controller import children, planning, progress, recovery
 from kubetune.controller import conditions as c
 from kubetune.controller import metrics as m
 from kubetune.controller.cluster_gpus import node_groups
 from kubetune.controller.kube import Kube
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
-# kubetune.trainer.run.OOM_EXIT_CODE; repeated here because the operator does not import the trainer (torch).
-TRAINER_OOM_EXIT_CODE = 86
 RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
 # USD per GPU-hour by kubetune GPU id, overriding the catalog's list prices (the chart's gpuPrices value).
 GPU_PRICES: dict[str, float] = json.loads(os.environ.get("KUBETUNE_GPU_PRICES") or "{}")
@@ -86,27 +84,45 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
         plan = await _plan(body, job_spec, memo.kube, conds, patch)
         if plan is None:
             return _write(body, patch, conds, status)
+    attempt = len(status.get("attempts", [])) + 1
     job = await memo.kube.job(namespace, children.names(name)["job"])
+    if job is not None and not _owned(job, body):
+        conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, _foreign_message(job))
+        return _write(body, patch, conds, status)
+    if job is not None and children.attempt_of(job) < attempt:
+        # An earlier attempt's Job, recorded as ended: make sure it goes before the next one is created.
+        await memo.kube.delete_job(namespace, job["metadata"]["name"])
+        return _write(body, patch, conds, status)
     if job is None:
+        if await _workers_left(memo.kube, namespace, name):
+            conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt}: waiting for the previous "
+                      "attempt's workers to stop")
+            return _write(body, patch, conds, status)
         # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
         # goes last, so once it exists its ConfigMap and Service do too and steady state costs one read.
-        foreign = await _ensure_children(body, name, namespace, job_spec, plan, memo.kube, patch)
+        foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube, patch)
         if foreign:
             conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, foreign)
             return _write(body, patch, conds, status)
         job = await memo.kube.job(namespace, children.names(name)["job"])
-    if job is not None and not _owned(job, body):
-        conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, _foreign_message(job))
-        return _write(body, patch, conds, status)
     if job is not None:
-        await _observe(body, name, namespace, job_spec, job, memo.kube, conds, patch, status)
+        await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, conds, patch, status)
     _write(body, patch, conds, status)
+
+
+async def _workers_left(kube: Kube, namespace: str, name: str) -> bool:
+    selector = ",".join(f"{k}={v}" for k, v in children.labels(name, "trainer").items())
+    return any(pod["status"].get("phase") in ("Pending", "Running") for pod in await kube.pods(namespace, selector))
 
 
 async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c.Conditions,
                 patch: kopf.Patch) -> api.Plan | None:
     groups = node_groups(await kube.nodes(), await kube.pods())
     decision = planning.decide(spec, groups, GPU_PRICES)
+    return _record_plan(decision, conds, patch)
+
+
+def _record_plan(decision: planning.Decision, conds: c.Conditions, patch: kopf.Patch) -> api.Plan | None:
     if decision.plan is None:
         reason = decision.reason or c.REASON_UNSCHEDULABLE
         m.plan_failures.labels(reason).inc()
@@ -114,16 +130,19 @@ async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c
         conds.set(c.FAILED, True, reason, decision.message)
         return None
     plan = decision.plan
-    summary = (f"{plan.gpu_type} x {plan.gpus} ({plan.nodes} node(s)): {plan.method}"
-               f"{f' r={plan.lora_rank}' if plan.lora_rank else ''}, ZeRO-{plan.zero_stage}, offload {plan.offload}, "
-               f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.attention}, "
-               f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
-               f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
-    conds.set(c.PLANNED, True, c.REASON_PLANNED, summary)
+    conds.set(c.PLANNED, True, c.REASON_PLANNED, _summary(plan))
     m.plans.labels(plan.gpu_type, str(plan.zero_stage), plan.offload, plan.method,
                    str(plan.gradient_checkpointing).lower(), plan.attention).inc()
     patch.status["plan"] = plan.model_dump(by_alias=True, exclude_none=True)
     return plan
+
+
+def _summary(plan: api.Plan) -> str:
+    return (f"{plan.gpu_type} x {plan.gpus} ({plan.nodes} node(s)): {plan.method}"
+            f"{f' r={plan.lora_rank}' if plan.lora_rank else ''}, ZeRO-{plan.zero_stage}, offload {plan.offload}, "
+            f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.attention}, "
+            f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
+            f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
 
 
 def _owned(child: dict[str, Any], body: kopf.Body) -> bool:
@@ -136,14 +155,15 @@ def _foreign_message(child: dict[str, Any]) -> str:
 
 
 async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                           kube: Kube, patch: kopf.Patch) -> str | None:
-    """Create the missing children; a message when an object of a child's name exists that is not ours."""
+                           attempt: int, kube: Kube, patch: kopf.Patch) -> str | None:
+    """Create the missing children; a message when an object of a child's name exists that is not ours. The
+    ConfigMap is brought in step with the plan in status, which a replan changes."""
     settings = planning.settings_from_plan(spec, plan)
     groups = [g for g in node_groups(await kube.nodes(), []) if g.product == plan.gpu_product]
     group = groups[0] if groups else None
     manifests = [children.config_map(name, spec, plan, settings), children.service(name)]
     if group is not None:
-        manifests.append(children.job(name, spec, plan, group))
+        manifests.append(children.job(name, spec, plan, group, attempt))
     for manifest in manifests:
         kopf.adopt(manifest, owner=body)
         if await kube.create(namespace, manifest):
@@ -153,13 +173,16 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
         if existing is not None and not _owned(existing, body):
             existing.setdefault("kind", manifest["kind"])
             return _foreign_message(existing)
+        if existing is not None and manifest["kind"] == "ConfigMap" and existing.get("data") != manifest["data"]:
+            await kube.set_config_map_data(namespace, manifest["metadata"]["name"], manifest["data"])
     patch.status["children"] = {"configMap": children.names(name)["config_map"],
                                 "service": children.names(name)["service"], "job": children.names(name)["job"]}
     return None
 
 
-async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, job: dict[str, Any], kube: Kube,
-                   conds: c.Conditions, patch: kopf.Patch, status: kopf.Status) -> None:
+async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
+                   attempt: int, job: dict[str, Any], kube: Kube, conds: c.Conditions, patch: kopf.Patch,
+                   status: kopf.Status) -> None:
     job_name = job["metadata"]["name"]
     suspended = bool(job["spec"].get("suspend"))
     # The user's suspend flag drives the Job, except that Kueue alone lifts suspension of a queued Job.
@@ -180,11 +203,8 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         conds.set(c.SUCCEEDED, True, c.REASON_COMPLETED, f"Job {job_name} completed")
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
-        reason, message = await _failed_pod(kube, namespace, name)
-        message = message or job_conditions["Failed"].get("message", "")
-        conds.set(c.RUNNING, False, reason, message)
-        conds.set(c.FAILED, True, reason, message)
-        patch.status["completionTime"] = c.now()
+        await _recover(body, name, namespace, spec, plan, attempt, job, job_conditions["Failed"].get("message", ""),
+                       kube, conds, patch, status)
     elif job_status.get("active", 0) > 0 and not suspended:
         ready = job_status.get("ready", 0)
         conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
@@ -205,19 +225,52 @@ def _seconds_since(timestamp: str) -> float:
     return (datetime.now(UTC) - datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)).total_seconds()
 
 
-async def _failed_pod(kube: Kube, namespace: str, name: str) -> tuple[str, str | None]:
-    """The reason and message of the first failed trainer container; the trainer's own exit code for a
-    CUDA out-of-memory error is told apart from other failures."""
-    selector = ",".join(f"{k}={v}" for k, v in children.labels(name, "trainer").items())
-    for pod in await kube.pods(namespace, selector):
-        for container in pod.get("status", {}).get("containerStatuses", []):
-            terminated = container.get("state", {}).get("terminated")
-            if terminated and terminated.get("exitCode", 0) != 0:
-                code = terminated["exitCode"]
-                reason = c.REASON_GPU_OOM if code == TRAINER_OOM_EXIT_CODE else c.REASON_POD_FAILED
-                return reason, (f"pod {pod['metadata']['name']} container {container['name']} exited with code "
-                                f"{code} ({terminated.get('reason', 'Error')}): {terminated.get('message', '').strip()}")
-    return c.REASON_POD_FAILED, None
+async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
+                   attempt: int, job: dict[str, Any], job_message: str, kube: Kube, conds: c.Conditions,
+                   patch: kopf.Patch, status: kopf.Status) -> None:
+    """The attempt failed: record it, then replan, restart or give up (recovery.py decides which). The Job is
+    deleted here and its successor created by a later reconcile, once the old workers are gone."""
+    selector = ",".join(f"{k}={v}" for k, v in {**children.labels(name, "trainer"),
+                                                children.LABEL_ATTEMPT: str(attempt)}.items())
+    failure = recovery.classify(await kube.pods(namespace, selector), job_message)
+    attempts = [api.Attempt.model_validate(a) for a in status.get("attempts", [])]
+    todo = recovery.action(failure, attempts, spec.recovery)
+    scale = float(status.get("memoryScale") or 1)
+    new_plan, how = None, ""
+    if todo is recovery.Action.REPLAN:
+        scale = recovery.memory_scale(failure, plan, scale)
+        groups = node_groups(await kube.nodes(), await kube.pods())
+        decision = planning.decide(spec, groups, GPU_PRICES, memory_scale=scale)
+        if decision.plan is None:
+            todo, how = recovery.Action.GIVE_UP, f"no plan fits {scale:.2f}x the predicted memory: {decision.message}"
+        else:
+            new_plan = decision.plan
+            how = f"replanned for {scale:.2f}x the predicted memory: {_summary(new_plan)}"
+    elif todo is recovery.Action.RESTART:
+        how = "restarted from the newest checkpoint" if spec.output.claim_name else \
+            "restarted from the start (the output is not on a claim, so no checkpoint survives)"
+    else:
+        how = {recovery.Kind.INVALID_INPUT: "gave up: retrying cannot fix the input"}.get(
+            failure.kind, f"gave up after {len(attempts) + 1} attempts (spec.recovery)")
+    record = api.Attempt(number=attempt, reason=failure.kind.value, message=failure.message[:4096],
+                         plan_summary=_summary(plan)[:512], predicted_peak_bytes=plan.predicted_peak_bytes,
+                         measured_peak_bytes=failure.measured_peak_bytes, action=how[:512], finished_at=c.now())
+    patch.status["attempts"] = [*status.get("attempts", []), record.model_dump(by_alias=True, exclude_none=True)]
+    if todo is recovery.Action.GIVE_UP:
+        conds.set(c.RUNNING, False, failure.kind.value, failure.message)
+        conds.set(c.FAILED, True, failure.kind.value, f"{failure.message} ({how})")
+        patch.status["completionTime"] = c.now()
+        return
+    if new_plan is not None:
+        patch.status["plan"] = new_plan.model_dump(by_alias=True, exclude_none=True)
+        patch.status["memoryScale"] = f"{scale:.3f}"
+        m.plans.labels(new_plan.gpu_type, str(new_plan.zero_stage), new_plan.offload, new_plan.method,
+                       str(new_plan.gradient_checkpointing).lower(), new_plan.attention).inc()
+        conds.set(c.PLANNED, True, c.REASON_REPLANNED, _summary(new_plan))
+    kopf.warn(body, reason=c.REASON_REPLANNED if new_plan else c.REASON_RESTARTING,
+              message=f"attempt {attempt} ended ({failure.kind.value}): {failure.message[:1024]}; {how}")
+    conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt} ended ({failure.kind.value}); {how}")
+    await kube.delete_job(namespace, job["metadata"]["name"])
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf.Status) -> None:

@@ -89,3 +89,15 @@ class Kube:
             return False
         await self._json(response)
         return True
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Delete a Job; its pods go with it (background propagation). Gone already is fine."""
+        response = await self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background",
+                                                          _preload_content=False)
+        if response.status != NOT_FOUND:
+            await self._json(response)
+
+    async def set_config_map_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
+        response = await self.core.patch_namespaced_config_map(name, namespace, {"data": data},
+                                                               _preload_content=False)
+        await self._json(response)

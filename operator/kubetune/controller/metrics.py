@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from kubetune.api import v1alpha1 as api
 
 JOB = ("namespace", "finetunejob")
-PHASES = ("Pending", "Planned", "Queued", "Suspended", "Running", "Succeeded", "Failed", "Unschedulable")
+PHASES = ("Pending", "Planned", "Queued", "Suspended", "Running", "Restarting", "Succeeded", "Failed", "Unschedulable")
 
 registry = CollectorRegistry()
 jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs that exist, by namespace and phase.",

@@ -70,9 +70,11 @@ def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
     return architecture.load(spec.model.name)
 
 
-def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None) -> Decision:
+def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None,
+           memory_scale: float = 1.0) -> Decision:
     """The plan for a spec on the cluster's GPU groups; `prices` (USD per GPU-hour by GPU id) replace the
-    catalog's list prices where the platform team knows its own."""
+    catalog's list prices where the platform team knows its own; `memory_scale` > 1 after a run needed more
+    memory than predicted (recovery.memory_scale)."""
     try:
         arch = architecture_of(spec)
     except LookupError as error:
@@ -92,7 +94,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
             by_type[group.gpu.id] = group
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
     try:
-        result = search.plan(arch, request_for(spec), pools)
+        result = search.plan(arch, request_for(spec).model_copy(update={"memory_scale": memory_scale}), pools)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
         return Decision(None, None, None, str(error), "InvalidSpec")
     if result.chosen is None:

@@ -69,6 +69,9 @@ class Request(BaseModel):
     num_gpus: int | None = Field(default=None, gt=0)
     num_nodes: int | None = Field(default=None, gt=0)
     objective: Objective = Objective.CHEAPEST
+    # Measured over predicted peak from a run that ran out of memory: every prediction is scaled by it before
+    # the fit check, so a replan picks only configurations that would have fitted the memory really needed.
+    memory_scale: float = Field(default=1.0, ge=1.0)
 
 
 class GpuPool(BaseModel):
@@ -157,14 +160,15 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
     return [precision], [attention], methods, checkpointing, zero
 
 
-def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings) -> Candidate:
+def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings, memory_scale: float = 1.0) -> Candidate:
     estimate = memory.estimate(arch, settings)
     capacity = pool.gpu.memory_bytes
     usable = int(capacity * (1 - memory.coefficients().fit_headroom_fraction))
     reasons = []
-    if estimate.total > usable:
-        reasons.append(f"needs {estimate.total / GIB:.1f} GiB per GPU, more than {usable / GIB:.1f} GiB usable "
-                       f"of {capacity / GIB:.1f} GiB on {pool.gpu.id}")
+    if estimate.total * memory_scale > usable:
+        scaled = f" (x{memory_scale:.2f}, as measured)" if memory_scale > 1 else ""
+        reasons.append(f"needs {estimate.total * memory_scale / GIB:.1f} GiB per GPU{scaled}, more than "
+                       f"{usable / GIB:.1f} GiB usable of {capacity / GIB:.1f} GiB on {pool.gpu.id}")
     if pool.host_memory_bytes is not None and estimate.cpu_bytes_per_node > pool.host_memory_bytes:
         reasons.append(f"offload needs {estimate.cpu_bytes_per_node / GIB:.0f} GiB of host memory per node, "
                        f"{pool.host_memory_bytes / GIB:.0f} GiB allocatable")
@@ -274,7 +278,7 @@ def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: di
             continue
         settings = TrainingSettings(
             micro_batch=micro_batch, gradient_accumulation=request.global_batch // (micro_batch * n), **base)
-        candidate = _evaluate(arch, pool, settings)
+        candidate = _evaluate(arch, pool, settings, request.memory_scale)
         if not candidate.fits:
             rejected.append(candidate)
             break  # a larger micro-batch only needs more memory

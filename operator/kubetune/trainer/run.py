@@ -18,6 +18,7 @@ from pathlib import Path
 import deepspeed
 import torch
 import torch.distributed as dist
+from pydantic import ValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
 from kubetune.api.trainer_config import TrainerConfig
@@ -29,6 +30,14 @@ from kubetune.trainer.metrics import TrainerMetrics
 
 # Distinct from a crash (1) and from the kernel's OOM kill (137): the GPU ran out, the operator may replan.
 OOM_EXIT_CODE = 86
+# Input that no retry can fix (a dataset or model that is missing or malformed): the operator fails the job
+# at once instead of spending its restart budget.
+INVALID_INPUT_EXIT_CODE = 87
+INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError, UnicodeDecodeError)
+
+
+class InvalidInputError(Exception):
+    """The dataset, tokenizer or model could not be read as configured."""
 DATA_MOUNT = Path("/data")  # controller/children.py mounts the dataset claim here
 TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
 
@@ -83,16 +92,18 @@ def train(config: TrainerConfig, ds: dict) -> None:
     if plan:
         metrics.memory_predicted.set(plan.predicted_peak_bytes)
 
-    tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    # The operator mounts the dataset's claim at DATA_MOUNT; `source` is then a path on it.
-    source = str(DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
-    records = data.read_records(source)
-    examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
-    batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], rank, world, config.training.seed)
-
-    model = build_model(config)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        # The operator mounts the dataset's claim at DATA_MOUNT; `source` is then a path on it.
+        source = str(DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
+        records = data.read_records(source)
+        examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
+        batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], rank, world, config.training.seed)
+        model = build_model(config)
+    except INPUT_ERRORS as error:
+        raise InvalidInputError(f"{type(error).__name__}: {error}") from error
     steps = total_steps(config, len(examples), ds)
     flops_per_token = _flops_per_token_at_peak(config, model)
     optimizer_params = [p for p in model.parameters() if p.requires_grad]
@@ -198,6 +209,10 @@ def main() -> None:
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
         _terminate(f"kubetune-oom peak_allocated_bytes={peak} device_total_bytes={total}")
         sys.exit(OOM_EXIT_CODE)
+    except (ValidationError, InvalidInputError) as error:
+        traceback.print_exc()
+        _terminate(f"kubetune-invalid-input {error}".splitlines()[0])
+        sys.exit(INVALID_INPUT_EXIT_CODE)
     except Exception as error:  # the last word of any failure goes to the termination message
         traceback.print_exc()
         _terminate(f"kubetune-error {type(error).__name__}: {error}".splitlines()[0])

@@ -1,0 +1,91 @@
+"""What to do when the training Job fails: read why from its pods, then replan after an out-of-memory error,
+restart after a lost or failed worker, or give up when no retry can help or the budget is spent.
+
+A restart is of the whole gang (every worker): torchrun's static rendezvous cannot take one replaced worker
+back, and the survivors of a lost peer fail their collectives anyway. The trainer resumes from the newest
+complete checkpoint on the output volume."""
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from kubetune.api import v1alpha1 as api
+
+# kubetune.trainer.run's exit codes, repeated because the operator does not import the trainer (torch).
+TRAINER_OOM_EXIT_CODE = 86
+TRAINER_INVALID_INPUT_EXIT_CODE = 87
+# Each replan asks for this much more than the failed run showed it needs.
+REPLAN_MARGIN = 1.05
+_OOM = re.compile(r"kubetune-oom peak_allocated_bytes=(\d+) device_total_bytes=(\d+)")
+
+
+class Kind(StrEnum):
+    OUT_OF_MEMORY = "GPUOutOfMemory"
+    INVALID_INPUT = "InvalidInput"
+    WORKER_FAILED = "WorkerFailed"
+    WORKER_LOST = "WorkerLost"
+
+
+class Action(StrEnum):
+    REPLAN = "replan"
+    RESTART = "restart"
+    GIVE_UP = "give up"
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: Kind
+    message: str
+    measured_peak_bytes: int | None = None
+    device_total_bytes: int | None = None
+
+
+def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
+    """The most telling failure among the attempt's pods: an out-of-memory error or bad input explains the
+    others (their peers fail their collectives after it), a worker's own error comes next, and a Job that
+    failed with no failed container lost a worker (pod deleted or evicted, node gone, preempted)."""
+    failures: list[Failure] = []
+    for pod in pods:
+        name = pod["metadata"]["name"]
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            terminated = container.get("state", {}).get("terminated")
+            if not terminated or terminated.get("exitCode", 0) == 0:
+                continue
+            code, text = terminated["exitCode"], terminated.get("message", "").strip()
+            message = f"pod {name} exited with code {code} ({terminated.get('reason', 'Error')}): {text}"
+            if code == TRAINER_OOM_EXIT_CODE:
+                match = _OOM.search(text)
+                failures.append(Failure(Kind.OUT_OF_MEMORY, message, *(int(g) for g in match.groups())) if match
+                                else Failure(Kind.OUT_OF_MEMORY, message))
+            elif code == TRAINER_INVALID_INPUT_EXIT_CODE:
+                failures.append(Failure(Kind.INVALID_INPUT, message))
+            else:
+                failures.append(Failure(Kind.WORKER_FAILED, message))
+        disrupted = [c for c in pod.get("status", {}).get("conditions", [])
+                     if c["type"] == "DisruptionTarget" and c["status"] == "True"]
+        if disrupted:
+            failures.append(Failure(Kind.WORKER_LOST, f"pod {name} was disrupted ({disrupted[0].get('reason')}): "
+                                                      f"{disrupted[0].get('message', '')}".strip()))
+    order = [Kind.OUT_OF_MEMORY, Kind.INVALID_INPUT, Kind.WORKER_FAILED, Kind.WORKER_LOST]
+    if failures:
+        return min(failures, key=lambda f: order.index(f.kind))
+    return Failure(Kind.WORKER_LOST, f"a worker disappeared (pod deleted, node lost or preempted): {job_message}")
+
+
+def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery) -> Action:
+    if failure.kind is Kind.INVALID_INPUT:
+        return Action.GIVE_UP
+    if failure.kind is Kind.OUT_OF_MEMORY:
+        replans = sum(1 for a in attempts if a.reason == Kind.OUT_OF_MEMORY)
+        return Action.REPLAN if replans < recovery.max_out_of_memory_replans else Action.GIVE_UP
+    restarts = sum(1 for a in attempts if a.reason != Kind.OUT_OF_MEMORY)
+    return Action.RESTART if restarts < recovery.max_restarts else Action.GIVE_UP
+
+
+def memory_scale(failure: Failure, plan: api.Plan, current: float) -> float:
+    """How much more memory than predicted the failed plan needed: at least the whole device (it ran out),
+    or what it had allocated when it did; never less than what an earlier failure showed."""
+    device = failure.device_total_bytes or plan.memory.gpu_memory
+    needed = max(device, failure.measured_peak_bytes or 0) / plan.predicted_peak_bytes
+    return max(current, needed) * REPLAN_MARGIN
