@@ -81,7 +81,9 @@ KWOK_FAILURE = "pod-container-running-failed.stage.kwok.x-k8s.io"
 
 
 def failing(name: str, exit_code: int, reason: str = "Error", message: str = "") -> dict[str, Any]:
-    """The minimal example, with pod metadata that makes kwok fail its training pods as chosen."""
+    """The minimal example, with pod metadata that makes kwok fail its training pods as chosen. kwok writes
+    the message into YAML unquoted, so it may not contain ': '."""
+    assert ": " not in message
     manifest = example("minimal")
     manifest["metadata"]["name"] = name
     annotations = {f"{KWOK_FAILURE}/exit-code": str(exit_code), f"{KWOK_FAILURE}/reason": reason}

@@ -203,7 +203,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         conds.set(c.SUCCEEDED, True, c.REASON_COMPLETED, f"Job {job_name} completed")
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
-        await _recover(body, name, namespace, spec, plan, attempt, job, job_conditions["Failed"].get("message", ""),
+        await _recover(body, name, namespace, spec, plan, attempt, job_conditions["Failed"].get("message", ""),
                        kube, conds, patch, status)
     elif job_status.get("active", 0) > 0 and not suspended:
         ready = job_status.get("ready", 0)
@@ -226,10 +226,11 @@ def _seconds_since(timestamp: str) -> float:
 
 
 async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                   attempt: int, job: dict[str, Any], job_message: str, kube: Kube, conds: c.Conditions,
+                   attempt: int, job_message: str, kube: Kube, conds: c.Conditions,
                    patch: kopf.Patch, status: kopf.Status) -> None:
-    """The attempt failed: record it, then replan, restart or give up (recovery.py decides which). The Job is
-    deleted here and its successor created by a later reconcile, once the old workers are gone."""
+    """The attempt failed: record it, then replan, restart or give up (recovery.py decides which). Only the
+    record is written here: the next reconcile sees a Job older than the attempt in status, deletes it and, once
+    its workers are gone, creates the next; so a crash at any point neither loses an attempt nor repeats one."""
     selector = ",".join(f"{k}={v}" for k, v in {**children.labels(name, "trainer"),
                                                 children.LABEL_ATTEMPT: str(attempt)}.items())
     failure = recovery.classify(await kube.pods(namespace, selector), job_message)
@@ -270,7 +271,6 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     kopf.warn(body, reason=c.REASON_REPLANNED if new_plan else c.REASON_RESTARTING,
               message=f"attempt {attempt} ended ({failure.kind.value}): {failure.message[:1024]}; {how}")
     conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt} ended ({failure.kind.value}); {how}")
-    await kube.delete_job(namespace, job["metadata"]["name"])
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf.Status) -> None:

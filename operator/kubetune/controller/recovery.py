@@ -84,8 +84,9 @@ def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery
 
 
 def memory_scale(failure: Failure, plan: api.Plan, current: float) -> float:
-    """How much more memory than predicted the failed plan needed: at least the whole device (it ran out),
-    or what it had allocated when it did; never less than what an earlier failure showed."""
-    device = failure.device_total_bytes or plan.memory.gpu_memory
+    """How much more memory than predicted the failed plan needed: at least the whole device it ran out of
+    (so the same plan can never be chosen again), or what it had allocated when it did; never less than what
+    an earlier failure showed."""
+    device = max(plan.memory.gpu_memory, failure.device_total_bytes or 0)
     needed = max(device, failure.measured_peak_bytes or 0) / plan.predicted_peak_bytes
     return max(current, needed) * REPLAN_MARGIN
