@@ -199,3 +199,20 @@ def test_killing_the_operator_during_recovery_loses_and_repeats_nothing(cluster:
     assert len({a["planSummary"] for a in attempts(ftj)}) == 4
     jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", namespace, "-o", "json"))["items"]
     assert [j["metadata"]["labels"]["kubetune.io/attempt"] for j in jobs] == ["4"]
+
+
+def test_the_operator_survives_the_apiserver_going_away_and_coming_back(cluster: LocalCluster, operator: Operator,
+                                                                        namespace: str) -> None:
+    apply(cluster, namespace, example("minimal"))
+    wait_until("the first job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    # kube-apiserver is killed and comes back 10 s later; etcd, the scheduler and the nodes carry on.
+    cluster.restart_apiserver(down_seconds=10)
+    assert operator.process is not None and operator.process.poll() is None
+    wait_until("the apiserver to answer", lambda: cluster.kubectl("get", "--raw", "/readyz").returncode == 0,
+               timeout=120)
+    second = example("minimal") | {"metadata": {"name": "after-restart"}}
+    wait_until("the apply to go through", lambda: apply(cluster, namespace, second).returncode == 0)
+    ftj = wait_until("the operator to run the second job", in_phase(cluster, namespace, "after-restart", "Succeeded"),
+                     timeout=120)
+    assert ftj["status"]["plan"]
+    assert operator.process.poll() is None, "the operator exited"

@@ -140,6 +140,10 @@ class LocalCluster:
             "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
             # kwokctl binds 0.0.0.0 unless told otherwise, and has no flag for it.
             "options": {"runtime": "binary", "bindAddress": "127.0.0.1"},
+            # One instance of each: leader election would only make them exit when the apiserver is briefly
+            # away (a lease they cannot renew), and nothing restarts them in the binary runtime.
+            "componentsPatches": [{"name": component, "extraArgs": [{"key": "leader-elect", "value": "false"}]}
+                                  for component in ("kube-controller-manager", "kube-scheduler")],
         }
         stages = [yaml.safe_load(binaries.kwok_stages_dir().joinpath(path).read_text()) for path in DEFAULT_STAGES]
         for stage in stages:
@@ -147,6 +151,22 @@ class LocalCluster:
                 stage["spec"]["selector"]["matchExpressions"].append(
                     {"key": ".metadata.namespace", "operator": "NotIn", "values": [LONG_RUNNING_NAMESPACE]})
         return "---\n".join(yaml.safe_dump(document) for document in [options, *stages])
+
+    def restart_apiserver(self, down_seconds: float) -> None:
+        """Kill kube-apiserver (SIGKILL), leave it down for `down_seconds`, and start it again with the same
+        command line: the outage an operator must ride out. Its new pid is recorded where kwokctl keeps it, so
+        `down` still stops it."""
+        pid_file = self.cluster_dir / "pids" / "kube-apiserver.pid"
+        pid = int(pid_file.read_text().strip())
+        proc = Path(f"/proc/{pid}")
+        argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
+        cwd = os.readlink(proc / "cwd")
+        os.kill(pid, signal.SIGKILL)
+        self._wait_for("kube-apiserver to exit", lambda: not _alive(pid), timeout=30)
+        time.sleep(down_seconds)
+        log = (self.cluster_dir / "logs" / "kube-apiserver.log").open("a")
+        process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pid_file.write_text(str(process.pid))
 
     def _kill_leftover_pids(self) -> None:
         # kwokctl records each component's pid; a crashed run can leave them behind. Kill by recorded pid,
