@@ -1,0 +1,157 @@
+"""The operator at scale on the local control plane: 500 simulated GPU nodes and 1,000 FineTuneJobs created at
+once, the operator running as its real command.
+
+    .venv/bin/python benchmarks/scale.py [--jobs 1000] [--profile scale]
+
+Reports the time until every job is planned and its Job exists, reconcile latency (the operator's own
+histogram), operator CPU seconds and peak RSS, apiserver requests per job, and the correctness checks: no
+duplicate children, no job without a status. Targets (2-core machine): all planned within 120 s, p99
+reconcile under 1 s, RSS under 300 MB. docs/benchmarks.md records the figures.
+"""
+
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from kubetune.devcluster import profile
+from kubetune.devcluster.cluster import LocalCluster
+
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+NAMESPACE = "scale"
+# Resources only the operator writes or lists cluster-wide, so their request counts are its own.
+OPERATOR_RESOURCES = ("finetunejobs", "configmaps", "services", "jobs", "nodes", "pods", "events")
+
+
+def finetunejob(index: int) -> dict:
+    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"ft-{index:04d}"},
+            "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "tatsu-lab/alpaca"},
+                     "resources": {"maxGPUs": 1}}}
+
+
+def apiserver_requests(cluster: LocalCluster) -> Counter:
+    text = cluster.kubectl_ok("get", "--raw", "/metrics", timeout=60)
+    counts: Counter = Counter()
+    for line in text.splitlines():
+        if line.startswith("apiserver_request_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("resource") in OPERATOR_RESOURCES:
+                counts[(labels["resource"], labels["verb"])] += float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def process_usage(pid: int) -> tuple[float, int]:
+    """CPU seconds (user + system) and peak resident set in bytes of a running process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = (int(fields[11]) + int(fields[12])) / ticks
+    peak = next(int(line.split()[1]) * 1024 for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                if line.startswith("VmHWM:"))
+    return cpu, peak
+
+
+def histogram_quantile(page: str, metric: str, q: float) -> float:
+    buckets = sorted((float("inf") if le == "+Inf" else float(le), float(value))
+                     for le, value in re.findall(rf'{metric}_bucket{{le="([^"]+)"}} (\S+)', page))
+    total = buckets[-1][1]
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= q * total:
+            if bound == float("inf"):
+                return lower_bound
+            return lower_bound + (bound - lower_bound) * (q * total - lower_count) / max(count - lower_count, 1e-9)
+        lower_bound, lower_count = bound, count
+    return lower_bound
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--profile", default="scale")
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    state = Path(tempfile.mkdtemp(prefix="kubetune-scale-"))
+    cluster = LocalCluster("kubetune-scale", state)
+    cluster_profile = profile.load(args.profile)
+    started = time.monotonic()
+    cluster.up(cluster_profile)
+    print(f"cluster with {len(cluster_profile.node_manifests())} nodes up in {time.monotonic() - started:.0f} s",
+          file=sys.stderr)
+    operator = None
+    try:
+        cluster.kubectl_ok("apply", "-f", "crds")
+        cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+        cluster.kubectl_ok("create", "namespace", NAMESPACE)
+        port = 18081
+        env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
+        operator = subprocess.Popen([KUBETUNE, "run-operator", f"--metrics-port={port}"], env=env,
+                                    stdout=(state / "operator.log").open("w"), stderr=subprocess.STDOUT)
+        time.sleep(5)
+        cpu_before, _ = process_usage(operator.pid)
+        requests_before = apiserver_requests(cluster)
+
+        manifests = {"apiVersion": "v1", "kind": "List", "items": [finetunejob(i) for i in range(args.jobs)]}
+        t0 = time.monotonic()
+        cluster.kubectl_ok("create", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifests), timeout=600)
+        created = time.monotonic() - t0
+        planned_at = jobs_at = None
+        while time.monotonic() - t0 < args.timeout:
+            ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+            planned = sum(1 for f in ftjs if f.get("status", {}).get("plan"))
+            jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+            if planned_at is None and planned == args.jobs:
+                planned_at = time.monotonic() - t0
+            if planned_at is not None and len(jobs) >= args.jobs:
+                jobs_at = time.monotonic() - t0
+                break
+            print(f"  {time.monotonic() - t0:5.0f} s: {planned} planned, {len(jobs)} Jobs", file=sys.stderr)
+            time.sleep(2)
+        time.sleep(15)  # let the reconcile timers run over the settled jobs too
+        cpu_after, peak_rss = process_usage(operator.pid)
+        requests = apiserver_requests(cluster) - requests_before
+        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
+        reconciles = float(re.search(r"kubetune_reconcile_duration_seconds_count (\S+)", page)[1])
+
+        ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+        jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+        maps = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+        owners = Counter(ref["name"] for obj in jobs for ref in obj["metadata"].get("ownerReferences", []))
+        map_owners = Counter(ref["name"] for obj in maps for ref in obj["metadata"].get("ownerReferences", []))
+        without_status = sum(1 for f in ftjs if not f.get("status", {}).get("phase"))
+
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores; profile '{args.profile}' "
+              f"({len(cluster_profile.node_manifests())} nodes); {args.jobs} FineTuneJobs created in {created:.1f} s\n")
+        print("| measure | value | target |")
+        print("|---|---:|---|")
+        print(f"| all planned | {planned_at:.1f} s | within 120 s |" if planned_at else "| all planned | not reached | |")
+        print(f"| all Jobs exist | {jobs_at:.1f} s | |" if jobs_at else "| all Jobs exist | not reached | |")
+        for q in (0.5, 0.99):
+            print(f"| reconcile p{int(q * 100)} | {histogram_quantile(page, 'kubetune_reconcile_duration_seconds', q) * 1000:.0f} ms"
+                  f" | {'under 1 s' if q == 0.99 else ''} |")
+        print(f"| reconciles | {reconciles:.0f} | |")
+        print(f"| operator CPU | {cpu_after - cpu_before:.1f} s | |")
+        print(f"| operator peak RSS | {peak_rss / 2**20:.0f} MiB | under 300 MB |")
+        total = sum(requests.values())
+        print(f"| apiserver requests on the operator's resources | {total:.0f} ({total / args.jobs:.1f} per job) | |")
+        for (resource, verb), count in sorted(requests.items(), key=lambda item: -item[1])[:8]:
+            print(f"|   {verb} {resource} | {count:.0f} ({count / args.jobs:.2f} per job) | |")
+        print(f"| FineTuneJobs with more than one Job / ConfigMap | {sum(1 for c in owners.values() if c > 1)} / "
+              f"{sum(1 for c in map_owners.values() if c > 1)} | 0 |")
+        print(f"| FineTuneJobs without a status | {without_status} | 0 |")
+    finally:
+        if operator is not None:
+            operator.terminate()
+            operator.wait(timeout=60)
+        cluster.down()
+
+
+if __name__ == "__main__":
+    main()
