@@ -1,6 +1,7 @@
 """kopf handlers. One level-based reconcile, run on create, on spec changes and by a timer: plan if not
 planned, make sure the children exist, and read the Job and its pods into conditions, phase and Events."""
 
+import copy
 import json
 import os
 import time
@@ -14,8 +15,8 @@ from kubetune.api import v1alpha1 as api
 from kubetune.controller import children, planning, progress, recovery
 from kubetune.controller import conditions as c
 from kubetune.controller import metrics as m
-from kubetune.controller.cluster_gpus import node_groups
 from kubetune.controller.kube import Kube
+from kubetune.controller.snapshot import CapacitySnapshot
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
@@ -34,6 +35,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.posting.level = 20  # Events for INFO and above
     memo.kube = await Kube.connect()
+    memo.capacity = CapacitySnapshot(memo.kube)
     memo.series = m.JobSeries()
 
 
@@ -47,12 +49,12 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.update(*RESOURCE, field="spec")
 @kopf.timer(*RESOURCE, interval=RECONCILE_SECONDS, initial_delay=RECONCILE_SECONDS)
 async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
-                    patch: kopf.Patch, memo: kopf.Memo, retry: int, **_: Any) -> None:
+                    patch: kopf.Patch, memo: kopf.Memo, retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
     started = time.perf_counter()
     if retry:
         m.reconcile_retries.inc()
     try:
-        await _reconcile(body, spec, status, name, namespace, patch, memo)
+        await _reconcile(body, spec, status, name, namespace, patch, memo, trainer_jobs)
     except Exception as error:
         m.reconcile_errors.labels(type(error).__name__).inc()
         raise
@@ -63,13 +65,22 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
                         api.Plan.model_validate(plan) if plan else None)
 
 
+@kopf.index("batch", "v1", "jobs", labels={children.LABEL_COMPONENT: "trainer"})
+def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The training Jobs by (namespace, FineTuneJob), from kopf's watch: steady-state reconciles read them
+    here instead of asking the apiserver every time."""
+    owner = next((ref["name"] for ref in body["metadata"].get("ownerReferences", []) if ref.get("kind") == api.KIND),
+                 None)
+    return {(namespace, owner): copy.deepcopy(dict(body))} if owner else {}
+
+
 @kopf.on.delete(*RESOURCE, optional=True)
 async def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.series.forget(namespace, name)
 
 
 async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
-                     patch: kopf.Patch, memo: kopf.Memo) -> None:
+                     patch: kopf.Patch, memo: kopf.Memo, trainer_jobs: kopf.Index) -> None:
     generation = body["metadata"].get("generation", 1)
     conds = c.Conditions(status.get("conditions"), generation)
     if conds.true(c.SUCCEEDED) or conds.true(c.FAILED) or body["metadata"].get("deletionTimestamp"):
@@ -81,11 +92,12 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
         return _write(body, patch, conds, status)
     plan = api.Plan.model_validate(status["plan"]) if status.get("plan") else None
     if plan is None:
-        plan = await _plan(body, job_spec, memo.kube, conds, patch)
+        plan = await _plan(job_spec, memo.capacity, conds, patch)
         if plan is None:
             return _write(body, patch, conds, status)
     attempt = len(status.get("attempts", [])) + 1
-    job = await memo.kube.job(namespace, children.names(name)["job"])
+    indexed = list(trainer_jobs.get((namespace, name), []))
+    job = indexed[0] if indexed else await memo.kube.job(namespace, children.names(name)["job"])
     if job is not None and not _owned(job, body):
         conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, _foreign_message(job))
         return _write(body, patch, conds, status)
@@ -100,13 +112,15 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
             return _write(body, patch, conds, status)
         # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
         # goes last, so once it exists its ConfigMap and Service do too and steady state costs one read.
-        foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube, patch)
+        foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube, memo.capacity,
+                                         patch)
         if foreign:
             conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, foreign)
             return _write(body, patch, conds, status)
         job = await memo.kube.job(namespace, children.names(name)["job"])
     if job is not None:
-        await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, conds, patch, status)
+        await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, memo.capacity, conds, patch,
+                       status)
     _write(body, patch, conds, status)
 
 
@@ -115,10 +129,9 @@ async def _workers_left(kube: Kube, namespace: str, name: str) -> bool:
     return any(pod["status"].get("phase") in ("Pending", "Running") for pod in await kube.pods(namespace, selector))
 
 
-async def _plan(body: kopf.Body, spec: api.FineTuneJobSpec, kube: Kube, conds: c.Conditions,
+async def _plan(spec: api.FineTuneJobSpec, capacity: CapacitySnapshot, conds: c.Conditions,
                 patch: kopf.Patch) -> api.Plan | None:
-    groups = node_groups(await kube.nodes(), await kube.pods())
-    decision = planning.decide(spec, groups, GPU_PRICES)
+    decision = planning.decide(spec, await capacity.groups(), GPU_PRICES)
     return _record_plan(decision, conds, patch)
 
 
@@ -155,11 +168,11 @@ def _foreign_message(child: dict[str, Any]) -> str:
 
 
 async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                           attempt: int, kube: Kube, patch: kopf.Patch) -> str | None:
+                           attempt: int, kube: Kube, capacity: CapacitySnapshot, patch: kopf.Patch) -> str | None:
     """Create the missing children; a message when an object of a child's name exists that is not ours. The
     ConfigMap is brought in step with the plan in status, which a replan changes."""
     settings = planning.settings_from_plan(spec, plan)
-    groups = [g for g in node_groups(await kube.nodes(), []) if g.product == plan.gpu_product]
+    groups = [g for g in await capacity.groups(count_pods=False) if g.product == plan.gpu_product]
     group = groups[0] if groups else None
     manifests = [children.config_map(name, spec, plan, settings), children.service(name)]
     if group is not None:
@@ -181,8 +194,8 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
 
 
 async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                   attempt: int, job: dict[str, Any], kube: Kube, conds: c.Conditions, patch: kopf.Patch,
-                   status: kopf.Status) -> None:
+                   attempt: int, job: dict[str, Any], kube: Kube, capacity: CapacitySnapshot, conds: c.Conditions,
+                   patch: kopf.Patch, status: kopf.Status) -> None:
     job_name = job["metadata"]["name"]
     suspended = bool(job["spec"].get("suspend"))
     # The user's suspend flag drives the Job, except that Kueue alone lifts suspension of a queued Job.
@@ -204,7 +217,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
         await _recover(body, name, namespace, spec, plan, attempt, job_conditions["Failed"].get("message", ""),
-                       kube, conds, patch, status)
+                       kube, capacity, conds, patch, status)
     elif job_status.get("active", 0) > 0 and not suspended:
         ready = job_status.get("ready", 0)
         conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
@@ -226,7 +239,7 @@ def _seconds_since(timestamp: str) -> float:
 
 
 async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                   attempt: int, job_message: str, kube: Kube, conds: c.Conditions,
+                   attempt: int, job_message: str, kube: Kube, capacity: CapacitySnapshot, conds: c.Conditions,
                    patch: kopf.Patch, status: kopf.Status) -> None:
     """The attempt failed: record it, then replan, restart or give up (recovery.py decides which). Only the
     record is written here: the next reconcile sees a Job older than the attempt in status, deletes it and, once
@@ -240,8 +253,7 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     new_plan, how = None, ""
     if todo is recovery.Action.REPLAN:
         scale = recovery.memory_scale(failure, plan, scale)
-        groups = node_groups(await kube.nodes(), await kube.pods())
-        decision = planning.decide(spec, groups, GPU_PRICES, memory_scale=scale)
+        decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale)
         if decision.plan is None:
             todo, how = recovery.Action.GIVE_UP, f"no plan fits {scale:.2f}x the predicted memory: {decision.message}"
         else:

@@ -43,6 +43,12 @@ class Kube:
             response = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
         return (await self._json(response))["items"]
 
+    async def active_pods(self) -> list[dict[str, Any]]:
+        """Pods of every namespace that may hold GPUs (not finished): the server filters out the rest."""
+        response = await self.core.list_pod_for_all_namespaces(
+            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
+        return (await self._json(response))["items"]
+
     async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create unless an object of that name exists; True when this call created it."""
         kind = manifest["kind"]
