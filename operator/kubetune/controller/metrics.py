@@ -37,7 +37,7 @@ time_to_running = Histogram("kubetune_finetunejob_time_to_running_seconds",
                             registry=registry, buckets=(1, 5, 15, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600))
 reconcile_seconds = Histogram("kubetune_reconcile_duration_seconds", "Wall time of one reconcile of a FineTuneJob.",
                               registry=registry,
-                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
 reconcile_errors = Counter("kubetune_reconcile_errors_total",
                            "Reconciles that raised (kopf retries them), by exception type.", ("reason",),
                            registry=registry)
