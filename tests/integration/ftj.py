@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,34 @@ class Operator:
                 self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def install_crd(cluster: LocalCluster) -> None:
+    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
+    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+
+
+@contextmanager
+def operator_running(cluster: LocalCluster, folder: Path, *args: str) -> Iterator[Operator]:
+    """The CRD installed and the operator running for the block; its log's tail is printed afterwards."""
+    install_crd(cluster)
+    running = Operator(cluster.kubeconfig, folder / "operator.log", *args)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+        print(running.log.read_text()[-5000:])
+
+
+@contextmanager
+def temporary_namespace(cluster: LocalCluster, prefix: str) -> Iterator[str]:
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl_ok("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str, Any] | None:

@@ -6,7 +6,6 @@ import copy
 import json
 import re
 import urllib.request
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,7 +14,16 @@ import pytest
 import yaml
 
 from kubetune.devcluster.cluster import LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, condition, example, get, in_phase
+from tests.integration.ftj import (
+    Operator,
+    apply,
+    condition,
+    example,
+    get,
+    in_phase,
+    operator_running,
+    temporary_namespace,
+)
 from tests.integration.waiting import wait_until
 from tests.observability.prometheus import free_port
 
@@ -60,22 +68,15 @@ def manifest(case: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Operator, int]]:
-    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
     port = free_port()
-    running = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("bad-input") / "operator.log",
-                       f"--metrics-port={port}")
-    running.start()
-    yield running, port
-    running.stop()
+    with operator_running(cluster, tmp_path_factory.mktemp("bad-input"), f"--metrics-port={port}") as running:
+        yield running, port
 
 
 @pytest.fixture(scope="module")
 def namespace(cluster: LocalCluster) -> Iterator[str]:
-    name = f"bad-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl_ok("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    with temporary_namespace(cluster, "bad") as name:
+        yield name
 
 
 def test_the_corpus_is_large_and_names_are_unique() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from kubetune.controller.leader import LEASE_SECONDS, RENEW_SECONDS
 from kubetune.devcluster.cluster import LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, example, in_phase
+from tests.integration.ftj import Operator, apply, example, in_phase, install_crd, temporary_namespace
 from tests.integration.waiting import wait_until
 from tests.observability.prometheus import free_port
 
@@ -24,13 +24,10 @@ LEASE_NAMESPACE = "kubetune-system"
 
 @pytest.fixture
 def namespace(cluster: LocalCluster) -> Iterator[str]:
-    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+    install_crd(cluster)
     cluster.kubectl("create", "namespace", LEASE_NAMESPACE)
-    name = f"le-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl_ok("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
+    with temporary_namespace(cluster, "le") as name:
+        yield name
 
 
 def holder(cluster: LocalCluster, lease: str) -> str | None:

@@ -4,38 +4,26 @@ deletion behave as a user expects. The operator runs as its real command, `kubet
 
 import json
 import time
-import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from kubetune.devcluster.cluster import LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, condition, events, example, failing, get, in_phase
+from tests.integration.ftj import (
+    ROOT,
+    Operator,
+    apply,
+    condition,
+    events,
+    example,
+    failing,
+    get,
+    in_phase,
+)
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
-    running = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("operator") / "operator.log")
-    running.start()
-    yield running
-    running.stop()
-    print(running.log.read_text()[-5000:])
-
-
-@pytest.fixture
-def namespace(cluster: LocalCluster) -> Iterator[str]:
-    name = f"ftj-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl_ok("create", "namespace", name)
-    cluster.kubectl_ok("create", "secret", "generic", "hf-token", "--from-literal=token=hf_test", "-n", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def test_examples_exist() -> None:

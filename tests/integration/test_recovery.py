@@ -13,30 +13,20 @@ from typing import Any
 import pytest
 
 from kubetune.devcluster.cluster import LONG_RUNNING_NAMESPACE, LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, condition, events, example, failing, get, in_phase
+from tests.integration.ftj import (
+    Operator,
+    apply,
+    condition,
+    events,
+    example,
+    failing,
+    get,
+    in_phase,
+)
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
 OOM = "kubetune-oom peak_allocated_bytes=23000000000 device_total_bytes=23580639232"
-
-
-@pytest.fixture(scope="module")
-def operator(cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
-    running = Operator(cluster.kubeconfig, tmp_path_factory.mktemp("recovery") / "operator.log")
-    running.start()
-    yield running
-    running.stop()
-    print(running.log.read_text()[-5000:])
-
-
-@pytest.fixture
-def namespace(cluster: LocalCluster) -> Iterator[str]:
-    name = f"rec-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl_ok("create", "namespace", name)
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false")
 
 
 def with_checkpoint_claim(cluster: LocalCluster, namespace: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -146,12 +136,18 @@ def long_running(cluster: LocalCluster) -> Iterator[str]:
     cluster.kubectl("delete", "ftj", name, "-n", LONG_RUNNING_NAMESPACE, "--wait=false")
 
 
+def start_long_running(cluster: LocalCluster, name: str) -> dict[str, Any]:
+    """The minimal example with its output on a claim, in the namespace where pods run until deleted; its pod."""
+    manifest = with_checkpoint_claim(cluster, LONG_RUNNING_NAMESPACE, example("minimal"))
+    manifest["metadata"]["name"] = name
+    apply(cluster, LONG_RUNNING_NAMESPACE, manifest)
+    [pod] = wait_until("attempt 1 to run", running_attempt(cluster, LONG_RUNNING_NAMESPACE, name, 1))
+    return pod
+
+
 def test_a_deleted_pod_restarts_the_gang_from_the_checkpoints(cluster: LocalCluster, operator: Operator,
                                                               long_running: str) -> None:
-    manifest = with_checkpoint_claim(cluster, LONG_RUNNING_NAMESPACE, example("minimal"))
-    manifest["metadata"]["name"] = long_running
-    apply(cluster, LONG_RUNNING_NAMESPACE, manifest)
-    [pod] = wait_until("attempt 1 to run", running_attempt(cluster, LONG_RUNNING_NAMESPACE, long_running, 1))
+    pod = start_long_running(cluster, long_running)
     cluster.kubectl_ok("delete", "pod", pod["metadata"]["name"], "-n", LONG_RUNNING_NAMESPACE, "--wait=false")
     wait_until("attempt 2 to run", running_attempt(cluster, LONG_RUNNING_NAMESPACE, long_running, 2), timeout=90)
     ftj = get(cluster, LONG_RUNNING_NAMESPACE, "ftj", long_running)
@@ -164,10 +160,7 @@ def test_a_deleted_pod_restarts_the_gang_from_the_checkpoints(cluster: LocalClus
 
 def test_a_lost_node_restarts_the_gang_on_healthy_capacity(cluster: LocalCluster, operator: Operator,
                                                            long_running: str) -> None:
-    manifest = with_checkpoint_claim(cluster, LONG_RUNNING_NAMESPACE, example("minimal"))
-    manifest["metadata"]["name"] = long_running
-    apply(cluster, LONG_RUNNING_NAMESPACE, manifest)
-    [pod] = wait_until("attempt 1 to run", running_attempt(cluster, LONG_RUNNING_NAMESPACE, long_running, 1))
+    pod = start_long_running(cluster, long_running)
     node = get(cluster, "default", "node", pod["spec"]["nodeName"])
     cluster.kubectl_ok("delete", "node", node["metadata"]["name"])
     try:

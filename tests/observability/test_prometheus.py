@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from kubetune.devcluster.cluster import LONG_RUNNING_NAMESPACE, LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, example, get, in_phase
+from tests.integration.ftj import ROOT, Operator, apply, example, get, in_phase, install_crd
 from tests.integration.waiting import wait_until
 from tests.observability import picture
 from tests.observability.prometheus import Prometheus, free_port
@@ -131,8 +131,7 @@ def trainer_configs(cluster: LocalCluster, world_dir: Path, output: Path, port: 
 @pytest.fixture(scope="module")
 def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
     root = tmp_path_factory.mktemp("observability")
-    cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
-    cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
+    install_crd(cluster)
     for namespace in (LONG_RUNNING_NAMESPACE, "obs-other"):
         cluster.kubectl("create", "namespace", namespace)
     operator_port, trainer_port, dcgm_port = free_port(), free_port(), free_port()

@@ -190,7 +190,8 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
     for manifest in manifests:
         kopf.adopt(manifest, owner=body)
         if await kube.create(namespace, manifest):
-            kopf.info(body, reason="Created", message=f"created {manifest['kind']} {manifest['metadata']['name']}")
+            kopf.event(body, type="Normal", reason="Created",
+                       message=f"created {manifest['kind']} {manifest['metadata']['name']}")
             continue
         existing = await kube.read(namespace, manifest["kind"], manifest["metadata"]["name"])
         if existing is not None and not _owned(existing, body):
