@@ -231,6 +231,13 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
                        kube, capacity, conds, patch, status)
     elif job_status.get("active", 0) > 0 and not suspended:
         ready = job_status.get("ready", 0)
+        if ready < job["spec"]["parallelism"]:
+            blocked = recovery.blocked(await kube.pods(namespace, _attempt_selector(name, attempt)))
+            if blocked is not None:
+                await _recover(body, name, namespace, spec, plan, attempt, "", kube, capacity, conds, patch, status,
+                               failure=blocked)
+                await kube.suspend_job(namespace, job_name, True)  # its pods cannot start: stop retrying them
+                return
         conds.set(c.RUNNING, True, c.REASON_PODS_RUNNING, f"{ready}/{job['spec']['parallelism']} workers ready")
         if not status.get("startTime"):
             patch.status["startTime"] = c.now()
@@ -251,13 +258,12 @@ def _seconds_since(timestamp: str) -> float:
 
 async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
                    attempt: int, job_message: str, kube: Kube, capacity: CapacitySnapshot, conds: c.Conditions,
-                   patch: kopf.Patch, status: kopf.Status) -> None:
+                   patch: kopf.Patch, status: kopf.Status, failure: recovery.Failure | None = None) -> None:
     """The attempt failed: record it, then replan, restart or give up (recovery.py decides which). Only the
     record is written here: the next reconcile sees a Job older than the attempt in status, deletes it and, once
     its workers are gone, creates the next; so a crash at any point neither loses an attempt nor repeats one."""
-    selector = ",".join(f"{k}={v}" for k, v in {**children.labels(name, "trainer"),
-                                                children.LABEL_ATTEMPT: str(attempt)}.items())
-    failure = recovery.classify(await kube.pods(namespace, selector), job_message)
+    if failure is None:
+        failure = recovery.classify(await kube.pods(namespace, _attempt_selector(name, attempt)), job_message)
     attempts = [api.Attempt.model_validate(a) for a in status.get("attempts", [])]
     todo = recovery.action(failure, attempts, spec.recovery)
     scale = float(status.get("memoryScale") or 1)
@@ -294,6 +300,11 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     kopf.warn(body, reason=c.REASON_REPLANNED if new_plan else c.REASON_RESTARTING,
               message=f"attempt {attempt} ended ({failure.kind.value}): {failure.message[:1024]}; {how}")
     conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt} ended ({failure.kind.value}); {how}")
+
+
+def _attempt_selector(name: str, attempt: int) -> str:
+    labels = {**children.labels(name, "trainer"), children.LABEL_ATTEMPT: str(attempt)}
+    return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
 def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf.Status) -> None:

@@ -73,6 +73,22 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
     return Failure(Kind.WORKER_LOST, f"a worker disappeared (pod deleted, node lost or preempted): {job_message}")
 
 
+# Container states in which the kubelet retries for ever what only the user can fix: a Secret or ConfigMap the
+# pod references that does not exist, an image name that is malformed or cannot be pulled.
+BLOCKED_REASONS = ("CreateContainerConfigError", "InvalidImageName", "ImagePullBackOff", "ErrImageNeverPull")
+
+
+def blocked(pods: list[dict[str, Any]]) -> Failure | None:
+    """An input failure when a worker cannot even start, instead of a job pending for ever."""
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses", []):
+            waiting = container.get("state", {}).get("waiting") or {}
+            if waiting.get("reason") in BLOCKED_REASONS:
+                return Failure(Kind.INVALID_INPUT, f"pod {pod['metadata']['name']} cannot start its {container['name']} "
+                                                   f"container ({waiting['reason']}): {waiting.get('message', '')}")
+    return None
+
+
 def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery) -> Action:
     if failure.kind is Kind.INVALID_INPUT:
         return Action.GIVE_UP

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -32,6 +33,11 @@ DEFAULT_STAGES = (
 # Pods of Jobs in this namespace run until deleted instead of completing at once, for what needs a
 # training run in progress: live metrics, node loss mid-run, dashboards with running jobs.
 LONG_RUNNING_NAMESPACE = "kubetune-long-running"
+
+# A pod labelled WAITING_LABEL never starts: its containers wait with the reason and message in its
+# WAITING_LABEL/reason and WAITING_LABEL/message annotations, as the kubelet reports a missing Secret or an
+# image it cannot pull (kwok resolves neither).
+WAITING_LABEL = "waiting.kubetune.io"
 
 START_TIMEOUT_SECONDS = 180
 
@@ -150,7 +156,10 @@ class LocalCluster:
             if stage["metadata"]["name"] == "pod-complete":
                 stage["spec"]["selector"]["matchExpressions"].append(
                     {"key": ".metadata.namespace", "operator": "NotIn", "values": [LONG_RUNNING_NAMESPACE]})
-        return "---\n".join(yaml.safe_dump(document) for document in [options, *stages])
+            if stage["metadata"]["name"] == "pod-ready":
+                stage["spec"]["selector"]["matchExpressions"].append(
+                    {"key": f'.metadata.labels["{WAITING_LABEL}"]', "operator": "DoesNotExist"})
+        return "---\n".join(yaml.safe_dump(document) for document in [options, *stages, _waiting_stage()])
 
     def restart_apiserver(self, down_seconds: float) -> None:
         """Kill kube-apiserver (SIGKILL), leave it down for `down_seconds`, and start it again with the same
@@ -195,6 +204,36 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.5)
+
+
+def _waiting_stage() -> dict[str, Any]:
+    return {
+        "apiVersion": "kwok.x-k8s.io/v1alpha1", "kind": "Stage", "metadata": {"name": "pod-container-waiting"},
+        "spec": {
+            "resourceRef": {"apiGroup": "v1", "kind": "Pod"},
+            "selector": {"matchExpressions": [
+                {"key": f'.metadata.labels["{WAITING_LABEL}"]', "operator": "Exists"},
+                {"key": ".metadata.deletionTimestamp", "operator": "DoesNotExist"},
+                {"key": ".status.containerStatuses", "operator": "DoesNotExist"},
+            ]},
+            "next": {"statusTemplate": "\n".join([
+                '{{ $annotations := or .metadata.annotations dict }}',
+                'phase: Pending',
+                'containerStatuses:',
+                '{{ range .spec.containers }}',
+                '- name: {{ .name | Quote }}',
+                '  image: {{ .image | Quote }}',
+                '  ready: false',
+                '  restartCount: 0',
+                '  started: false',
+                '  state:',
+                '    waiting:',
+                f'      reason: {{{{ index $annotations "{WAITING_LABEL}/reason" | Quote }}}}',
+                f'      message: {{{{ index $annotations "{WAITING_LABEL}/message" | Quote }}}}',
+                '{{ end }}',
+            ])},
+        },
+    }
 
 
 def _alive(pid: int) -> bool:
