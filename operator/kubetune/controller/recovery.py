@@ -76,6 +76,9 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
 # Container states in which the kubelet retries for ever what only the user can fix: a Secret or ConfigMap the
 # pod references that does not exist, an image name that is malformed or cannot be pulled.
 BLOCKED_REASONS = ("CreateContainerConfigError", "InvalidImageName", "ImagePullBackOff", "ErrImageNeverPull")
+# Workers are looked at only once their Job is this old and not all ready: pods start slowly under load, and
+# listing them on every reconcile of every new job would cost more than it finds.
+BLOCKED_AFTER_SECONDS = 20
 
 
 def blocked(pods: list[dict[str, Any]]) -> Failure | None:
