@@ -98,8 +98,9 @@ def test_bad_input_is_refused_or_fails_with_a_clear_reason(cluster: LocalCluster
         return
     assert result.returncode == 0, result.stderr
     reason, text = case["failed"]
+    # Workers that cannot start are looked at once their Job is 20 s old (recovery.BLOCKED_AFTER_SECONDS).
     ftj = wait_until(f"{case['name']} to fail", in_phase(cluster, namespace, case["name"], "Failed", "Unschedulable",
-                                                         "Succeeded", "Running"))
+                                                         "Succeeded"), timeout=90)
     failed = condition(ftj, "Failed")
     assert (failed["status"], failed["reason"]) == ("True", reason), failed
     assert text in failed["message"], failed["message"]
