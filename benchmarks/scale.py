@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -98,9 +99,6 @@ def main() -> None:
         cpu_before, rss_at_start = process_usage(operator.pid)
         requests_before = apiserver_requests(cluster)
 
-        if os.environ.get("KUBETUNE_PROFILE"):
-            subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-d", "80", "-o",
-                              os.environ["KUBETUNE_PROFILE"], "-f", "raw", "-p", str(operator.pid)])
         manifests = {"apiVersion": "v1", "kind": "List", "items": [finetunejob(i) for i in range(args.jobs)]}
         t0 = time.monotonic()
         cluster.kubectl_ok("create", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifests), timeout=600)
@@ -155,6 +153,7 @@ def main() -> None:
             operator.terminate()
             operator.wait(timeout=60)
         cluster.down()
+        shutil.rmtree(state, ignore_errors=True)
 
 
 if __name__ == "__main__":
