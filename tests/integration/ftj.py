@@ -81,6 +81,12 @@ def get(cluster: LocalCluster, namespace: str, kind: str, name: str) -> dict[str
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
+def trainer_pods(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
+    """A FineTuneJob's training pods, of every attempt."""
+    return json.loads(cluster.kubectl_ok("get", "pods", "-n", namespace, "-l", f"kubetune.io/finetunejob={name}",
+                                         "-o", "json"))["items"]
+
+
 def in_phase(cluster: LocalCluster, namespace: str, name: str, *phases: str) -> Callable[[], dict | None]:
     def check() -> dict | None:
         ftj = get(cluster, namespace, "ftj", name)

@@ -18,6 +18,7 @@ from tests.integration.ftj import (
     failing,
     get,
     in_phase,
+    trainer_pods,
 )
 from tests.integration.waiting import wait_until
 
@@ -57,8 +58,7 @@ def test_example_is_planned_scheduled_on_the_planned_gpus_and_succeeds(
     assert ds_config["train_micro_batch_size_per_gpu"] == plan["microBatch"]
     assert get(cluster, namespace, "service", ftj["status"]["children"]["service"])["spec"]["clusterIP"] == "None"
 
-    pods = json.loads(cluster.kubectl_ok("get", "pods", "-n", namespace, "-l", f"kubetune.io/finetunejob={name}",
-                                         "-o", "json"))["items"]
+    pods = trainer_pods(cluster, namespace, name)
     assert len(pods) == plan["nodes"]
     for pod in pods:
         node = get(cluster, "default", "node", pod["spec"]["nodeName"])

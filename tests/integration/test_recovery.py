@@ -22,6 +22,7 @@ from tests.integration.ftj import (
     failing,
     get,
     in_phase,
+    trainer_pods,
 )
 from tests.integration.waiting import wait_until
 
@@ -46,11 +47,6 @@ def with_checkpoint_claim(cluster: LocalCluster, namespace: str, manifest: dict[
 
 def attempts(ftj: dict[str, Any]) -> list[dict[str, Any]]:
     return ftj.get("status", {}).get("attempts", [])
-
-
-def trainer_pods(cluster: LocalCluster, namespace: str, name: str) -> list[dict[str, Any]]:
-    return json.loads(cluster.kubectl_ok("get", "pods", "-n", namespace, "-l", f"kubetune.io/finetunejob={name}",
-                                         "-o", "json"))["items"]
 
 
 def running_attempt(cluster: LocalCluster, namespace: str, name: str, number: int) -> Any:

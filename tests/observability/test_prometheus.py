@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from kubetune.devcluster.cluster import LONG_RUNNING_NAMESPACE, LocalCluster
-from tests.integration.ftj import ROOT, Operator, apply, example, get, in_phase, install_crd
+from tests.integration.ftj import ROOT, apply, example, get, in_phase, operator_running, trainer_pods
 from tests.integration.waiting import wait_until
 from tests.observability import picture
 from tests.observability.prometheus import Prometheus, free_port
@@ -131,7 +131,6 @@ def trainer_configs(cluster: LocalCluster, world_dir: Path, output: Path, port: 
 @pytest.fixture(scope="module")
 def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
     root = tmp_path_factory.mktemp("observability")
-    install_crd(cluster)
     for namespace in (LONG_RUNNING_NAMESPACE, "obs-other"):
         cluster.kubectl("create", "namespace", namespace)
     operator_port, trainer_port, dcgm_port = free_port(), free_port(), free_port()
@@ -145,44 +144,40 @@ def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathF
         "dcgm-exporter": [f"127.0.0.1:{dcgm_port}"],
     }, render_rules(root / "rules.yaml"))
     prometheus.start()
-    operator = Operator(cluster.kubeconfig, root / "operator.log", f"--metrics-port={operator_port}")
-    operator.start()
     trainer = None
     try:
-        # As in a cluster, the operator is scraped before jobs arrive, so their first events are counted.
-        wait_until("Prometheus to scrape the operator", lambda: prometheus.query(
-            f'kubetune_reconcile_retries_total{{job="{OPERATOR_SCRAPE_JOB}"}}'))
-        # A job that runs (its pods stay Running in this namespace), one parked by suspension (planned, waiting
-        # for its GPUs) and one that cannot fit (Unschedulable, a failure by reason).
-        assert apply(cluster, LONG_RUNNING_NAMESPACE, tiny_job()).returncode == 0
-        parked = tiny_job() | {"metadata": {"name": "parked"}}
-        parked["spec"] = parked["spec"] | {"suspend": True}
-        assert apply(cluster, "obs-other", parked).returncode == 0
-        assert apply(cluster, "obs-other", example("cannot-fit")).returncode == 0
-        wait_until("the job to run", in_phase(cluster, LONG_RUNNING_NAMESPACE, JOB, "Running"))
-        wait_until("the parked job", in_phase(cluster, "obs-other", "parked", "Suspended"))
-        wait_until("the job that cannot fit", in_phase(cluster, "obs-other", "cannot-fit", "Unschedulable"))
-        pods = json.loads(cluster.kubectl_ok("get", "pods", "-n", LONG_RUNNING_NAMESPACE, "-l",
-                                             f"kubetune.io/finetunejob={JOB}", "-o", "json"))["items"]
-        pod = pods[0]["metadata"]["name"]
-        DcgmExporter.page = dcgm_page(LONG_RUNNING_NAMESPACE, pod)
+        with operator_running(cluster, root, f"--metrics-port={operator_port}"):
+            # As in a cluster, the operator is scraped before jobs arrive, so their first events are counted.
+            wait_until("Prometheus to scrape the operator", lambda: prometheus.query(
+                f'kubetune_reconcile_retries_total{{job="{OPERATOR_SCRAPE_JOB}"}}'))
+            # A job that runs (its pods stay Running in this namespace), one parked by suspension (planned, waiting
+            # for its GPUs) and one that cannot fit (Unschedulable, a failure by reason).
+            assert apply(cluster, LONG_RUNNING_NAMESPACE, tiny_job()).returncode == 0
+            parked = tiny_job() | {"metadata": {"name": "parked"}}
+            parked["spec"] = parked["spec"] | {"suspend": True}
+            assert apply(cluster, "obs-other", parked).returncode == 0
+            assert apply(cluster, "obs-other", example("cannot-fit")).returncode == 0
+            wait_until("the job to run", in_phase(cluster, LONG_RUNNING_NAMESPACE, JOB, "Running"))
+            wait_until("the parked job", in_phase(cluster, "obs-other", "parked", "Suspended"))
+            wait_until("the job that cannot fit", in_phase(cluster, "obs-other", "cannot-fit", "Unschedulable"))
+            pod = trainer_pods(cluster, LONG_RUNNING_NAMESPACE, JOB)[0]["metadata"]["name"]
+            DcgmExporter.page = dcgm_page(LONG_RUNNING_NAMESPACE, pod)
 
-        config, ds = trainer_configs(cluster, world, root / "trainer", trainer_port)
-        started = time.time()
-        trainer = launch(config, ds, root / "trainer", master_port=free_port(),
-                         extra_env={"POD_NAMESPACE": LONG_RUNNING_NAMESPACE, "POD_NAME": pod})
+            config, ds = trainer_configs(cluster, world, root / "trainer", trainer_port)
+            started = time.time()
+            trainer = launch(config, ds, root / "trainer", master_port=free_port(),
+                             extra_env={"POD_NAMESPACE": LONG_RUNNING_NAMESPACE, "POD_NAME": pod})
 
-        def enough_history() -> bool:
-            assert trainer.poll() is None, (root / "trainer" / "stdout.log").read_text()[-3000:]
-            saved = prometheus.query(f'min(kubetune_trainer_checkpoints_total{{finetunejob="{JOB}"}}) >= 3')
-            return bool(saved) and time.time() - started > 45
-        wait_until("three checkpoints scraped from both ranks", enough_history, timeout=300)
-        yield Stack(prometheus, f"http://127.0.0.1:{operator_port}/metrics",
-                    [f"http://127.0.0.1:{p}/metrics" for p in trainer_ports], started, pod)
+            def enough_history() -> bool:
+                assert trainer.poll() is None, (root / "trainer" / "stdout.log").read_text()[-3000:]
+                saved = prometheus.query(f'min(kubetune_trainer_checkpoints_total{{finetunejob="{JOB}"}}) >= 3')
+                return bool(saved) and time.time() - started > 45
+            wait_until("three checkpoints scraped from both ranks", enough_history, timeout=300)
+            yield Stack(prometheus, f"http://127.0.0.1:{operator_port}/metrics",
+                        [f"http://127.0.0.1:{p}/metrics" for p in trainer_ports], started, pod)
     finally:
         if trainer is not None:
             kill(trainer)
-        operator.stop()
         prometheus.stop()
         dcgm.shutdown()
         for name, namespace in ((JOB, LONG_RUNNING_NAMESPACE), ("parked", "obs-other"), ("cannot-fit", "obs-other")):

@@ -109,7 +109,7 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
             return _write(body, patch, conds, status)
     attempt = len(status.get("attempts", [])) + 1
     indexed = list(trainer_jobs.get((namespace, name), []))
-    job = indexed[0] if indexed else await memo.kube.job(namespace, children.names(name)["job"])
+    job = indexed[0] if indexed else await memo.kube.read(namespace, "Job", children.names(name)["job"])
     if job is not None and not _owned(job, body):
         conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, _foreign_message(job))
         return _write(body, patch, conds, status)
@@ -137,8 +137,15 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
 
 
 async def _workers_left(kube: Kube, namespace: str, name: str) -> bool:
-    selector = ",".join(f"{k}={v}" for k, v in children.labels(name, "trainer").items())
-    return any(pod["status"].get("phase") in ("Pending", "Running") for pod in await kube.pods(namespace, selector))
+    return any(pod["status"].get("phase") in ("Pending", "Running") for pod in await _trainer_pods(kube, namespace, name))
+
+
+async def _trainer_pods(kube: Kube, namespace: str, name: str, attempt: int | None = None) -> list[dict[str, Any]]:
+    """The run's training pods: of every attempt, or of the one named."""
+    labels = children.labels(name, "trainer")
+    if attempt is not None:
+        labels[children.LABEL_ATTEMPT] = str(attempt)
+    return await kube.pods(namespace, ",".join(f"{k}={v}" for k, v in labels.items()))
 
 
 async def _plan(spec: api.FineTuneJobSpec, capacity: CapacitySnapshot, conds: c.Conditions,
@@ -162,12 +169,16 @@ def _record_plan(decision: planning.Decision, conds: c.Conditions, patch: kopf.P
         conds.set(c.PLANNED, False, reason, decision.message)
         conds.set(c.FAILED, True, reason, decision.message)
         return None
-    plan = decision.plan
-    conds.set(c.PLANNED, True, c.REASON_PLANNED, _summary(plan))
+    _set_plan(decision.plan, c.REASON_PLANNED, conds, patch)
+    return decision.plan
+
+
+def _set_plan(plan: api.Plan, reason: str, conds: c.Conditions, patch: kopf.Patch) -> None:
+    """Make `plan` the job's plan (a first plan or a replan): status, the Planned condition, the plans counter."""
+    patch.status["plan"] = plan.model_dump(by_alias=True, exclude_none=True)
+    conds.set(c.PLANNED, True, reason, _summary(plan))
     m.plans.labels(plan.gpu_type, str(plan.zero_stage), plan.offload, plan.method,
                    str(plan.gradient_checkpointing).lower(), plan.attention).inc()
-    patch.status["plan"] = plan.model_dump(by_alias=True, exclude_none=True)
-    return plan
 
 
 def _summary(plan: api.Plan) -> str:
@@ -224,8 +235,8 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
     finally:
         if created:  # one Event for what this reconcile created
             kopf.event(body, type="Normal", reason="Created", message="created " + ", ".join(created))
-    patch.status["children"] = {"configMap": children.names(name)["config_map"],
-                                "service": children.names(name)["service"], "job": children.names(name)["job"]}
+    child = children.names(name)
+    patch.status["children"] = {"configMap": child["config_map"], "service": child["service"], "job": child["job"]}
     return None
 
 
@@ -258,7 +269,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         ready = job_status.get("ready", 0)
         if ready < job["spec"]["parallelism"] and _seconds_since(job_status.get("startTime") or c.now()) > \
                 recovery.BLOCKED_AFTER_SECONDS:
-            blocked = recovery.blocked(await kube.pods(namespace, _attempt_selector(name, attempt)))
+            blocked = recovery.blocked(await _trainer_pods(kube, namespace, name, attempt))
             if blocked is not None:
                 await _recover(body, name, namespace, spec, plan, attempt, "", kube, capacity, conds, patch, status,
                                failure=blocked)
@@ -289,7 +300,7 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     record is written here: the next reconcile sees a Job older than the attempt in status, deletes it and, once
     its workers are gone, creates the next; so a crash at any point neither loses an attempt nor repeats one."""
     if failure is None:
-        failure = recovery.classify(await kube.pods(namespace, _attempt_selector(name, attempt)), job_message)
+        failure = recovery.classify(await _trainer_pods(kube, namespace, name, attempt), job_message)
     attempts = [api.Attempt.model_validate(a) for a in status.get("attempts", [])]
     todo = recovery.action(failure, attempts, spec.recovery)
     scale = float(status.get("memoryScale") or 1)
@@ -318,19 +329,11 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         patch.status["completionTime"] = c.now()
         return
     if new_plan is not None:
-        patch.status["plan"] = new_plan.model_dump(by_alias=True, exclude_none=True)
+        _set_plan(new_plan, c.REASON_REPLANNED, conds, patch)
         patch.status["memoryScale"] = f"{scale:.3f}"
-        m.plans.labels(new_plan.gpu_type, str(new_plan.zero_stage), new_plan.offload, new_plan.method,
-                       str(new_plan.gradient_checkpointing).lower(), new_plan.attention).inc()
-        conds.set(c.PLANNED, True, c.REASON_REPLANNED, _summary(new_plan))
     kopf.warn(body, reason=c.REASON_REPLANNED if new_plan else c.REASON_RESTARTING,
               message=f"attempt {attempt} ended ({failure.kind.value}): {failure.message[:1024]}; {how}")
     conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt} ended ({failure.kind.value}); {how}")
-
-
-def _attempt_selector(name: str, attempt: int) -> str:
-    labels = {**children.labels(name, "trainer"), children.LABEL_ATTEMPT: str(attempt)}
-    return ",".join(f"{k}={v}" for k, v in labels.items())
 
 
 def _worth_an_event(condition: dict[str, Any]) -> bool:

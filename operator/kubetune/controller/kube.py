@@ -61,12 +61,9 @@ class Kube:
         await self._json(response)
         return True
 
-    async def job(self, namespace: str, name: str) -> dict[str, Any] | None:
-        return await self.read(namespace, "Job", name)
-
     async def read(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         read = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
-                "Job": self.batch.read_namespaced_job}[kind]
+                "Job": self.batch.read_namespaced_job, "Lease": self.coordination.read_namespaced_lease}[kind]
         # Without preloading, the client hands back error responses instead of raising.
         response = await read(name, namespace, _preload_content=False)
         if response.status == NOT_FOUND:
@@ -75,12 +72,6 @@ class Kube:
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
-
-    async def lease(self, namespace: str, name: str) -> dict[str, Any] | None:
-        response = await self.coordination.read_namespaced_lease(name, namespace, _preload_content=False)
-        if response.status == NOT_FOUND:
-            return None
-        return await self._json(response)
 
     async def write_lease(self, namespace: str, lease: dict[str, Any]) -> bool:
         """Create the Lease, or replace it at the resourceVersion it was read at; False when another writer got

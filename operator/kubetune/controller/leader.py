@@ -35,7 +35,7 @@ class Lease:
 
     async def try_hold(self) -> bool:
         """Take or renew the Lease; True when this replica holds it afterwards."""
-        current = await self.kube.lease(self.namespace, self.name)
+        current = await self.kube.read(self.namespace, "Lease", self.name)
         now = _now()
         spec: dict[str, Any] = (current or {}).get("spec", {})
         holder = spec.get("holderIdentity")
@@ -89,7 +89,7 @@ class Lease:
 
     async def release(self) -> None:
         """Hand the Lease over at once on a clean shutdown, instead of making the standby wait it out."""
-        current = await self.kube.lease(self.namespace, self.name)
+        current = await self.kube.read(self.namespace, "Lease", self.name)
         if current is not None and current.get("spec", {}).get("holderIdentity") == self.identity:
             current["spec"]["holderIdentity"] = None
             current["spec"]["renewTime"] = None
