@@ -67,11 +67,13 @@ class Run:
 
 
 def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: int, interval: int,
-                  checkpointing: bool = True, port: int = 19400, save: str = "Adapter") -> tuple[Path, Path]:
+                  checkpointing: bool = True, port: int = 19400, save: str = "Adapter", ranks: int = RANKS,
+                  micro_batch: int = 4, accumulation: int = 1) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
-    settings = TrainingSettings(seq_len=SEQ_LEN, micro_batch=4, gradient_accumulation=1, method=Method(method),
-                                zero_stage=ZeroStage(stage), gradient_checkpointing=checkpointing,
-                                num_gpus=RANKS, gpus_per_node=RANKS, buckets=Buckets.for_hidden_size(64))
+    settings = TrainingSettings(seq_len=SEQ_LEN, micro_batch=micro_batch, gradient_accumulation=accumulation,
+                                method=Method(method), zero_stage=ZeroStage(stage),
+                                gradient_checkpointing=checkpointing, num_gpus=ranks, gpus_per_node=ranks,
+                                buckets=Buckets.for_hidden_size(64))
     # LoRA on a random-weight model needs a bold rate to move within a few dozen steps.
     ds = ds_config(settings, learning_rate=1e-2 if method == "lora" else 3e-3)
     ds["optimizer"]["params"]["torch_adam"] = True  # no fused CUDA Adam on the CPU
@@ -91,11 +93,11 @@ def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: 
 
 
 def launch(config: Path, ds: Path, output: Path, master_port: int,
-           extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+           extra_env: dict[str, str] | None = None, ranks: int = RANKS) -> subprocess.Popen:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
                KUBETUNE_TERMINATION_LOG=str(output / "termination-log"), **(extra_env or {}))
     return subprocess.Popen(
-        [TORCHRUN, f"--nproc_per_node={RANKS}", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
+        [TORCHRUN, f"--nproc_per_node={ranks}", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
          f"--master_port={master_port}", "-m", "kubetune.trainer", f"--config={config}", f"--deepspeed={ds}"],
         env=env, stdout=(output / "stdout.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -1,7 +1,8 @@
 """The trainer really trains: two processes under torchrun on the CPU (gloo), DeepSpeed ZeRO-2 and ZeRO-3,
 LoRA and full fine-tuning, gradient checkpointing on. The loss falls; a run killed after a checkpoint resumes
 where it was with the same losses; the saved adapter reloads with PEFT; metrics are served; failures leave a
-one-line reason in the termination message."""
+one-line reason in the termination message; a run replanned onto another GPU count, ZeRO stage and micro-batch
+resumes from the checkpoints of the first."""
 
 import json
 import urllib.request
@@ -110,6 +111,56 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint_with_the_same_lo
     expected, got = losses(reference), losses(resumed)
     for step in range(first_after_restart, 41):
         assert got[step] == pytest.approx(expected[step], rel=0.02, abs=0.02), (step, got[step], expected[step])
+
+
+def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Path, tmp_path: Path) -> None:
+    """After an out-of-memory replan the next attempt has another GPU count, ZeRO stage and micro-batch (the
+    same global batch of 8): it continues from the newest checkpoint with the weights, optimizer moments and
+    schedule the first layout left, as the uninterrupted run would have."""
+    reference_dir, replanned_dir = tmp_path / "reference", tmp_path / "replanned"
+    first = {"method": "lora", "stage": 2, "steps": 30, "interval": 5, "ranks": 1, "accumulation": 2}
+    config, ds = write_configs(world, reference_dir, port=19450, **first)
+    reference = Run(reference_dir, launch(config, ds, reference_dir, master_port=29650, ranks=1))
+    finish(reference.process, reference_dir)
+
+    config, ds = write_configs(world, replanned_dir, port=19460, **first)
+    run = Run(replanned_dir, launch(config, ds, replanned_dir, master_port=29660, ranks=1))
+    wait_for_step(run, 12)
+    kill(run.process)
+    interrupted_at = max(losses(run))
+    assert interrupted_at < 30, "the run finished before it could be killed"
+    checkpoint = int((replanned_dir / "checkpoints" / "latest-complete").read_text().split("-")[1])
+
+    config, ds = write_configs(world, replanned_dir, method="lora", stage=3, steps=30, interval=5, port=19460,
+                               ranks=2, micro_batch=2, accumulation=2)
+    run.process = launch(config, ds, replanned_dir, master_port=29661, ranks=2)
+    finish(run.process, replanned_dir)
+    log = run.log()
+    resumed = log[[entry["step"] for entry in log].index(interrupted_at) + 1:]
+    assert resumed[0]["step"] == checkpoint + 1 and resumed[-1]["step"] == 30
+    assert (replanned_dir / "checkpoints" / f"step-{checkpoint:08d}-universal" / "COMPLETE").exists()
+    written = json.loads((replanned_dir / "checkpoints" / "step-00000030" / "layout.json").read_text())
+    assert written == {"world_size": 2, "zero_stage": 3}
+    expected = {entry["step"]: entry for entry in reference.log()}
+    for entry in resumed:
+        # The schedule continues where it was (a fresh one would restart its warm-up) ...
+        assert entry["lr"] == pytest.approx(expected[entry["step"]]["lr"], rel=1e-6), entry
+        # ... and so do the weights and Adam's moments (restarted ones would jump off the reference's curve).
+        assert entry["loss"] == pytest.approx(expected[entry["step"]]["loss"], rel=0.03), entry
+    # The adapters end where the reference's did (2 % apart here; restarting Adam's moments at the resume
+    # puts them 20 % apart), and ZeRO-3 saved them whole.
+    drift = adapter_drift(replanned_dir / "final", reference_dir / "final")
+    assert drift < 0.05, drift
+
+
+def adapter_drift(adapter: Path, reference: Path) -> float:
+    """How far one saved adapter is from another: |a - b| / |b| over all LoRA weights."""
+    from safetensors.torch import load_file
+
+    a, b = load_file(adapter / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert {k: v.shape for k, v in a.items()} == {k: v.shape for k, v in b.items()}
+    difference = sum(float((a[k].float() - b[k].float()).norm() ** 2) for k in b) ** 0.5
+    return difference / sum(float(b[k].float().norm() ** 2) for k in b) ** 0.5
 
 
 def test_a_missing_dataset_ends_with_the_invalid_input_code_and_a_one_line_reason(world: Path, tmp_path: Path) -> None:

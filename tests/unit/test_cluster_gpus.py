@@ -54,3 +54,15 @@ def test_nothing_allowed_explains_what_the_cluster_has() -> None:
     decision = planning.decide(spec, node_groups(nodes_with_taint(), []))
     assert decision.plan is None
     assert "B200-180GB" in decision.message and "NVIDIA-H100-80GB-HBM3" in decision.message
+
+
+def test_a_replan_keeps_what_the_checkpoints_it_resumes_from_can_be_loaded_into() -> None:
+    spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"}})
+    groups = node_groups(nodes_with_taint(), [])
+    unconstrained = planning.decide(spec, groups, memory_scale=1.3).plan
+    assert unconstrained is not None and (unconstrained.method, unconstrained.zero_stage) == ("LoRA", 2)
+    # The run that ran out of memory trained every weight under ZeRO-3: its checkpoints hold full ZeRO-3
+    # partitions, which neither a LoRA run nor ZeRO-1/2 can resume from.
+    failed = unconstrained.model_copy(update={"method": "Full", "lora_rank": None, "zero_stage": 3})
+    replan = planning.decide(spec, groups, memory_scale=1.3, resuming=failed).plan
+    assert replan is not None and (replan.method, replan.zero_stage) == ("Full", 3)

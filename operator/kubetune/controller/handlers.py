@@ -307,7 +307,7 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     new_plan, how = None, ""
     if todo is recovery.Action.REPLAN:
         scale = recovery.memory_scale(failure, plan, scale)
-        decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale)
+        decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale, resuming=plan)
         if decision.plan is None:
             todo, how = recovery.Action.GIVE_UP, f"no plan fits {scale:.2f}x the predicted memory: {decision.message}"
         else:

@@ -71,10 +71,16 @@ def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
 
 
 def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None,
-           memory_scale: float = 1.0) -> Decision:
+           memory_scale: float = 1.0, resuming: api.Plan | None = None) -> Decision:
     """The plan for a spec on the cluster's GPU groups; `prices` (USD per GPU-hour by GPU id) replace the
     catalog's list prices where the platform team knows its own; `memory_scale` > 1 after a run needed more
-    memory than predicted (recovery.memory_scale)."""
+    memory than predicted (recovery.memory_scale).
+
+    `resuming` is the plan of a run whose checkpoints the new plan's run continues from (a replan): it keeps
+    that method (a LoRA checkpoint holds no full weights, a full one no adapters) and never goes below its
+    ZeRO stage (the trainer converts checkpoints to DeepSpeed's universal format, and ZeRO-1/2 cannot load a
+    converted ZeRO-3 one). Every frugal step the replan takes (checkpointing, a higher stage, offload,
+    smaller micro-batches, more GPUs) stays open."""
     try:
         arch = architecture_of(spec)
     except LookupError as error:
@@ -93,8 +99,13 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
             by_type[group.gpu.id] = group
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
+    request = request_for(spec).model_copy(update={"memory_scale": memory_scale})
+    if resuming is not None:
+        request = request.model_copy(update={
+            "method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
+            "min_zero_stage": ZeroStage(resuming.zero_stage)})
     try:
-        result = search.plan(arch, request_for(spec).model_copy(update={"memory_scale": memory_scale}), pools)
+        result = search.plan(arch, request, pools)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
         return Decision(None, None, None, str(error), "InvalidSpec")
     if result.chosen is None:

@@ -60,6 +60,8 @@ class Request(BaseModel):
     method: Method | None = None
     lora: Lora = Lora()
     zero_stage: ZeroStage | None = None
+    # A replan whose run resumes from checkpoints DeepSpeed can load only at this stage or above.
+    min_zero_stage: ZeroStage = ZeroStage.DISABLED
     offload: Offload | None = None
     gradient_checkpointing: bool | None = None
     attention: Attention | None = None
@@ -153,7 +155,7 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
     checkpointing = ([request.gradient_checkpointing] if request.gradient_checkpointing is not None
                      else [False, True])
     zero = [(s, o) for s, o in ZERO_CHOICES
-            if (request.zero_stage is None or s == request.zero_stage)
+            if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
             and (request.offload is None or o == request.offload)]
     if request.zero_stage is not None and request.offload is not None and not zero:
         zero = [(request.zero_stage, request.offload)]

@@ -1,13 +1,40 @@
 """Checkpoints that are never half-read: DeepSpeed writes each one under its own tag, and only after every
-rank has finished does rank 0 mark it complete and point `latest-complete` at it (write, then rename)."""
+rank has finished does rank 0 mark it complete and point `latest-complete` at it (write, then rename).
+
+A checkpoint's ZeRO partitions depend on the layout that wrote it (GPU count and ZeRO stage). After an
+out-of-memory replan the next attempt runs another layout, so its first resume goes through DeepSpeed's
+universal checkpoint format, which any layout can load; optimizer moments and the schedule survive."""
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import deepspeed
+import torch
 import torch.distributed as dist
+from deepspeed.checkpoint import constants
+from pydantic import BaseModel, ConfigDict
 
 COMPLETE = "COMPLETE"
 LATEST = "latest-complete"
+LAYOUT = "layout.json"
+UNIVERSAL = "-universal"
+MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+
+
+class Layout(BaseModel):
+    """What a checkpoint's partitioned states depend on (micro-batch and accumulation do not)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    world_size: int
+    zero_stage: int
+
+
+class Resume(BaseModel):
+    tag: str
+    universal: bool
 
 
 def tag(step: int) -> str:
@@ -23,11 +50,71 @@ def latest(directory: Path) -> str | None:
     return name if (directory / name / COMPLETE).exists() else None
 
 
-def save(engine, directory: Path, step: int, client_state: dict) -> None:
+def resume_point(directory: Path, layout: Layout) -> Resume | None:
+    """Where to resume from, converting the newest checkpoint to the universal format when another layout
+    wrote it. Every rank calls this; rank 0 converts while the others wait."""
+    name = latest(directory)
+    if name is None:
+        return None
+    written = directory / name / LAYOUT
+    if Layout.model_validate_json(written.read_text()) == layout:
+        return Resume(tag=name, universal=False)
+    universal = directory / (name + UNIVERSAL)
+    if dist.get_rank() == 0 and not (universal / COMPLETE).exists():
+        _convert(directory / name, universal)
+    dist.barrier()
+    return Resume(tag=universal.name, universal=True)
+
+
+def _convert(source: Path, target: Path) -> None:
+    # Into a scratch folder first: a worker killed mid-conversion leaves nothing that looks complete.
+    scratch = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
+                    "--output_folder", str(scratch), "--num_extract_workers", "1", "--num_merge_workers", "1"],
+                   check=True)
+    # The engine looks for the model-states file under its own stage's name (ZeRO-3 names it per rank), and
+    # the conversion keeps the writer's name: give it both, as there is no tensor or pipeline parallelism.
+    written = next(scratch.glob("*model_states.pt"))
+    for name in MODEL_STATES:
+        if not (scratch / name).exists():
+            os.link(written, scratch / name)
+    _both_optimizer_forms(scratch / "zero")
+    (scratch / COMPLETE).write_text(source.name + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(scratch, target)
+
+
+def _both_optimizer_forms(zero: Path) -> None:
+    """The conversion writes the optimizer's global state in its source stage's form: ZeRO-3 reads the step
+    and hyperparameters under `optimizer_state_dict`, ZeRO-1/2 read `param_groups`, `ds_version` and a step
+    file per parameter. Write both forms, so a replan may cross between the stages."""
+    path = zero / "optimizer_state.pt"
+    state = torch.load(path, weights_only=False)
+    if constants.OPTIMIZER_STATE_DICT in state:
+        step = state[constants.OPTIMIZER_STATE_DICT]["state"][0]["step"]
+        for moments in zero.glob("*/exp_avg.pt"):
+            if not (moments.parent / "step.pt").exists():
+                torch.save(step, moments.parent / "step.pt")
+    else:
+        step = torch.load(next(zero.glob("*/step.pt")), weights_only=False)
+        state[constants.OPTIMIZER_STATE_DICT] = {"state": {0: {"step": step}},
+                                                 constants.PARAM_GROUPS: state[constants.PARAM_GROUPS]}
+    state.setdefault(constants.DS_VERSION, deepspeed.__version__)  # the image's DeepSpeed wrote it
+    torch.save(state, path)
+
+
+def save(engine, directory: Path, step: int, client_state: dict, layout: Layout) -> None:
     name = tag(step)
-    engine.save_checkpoint(str(directory), tag=name, client_state=client_state, save_latest=False)
+    # The marker DeepSpeed's universal conversion requires of the client (no tensor or pipeline parallelism
+    # to describe here).
+    universal = {constants.UNIVERSAL_CHECKPOINT_INFO: {
+        constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    engine.save_checkpoint(str(directory), tag=name, client_state={**client_state, **universal},
+                           save_latest=False)
     dist.barrier()
     if dist.get_rank() == 0:
+        (directory / name / LAYOUT).write_text(layout.model_dump_json())
         (directory / name / COMPLETE).write_text(f"{step}\n")
         temporary = directory / f".{LATEST}.tmp"
         temporary.write_text(name + "\n")

@@ -107,6 +107,12 @@ def train(config: TrainerConfig, ds: dict) -> None:
     steps = total_steps(config, len(examples), ds)
     flops_per_token = _flops_per_token_at_peak(config, model)
     optimizer_params = [p for p in model.parameters() if p.requires_grad]
+    directory = Path(config.output.path) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = checkpoints.Layout(world_size=world, zero_stage=ds["zero_optimization"]["stage"])
+    resume = checkpoints.resume_point(directory, layout)
+    if resume and resume.universal:
+        ds = {**ds, "checkpoint": {**ds.get("checkpoint", {}), "load_universal": True}}
     # DeepSpeed steps the schedule at each optimizer step and keeps its state in the checkpoints.
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=optimizer_params, config=ds,
@@ -114,12 +120,9 @@ def train(config: TrainerConfig, ds: dict) -> None:
             optimizer, num_warmup_steps=max(1, steps // 20), num_training_steps=steps))
     metrics.total_steps.set(steps)
 
-    directory = Path(config.output.path) / "checkpoints"
-    directory.mkdir(parents=True, exist_ok=True)
     step = 0
-    resume = checkpoints.latest(directory)
     if resume:
-        _, state = engine.load_checkpoint(str(directory), tag=resume)
+        _, state = engine.load_checkpoint(str(directory), tag=resume.tag)
         step = state["step"]
     log = (Path(config.output.path) / "train_log.jsonl").open("a") if rank == 0 else None
     accumulation = ds["gradient_accumulation_steps"]
@@ -148,7 +151,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
             log.flush()
         if step % config.checkpoint_interval_steps == 0 or step == steps:
             saving = time.perf_counter()
-            checkpoints.save(engine, directory, step, {"step": step})
+            checkpoints.save(engine, directory, step, {"step": step}, layout)
             metrics.checkpoint_seconds.observe(time.perf_counter() - saving)
             metrics.checkpoints.inc()
     if log:
@@ -173,9 +176,12 @@ def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> f
 def _save_final(engine, config: TrainerConfig, rank: int) -> None:
     final = Path(config.output.path) / "final"
     if config.method == "lora":
-        # Adapters are small; under ZeRO-3 they are kept whole on every rank (persistence threshold).
-        if rank == 0:
-            engine.module.save_pretrained(str(final))
+        # Under ZeRO-3 an adapter above the persistence threshold is partitioned like any weight: without
+        # gathering, rank 0 would save empty tensors. (A no-op under ZeRO-1/2.)
+        adapters = [p for p in engine.module.parameters() if p.requires_grad]
+        with deepspeed.zero.GatheredParameters(adapters, modifier_rank=None):
+            if rank == 0:
+                engine.module.save_pretrained(str(final))
         if config.output.save.value == "Merged":
             # Every rank takes part in gathering ZeRO-3 partitions; rank 0 merges and writes.
             with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
