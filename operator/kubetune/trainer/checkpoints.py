@@ -70,9 +70,10 @@ def _convert(source: Path, target: Path) -> None:
     # Into a scratch folder first: a worker killed mid-conversion leaves nothing that looks complete.
     scratch = target.with_name(f".{target.name}.tmp")
     shutil.rmtree(scratch, ignore_errors=True)
+    # Its own process, with DeepSpeed's worker counts: a full model's optimizer states are large. The other
+    # ranks wait in a barrier, which DeepSpeed's process-group timeout bounds (DEEPSPEED_TIMEOUT, 30 min).
     subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
-                    "--output_folder", str(scratch), "--num_extract_workers", "1", "--num_merge_workers", "1"],
-                   check=True)
+                    "--output_folder", str(scratch)], check=True)
     # The engine looks for the model-states file under its own stage's name (ZeRO-3 names it per rank), and
     # the conversion keeps the writer's name: give it both, as there is no tensor or pipeline parallelism.
     written = next(scratch.glob("*model_states.pt"))
@@ -83,6 +84,8 @@ def _convert(source: Path, target: Path) -> None:
     (scratch / COMPLETE).write_text(source.name + "\n")
     shutil.rmtree(target, ignore_errors=True)
     os.replace(scratch, target)
+    # The converter's own pointer names the scratch folder; resuming reads `latest-complete` only.
+    (target.parent / "latest_universal").unlink(missing_ok=True)
 
 
 def _both_optimizer_forms(zero: Path) -> None:
