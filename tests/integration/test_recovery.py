@@ -5,6 +5,7 @@ history of its attempts; the operator killed mid-recovery neither loses nor dupl
 apiserver going away and coming back is survived."""
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -82,6 +83,20 @@ def test_out_of_memory_replans_more_frugally_each_time_until_the_budget_ends(
     assert len(replanned) == 2 and all("attempt" in e["message"] and "replanned for" in e["message"] for e in replanned)
     job = get(cluster, namespace, "job", "minimal-train")
     assert job["metadata"]["labels"]["kubetune.io/attempt"] == "3"  # one Job, the last attempt's
+
+
+def test_a_replan_never_leaves_the_zero_stage_its_checkpoints_were_written_in(
+        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    # Mistral-7B on the L4s is first planned as LoRA with ZeRO-3 on 4 GPUs; at the measured scale the planner
+    # alone would move to ZeRO-2 on one GPU, which cannot load the run's ZeRO-3 checkpoints.
+    manifest = failing("mistral", 86, message=OOM)
+    manifest["spec"]["model"]["name"] = "mistralai/Mistral-7B-v0.1"
+    manifest["spec"]["resources"] = {"gpuTypes": ["L4-24GB"]}
+    manifest["spec"]["recovery"] = {"maxOutOfMemoryReplans": 1}
+    apply(cluster, namespace, manifest)
+    ftj = wait_until("the replan to run out", in_phase(cluster, namespace, "mistral", "Failed"), timeout=120)
+    layouts = [re.search(r": (LoRA|Full).*ZeRO-(\d)", a["planSummary"]).groups() for a in attempts(ftj)]
+    assert layouts == [("LoRA", "3"), ("LoRA", "3")], layouts
 
 
 def test_a_run_that_ran_out_of_memory_succeeds_on_the_new_plan(cluster: LocalCluster, operator: Operator,

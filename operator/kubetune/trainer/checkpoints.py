@@ -57,7 +57,8 @@ def resume_point(directory: Path, layout: Layout) -> Resume | None:
     if name is None:
         return None
     written = directory / name / LAYOUT
-    if Layout.model_validate_json(written.read_text()) == layout:
+    # A checkpoint from before layouts were recorded loads as it always did.
+    if not written.exists() or Layout.model_validate_json(written.read_text()) == layout:
         return Resume(tag=name, universal=False)
     universal = directory / (name + UNIVERSAL)
     if dist.get_rank() == 0 and not (universal / COMPLETE).exists():
