@@ -60,9 +60,11 @@ def test_a_replan_keeps_what_the_checkpoints_it_resumes_from_can_be_loaded_into(
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"}})
     groups = node_groups(nodes_with_taint(), [])
     unconstrained = planning.decide(spec, groups, memory_scale=1.3).plan
-    assert unconstrained is not None and (unconstrained.method, unconstrained.zero_stage) == ("LoRA", 2)
-    # The run that ran out of memory trained every weight under ZeRO-3: its checkpoints hold full ZeRO-3
-    # partitions, which neither a LoRA run nor ZeRO-1/2 can resume from.
-    failed = unconstrained.model_copy(update={"method": "Full", "lora_rank": None, "zero_stage": 3})
+    assert unconstrained is not None
+    assert (unconstrained.method, unconstrained.zero_stage, unconstrained.precision) == ("LoRA", 2, "bf16")
+    # The run that ran out of memory trained every weight under ZeRO-3 in fp16: its checkpoints hold full
+    # fp16-run ZeRO-3 partitions, which neither a LoRA run, a bf16 one nor ZeRO-1/2 can resume from.
+    failed = unconstrained.model_copy(update={"method": "Full", "lora_rank": None, "zero_stage": 3,
+                                              "precision": "fp16"})
     replan = planning.decide(spec, groups, memory_scale=1.3, resuming=failed).plan
-    assert replan is not None and (replan.method, replan.zero_stage) == ("Full", 3)
+    assert replan is not None and (replan.method, replan.zero_stage, replan.precision) == ("Full", 3, "fp16")

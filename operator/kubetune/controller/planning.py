@@ -77,10 +77,11 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     memory than predicted (recovery.memory_scale).
 
     `resuming` is the plan of a run whose checkpoints the new plan's run continues from (a replan): it keeps
-    that method (a LoRA checkpoint holds no full weights, a full one no adapters) and never goes below its
-    ZeRO stage (the trainer converts checkpoints to DeepSpeed's universal format, and ZeRO-1/2 cannot load a
-    converted ZeRO-3 one). Every frugal step the replan takes (checkpointing, a higher stage, offload,
-    smaller micro-batches, more GPUs) stays open."""
+    that method (a LoRA checkpoint holds no full weights, a full one no adapters) and precision (DeepSpeed
+    names and keeps bf16 and fp16 optimizer states apart), and never goes below its ZeRO stage (the trainer
+    converts checkpoints to DeepSpeed's universal format, and ZeRO-1/2 cannot load a converted ZeRO-3 one).
+    Every frugal step a replan takes (checkpointing, a higher stage, offload, smaller micro-batches, more
+    GPUs) stays open."""
     try:
         arch = architecture_of(spec)
     except LookupError as error:
@@ -103,7 +104,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     if resuming is not None:
         request = request.model_copy(update={
             "method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
-            "min_zero_stage": ZeroStage(resuming.zero_stage)})
+            "precision": Precision(resuming.precision), "min_zero_stage": ZeroStage(resuming.zero_stage)})
     try:
         result = search.plan(arch, request, pools)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
