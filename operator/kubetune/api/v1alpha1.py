@@ -175,6 +175,8 @@ class Output(_Model):
     path: str = Field(default="/output", max_length=1024, description="path inside the output volume.")
     save: SaveType = Field(default=SaveType.ADAPTER, description="save the LoRA Adapter alone or the Merged "
                            "model.")
+    keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="keepCheckpoints is how many of the "
+                                  "newest complete checkpoints stay; older ones are deleted after each save.")
 
 
 class SecretKeyRef(_Model):

@@ -108,7 +108,21 @@ def _both_optimizer_forms(zero: Path) -> None:
     torch.save(state, path)
 
 
-def save(engine, directory: Path, step: int, client_state: dict, layout: Layout) -> None:
+def prune(directory: Path, keep: int) -> None:
+    """Delete all but the `keep` newest complete checkpoints (with their universal conversions), and the
+    remains of saves cut short before the newest complete one; a save in progress is newer, so it stays."""
+    steps = sorted((int(path.name[len("step-"):]), path) for path in directory.glob("step-" + "[0-9]" * 8))
+    complete = [step for step, path in steps if (path / COMPLETE).exists()]
+    if not complete:
+        return
+    kept = set(complete[-keep:])
+    for step, path in steps:
+        if step not in kept and step < complete[-1]:
+            shutil.rmtree(directory / (path.name + UNIVERSAL), ignore_errors=True)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def save(engine, directory: Path, step: int, client_state: dict, layout: Layout, keep: int) -> None:
     name = tag(step)
     # The marker DeepSpeed's universal conversion requires of the client (no tensor or pipeline parallelism
     # to describe here).
@@ -123,4 +137,5 @@ def save(engine, directory: Path, step: int, client_state: dict, layout: Layout)
         temporary = directory / f".{LATEST}.tmp"
         temporary.write_text(name + "\n")
         os.replace(temporary, directory / LATEST)
+        prune(directory, keep)
     dist.barrier()

@@ -151,7 +151,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
             log.flush()
         if step % config.checkpoint_interval_steps == 0 or step == steps:
             saving = time.perf_counter()
-            checkpoints.save(engine, directory, step, {"step": step}, layout)
+            checkpoints.save(engine, directory, step, {"step": step}, layout, config.output.keep_checkpoints)
             metrics.checkpoint_seconds.observe(time.perf_counter() - saving)
             metrics.checkpoints.inc()
     if log:
