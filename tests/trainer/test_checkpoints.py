@@ -34,3 +34,10 @@ def test_a_conversion_stays_while_its_checkpoint_does(tmp_path: Path) -> None:
     checkpoints.prune(tmp_path, keep=2)
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "step-00000005", "step-00000010", "step-00000010-universal"]
+
+
+def test_another_world_size_needs_a_conversion_except_under_zero_0() -> None:
+    assert checkpoints.Layout(world_size=2, zero_stage=2).loads(checkpoints.Layout(world_size=2, zero_stage=2))
+    assert not checkpoints.Layout(world_size=4, zero_stage=2).loads(checkpoints.Layout(world_size=2, zero_stage=2))
+    assert not checkpoints.Layout(world_size=2, zero_stage=3).loads(checkpoints.Layout(world_size=2, zero_stage=2))
+    assert checkpoints.Layout(world_size=4, zero_stage=0).loads(checkpoints.Layout(world_size=2, zero_stage=0))

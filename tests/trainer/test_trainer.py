@@ -67,7 +67,7 @@ def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_mer
     base = AutoModelForCausalLM.from_config(AutoConfig.for_model("llama", **kwargs), attn_implementation="sdpa")
     tokenizer = AutoTokenizer.from_pretrained(world / "tokenizer")
     examples = [data.encode(r, "Instruction", tokenizer, 48) for r in data.read_records(str(world / "data.jsonl"))]
-    batch = data.Batches(examples, 64, 0, 1, 0).batch(0)
+    batch = data.Batches(examples, 64, 1, 0, 1, 0).batch(0, 0)
     with torch.no_grad():
         untrained = base(**batch).loss.item()
         tuned = peft.PeftModel.from_pretrained(base, tmp_path / "final")(**batch).loss.item()
@@ -131,6 +131,10 @@ def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Pa
     assert interrupted_at < 30, "the run finished before it could be killed"
     checkpoint = int((replanned_dir / "checkpoints" / "latest-complete").read_text().split("-")[1])
 
+    # A save the first layout had begun of the step the second one ends on: its rank files must not survive.
+    cut_short = replanned_dir / "checkpoints" / "step-00000030"
+    cut_short.mkdir()
+    (cut_short / "bf16_zero_pp_rank_7_mp_rank_00_optim_states.pt").write_bytes(b"from another layout")
     config, ds = write_configs(world, replanned_dir, method="lora", stage=3, steps=30, interval=5, port=19460,
                                ranks=2, micro_batch=2, accumulation=2)
     run.process = launch(config, ds, replanned_dir, master_port=29661, ranks=2)
@@ -141,8 +145,9 @@ def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Pa
     # The two newest checkpoints stay (keepCheckpoints); the converted one went with its source.
     assert sorted(path.name for path in (replanned_dir / "checkpoints").glob("step-*")) == [
         "step-00000025", "step-00000030"]
-    written = json.loads((replanned_dir / "checkpoints" / "step-00000030" / "layout.json").read_text())
+    written = json.loads((cut_short / "layout.json").read_text())
     assert written == {"world_size": 2, "zero_stage": 3}
+    assert not (cut_short / "bf16_zero_pp_rank_7_mp_rank_00_optim_states.pt").exists()
     expected = {entry["step"]: entry for entry in reference.log()}
     for entry in resumed:
         # The schedule continues where it was (a fresh one would restart its warm-up) ...

@@ -95,3 +95,12 @@ def test_deepspeed_bucket_settings_change_the_prediction() -> None:
                  buckets=Buckets(reduce_bucket_elements=500_000_000, overlap_comm=True)).chosen
     # 500M elements, double-buffered, in bf16 is 2 GB; 50M single-buffered is 100 MB.
     assert large.memory.buffers - small.memory.buffers == 2 * 2 * 500_000_000 - 2 * 50_000_000
+
+
+def test_zero_0_only_when_pinned() -> None:
+    # ZeRO-1 holds less at the same communication volume, and its checkpoints convert to other layouts. (With
+    # ZeRO-0 among the free choices, this was the one case of 500 that chose it.)
+    free = plan("Llama-2-13b-hf", "V100-SXM2-32GB", seq_len=512, nodes=2)
+    assert free.chosen.settings.zero_stage is not ZeroStage.DISABLED
+    pinned = plan("Llama-2-13b-hf", "V100-SXM2-32GB", seq_len=512, nodes=2, zero_stage=ZeroStage.DISABLED)
+    assert pinned.chosen.settings.zero_stage is ZeroStage.DISABLED

@@ -227,10 +227,15 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
     group = groups[0] if groups else None
     created: list[str] = []
     try:
-        # The ConfigMap and Service at once, the Job after them: it must only ever exist beside them.
-        foreign = [message for message in await asyncio.gather(
+        # The ConfigMap and Service at once, the Job after them: it must only ever exist beside them. Both
+        # creations finish before an error of either is raised, so the Event names all that was created.
+        results = await asyncio.gather(
             _ensure(body, namespace, children.config_map(name, spec, plan, settings), kube, created),
-            _ensure(body, namespace, children.service(name), kube, created)) if message]
+            _ensure(body, namespace, children.service(name), kube, created), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        foreign = [message for message in results if message]
         if foreign:
             return foreign[0]
         if group is not None:

@@ -31,11 +31,12 @@ EQUIVALENT_WITHIN = 0.02
 RUNNERS_UP = 5
 # (stage, offload) pairs worth trying, in the order the study prefers them when they tie: ZeRO-2 is the
 # best balance of memory and runtime; ZeRO-3 and offload only when needed. ZeRO-1 with offload is left
-# out: ZeRO-2 with offload holds less and moves the same bytes.
+# out: ZeRO-2 with offload holds less and moves the same bytes. So is ZeRO-0 unless pinned: ZeRO-1 holds
+# less at the same communication volume, and ZeRO-0 keeps its optimizer states where DeepSpeed's universal
+# checkpoint conversion cannot read them, so a replan onto another stage could not resume its checkpoints.
 ZERO_CHOICES = (
     (ZeroStage.GRADIENTS, Offload.NONE),
     (ZeroStage.OPTIMIZER, Offload.NONE),
-    (ZeroStage.DISABLED, Offload.NONE),
     (ZeroStage.PARAMETERS, Offload.NONE),
     (ZeroStage.GRADIENTS, Offload.OPTIMIZER),
     (ZeroStage.PARAMETERS, Offload.OPTIMIZER),
@@ -157,8 +158,8 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
     zero = [(s, o) for s, o in ZERO_CHOICES
             if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
             and (request.offload is None or o == request.offload)]
-    if request.zero_stage is not None and request.offload is not None and not zero:
-        zero = [(request.zero_stage, request.offload)]
+    if request.zero_stage is not None and not zero:
+        zero = [(request.zero_stage, request.offload or Offload.NONE)]
     return [precision], [attention], methods, checkpointing, zero
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import deepspeed
@@ -22,6 +23,9 @@ LATEST = "latest-complete"
 LAYOUT = "layout.json"
 UNIVERSAL = "-universal"
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+# How long the other ranks wait for rank 0 to convert a checkpoint: a full model's optimizer states take far
+# longer than DeepSpeed's process-group timeout (DEEPSPEED_TIMEOUT, 10 min by default).
+CONVERSION_TIMEOUT = timedelta(hours=6)
 
 
 class Layout(BaseModel):
@@ -30,6 +34,12 @@ class Layout(BaseModel):
 
     world_size: int
     zero_stage: int
+
+    def loads(self, written: "Layout") -> bool:
+        """Whether DeepSpeed loads a checkpoint `written` in that layout as it is. ZeRO-0 replicates every
+        state, so any world size loads it (and DeepSpeed cannot convert it: it is never planned unless pinned,
+        and a pin holds across replans)."""
+        return written == self or written.zero_stage == self.zero_stage == 0
 
 
 class Resume(BaseModel):
@@ -58,21 +68,26 @@ def resume_point(directory: Path, layout: Layout) -> Resume | None:
         return None
     written = directory / name / LAYOUT
     # A checkpoint from before layouts were recorded loads as it always did.
-    if not written.exists() or Layout.model_validate_json(written.read_text()) == layout:
+    if not written.exists() or layout.loads(Layout.model_validate_json(written.read_text())):
         return Resume(tag=name, universal=False)
     universal = directory / (name + UNIVERSAL)
+    waiting = dist.new_group(backend="gloo", timeout=CONVERSION_TIMEOUT)
     if dist.get_rank() == 0 and not (universal / COMPLETE).exists():
         _convert(directory / name, universal)
-    dist.barrier()
+    dist.barrier(group=waiting)
+    dist.destroy_process_group(waiting)
     return Resume(tag=universal.name, universal=True)
+
+
+def _scratch(target: Path) -> Path:
+    return target.with_name(f".{target.name}.tmp")
 
 
 def _convert(source: Path, target: Path) -> None:
     # Into a scratch folder first: a worker killed mid-conversion leaves nothing that looks complete.
-    scratch = target.with_name(f".{target.name}.tmp")
+    scratch = _scratch(target)
     shutil.rmtree(scratch, ignore_errors=True)
-    # Its own process, with DeepSpeed's worker counts: a full model's optimizer states are large. The other
-    # ranks wait in a barrier, which DeepSpeed's process-group timeout bounds (DEEPSPEED_TIMEOUT, 30 min).
+    # Its own process, with DeepSpeed's worker counts: a full model's optimizer states are large.
     subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder", str(source),
                     "--output_folder", str(scratch)], check=True)
     # The engine looks for the model-states file under its own stage's name (ZeRO-3 names it per rank), and
@@ -80,7 +95,10 @@ def _convert(source: Path, target: Path) -> None:
     written = next(scratch.glob("*model_states.pt"))
     for name in MODEL_STATES:
         if not (scratch / name).exists():
-            os.link(written, scratch / name)
+            try:
+                os.link(written, scratch / name)
+            except OSError:  # volumes without hard links (some FUSE mounts)
+                shutil.copy2(written, scratch / name)
     _both_optimizer_forms(scratch / "zero")
     (scratch / COMPLETE).write_text(source.name + "\n")
     shutil.rmtree(target, ignore_errors=True)
@@ -118,8 +136,9 @@ def prune(directory: Path, keep: int) -> None:
     kept = set(complete[-keep:])
     for step, path in steps:
         if step not in kept and step < complete[-1]:
-            shutil.rmtree(directory / (path.name + UNIVERSAL), ignore_errors=True)
-            shutil.rmtree(path, ignore_errors=True)
+            universal = directory / (path.name + UNIVERSAL)
+            for leftover in (_scratch(universal), universal, path):
+                shutil.rmtree(leftover, ignore_errors=True)
 
 
 def save(engine, directory: Path, step: int, client_state: dict, layout: Layout, keep: int) -> None:
@@ -128,6 +147,11 @@ def save(engine, directory: Path, step: int, client_state: dict, layout: Layout,
     # to describe here).
     universal = {constants.UNIVERSAL_CHECKPOINT_INFO: {
         constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
+    if dist.get_rank() == 0 and (directory / name).exists() and not (directory / name / COMPLETE).exists():
+        # What a save cut short left under this tag, maybe by another layout whose extra rank files DeepSpeed
+        # would not overwrite and a later conversion would count.
+        shutil.rmtree(directory / name)
+    dist.barrier()
     engine.save_checkpoint(str(directory), tag=name, client_state={**client_state, **universal},
                            save_latest=False)
     dist.barrier()

@@ -46,20 +46,24 @@ def encode(record: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase,
 
 
 class Batches:
-    """Deterministic micro-batches for one rank: the order depends only on the seed and the epoch, so a
-    resumed run continues exactly where the interrupted one was."""
+    """Deterministic micro-batches for one rank. Epochs are whole global batches, and the examples of a step
+    depend only on the seed, the step and the global batch: a run resumed on another layout (GPU count,
+    micro-batch and accumulation, with the same global batch, as replans keep it) trains on exactly what the
+    interrupted one would have."""
 
-    def __init__(self, examples: list[dict[str, list[int]]], micro_batch: int, rank: int, world: int, seed: int):
+    def __init__(self, examples: list[dict[str, list[int]]], micro_batch: int, accumulation: int, rank: int,
+                 world: int, seed: int):
         self.examples = examples
         self.micro_batch = micro_batch
         self.rank, self.world, self.seed = rank, world, seed
-        self.per_epoch = max(1, len(examples) // (micro_batch * world))
+        self.global_batch = micro_batch * accumulation * world
+        self.steps_per_epoch = max(1, len(examples) // self.global_batch)
 
-    def batch(self, index: int) -> dict[str, torch.Tensor]:
-        """The `index`-th micro-batch of this rank, over as many epochs as it takes."""
-        epoch, position = divmod(index, self.per_epoch)
+    def batch(self, step: int, micro: int) -> dict[str, torch.Tensor]:
+        """This rank's `micro`-th micro-batch of optimizer step `step`, over as many epochs as it takes."""
+        epoch, position = divmod(step, self.steps_per_epoch)
         order = list(range(len(self.examples)))
         random.Random(self.seed + epoch).shuffle(order)
-        start = (position * self.world + self.rank) * self.micro_batch
+        start = position * self.global_batch + (micro * self.world + self.rank) * self.micro_batch
         chosen = [self.examples[order[(start + i) % len(order)]] for i in range(self.micro_batch)]
         return {key: torch.tensor([example[key] for example in chosen]) for key in chosen[0]}

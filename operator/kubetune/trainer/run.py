@@ -91,6 +91,13 @@ def train(config: TrainerConfig, ds: dict) -> None:
     metrics.serve(config.metrics_port + local_rank)
     if plan:
         metrics.memory_predicted.set(plan.predicted_peak_bytes)
+    # Before the model is built: converting another layout's checkpoint needs host memory too.
+    directory = Path(config.output.path) / "checkpoints"
+    directory.mkdir(parents=True, exist_ok=True)
+    layout = checkpoints.Layout(world_size=world, zero_stage=ds["zero_optimization"]["stage"])
+    resume = checkpoints.resume_point(directory, layout)
+    if resume and resume.universal:
+        ds = {**ds, "checkpoint": {**ds.get("checkpoint", {}), "load_universal": True}}
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
@@ -100,19 +107,14 @@ def train(config: TrainerConfig, ds: dict) -> None:
         source = str(DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
         records = data.read_records(source)
         examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
-        batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], rank, world, config.training.seed)
+        batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
+                               rank, world, config.training.seed)
         model = build_model(config)
     except INPUT_ERRORS as error:
         raise InvalidInputError(f"{type(error).__name__}: {error}") from error
     steps = total_steps(config, len(examples), ds)
     flops_per_token = _flops_per_token_at_peak(config, model)
     optimizer_params = [p for p in model.parameters() if p.requires_grad]
-    directory = Path(config.output.path) / "checkpoints"
-    directory.mkdir(parents=True, exist_ok=True)
-    layout = checkpoints.Layout(world_size=world, zero_stage=ds["zero_optimization"]["stage"])
-    resume = checkpoints.resume_point(directory, layout)
-    if resume and resume.universal:
-        ds = {**ds, "checkpoint": {**ds.get("checkpoint", {}), "load_universal": True}}
     # DeepSpeed steps the schedule at each optimizer step and keeps its state in the checkpoints.
     engine, _, _, _ = deepspeed.initialize(
         model=model, model_parameters=optimizer_params, config=ds,
@@ -131,7 +133,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         started = time.perf_counter()
         losses = []
         for micro in range(accumulation):
-            batch = {k: v.to(device) for k, v in batches.batch(step * accumulation + micro).items()}
+            batch = {k: v.to(device) for k, v in batches.batch(step, micro).items()}
             loss = engine(**batch).loss
             engine.backward(loss)
             engine.step()
