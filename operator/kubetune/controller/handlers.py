@@ -279,7 +279,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         ready = job_status.get("ready", 0)
         if ready < job["spec"]["parallelism"] and _seconds_since(job_status.get("startTime") or c.now()) > \
                 recovery.BLOCKED_AFTER_SECONDS:
-            blocked = recovery.blocked(await _trainer_pods(kube, namespace, name, attempt))
+            blocked = recovery.blocked(await capacity.blocked_workers(namespace, name, attempt))
             if blocked is not None:
                 await _recover(body, name, namespace, spec, plan, attempt, "", kube, capacity, conds, patch, status,
                                failure=blocked)

@@ -2,7 +2,8 @@
 
 Planning needs all nodes and every pod that holds GPUs. Listing them per FineTuneJob made a burst of new jobs
 cost one cluster-wide pod list each; now one read at a time refreshes a shared copy once it is older than
-MAX_AGE_SECONDS, and reconciles never wait for it except the very first. Staleness is harmless for planning:
+MAX_AGE_SECONDS, and reconciles never wait for it except the very first. The same read finds training pods
+that cannot start (recovery.blocked), which workers slow to become ready made reconciles list per job. Staleness is harmless for planning:
 the scheduler still places every pod against live capacity, and a plan on capacity that went away waits in
 Pending like any other pod."""
 
@@ -11,6 +12,7 @@ import logging
 import time
 from typing import Any
 
+from kubetune.controller import children, recovery
 from kubetune.controller.cluster_gpus import GpuNodeGroup, node_groups
 from kubetune.controller.kube import Kube
 
@@ -29,18 +31,28 @@ class CapacitySnapshot:
         self.version = 0  # changes with every read, so callers may cache what they derive from it
         self._nodes: list[dict[str, Any]] = []
         self._nodes_read_at = float("-inf")
+        # Only what recovery.blocked reads, of training pods it finds blocked, by (namespace, FineTuneJob, attempt).
+        self._blocked: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         self._first = asyncio.Lock()
         self._refreshing: asyncio.Task | None = None
 
     async def groups(self, count_pods: bool = True) -> list[GpuNodeGroup]:
         """GPU node groups, with the GPUs that running and pending pods hold taken out unless told not to."""
+        await self._fresh_enough()
+        return self._free if count_pods else self._all
+
+    async def blocked_workers(self, namespace: str, name: str, attempt: int) -> list[dict[str, Any]]:
+        """The attempt's training pods whose containers wait on what will not resolve by itself."""
+        await self._fresh_enough()
+        return self._blocked.get((namespace, name, str(attempt)), [])
+
+    async def _fresh_enough(self) -> None:
         if self._read_at == float("-inf"):
             async with self._first:
                 if self._read_at == float("-inf"):
                     await self._refresh()
         elif time.monotonic() - self._read_at > MAX_AGE_SECONDS and (self._refreshing is None or self._refreshing.done()):
             self._refreshing = asyncio.create_task(self._refresh_logged())
-        return self._free if count_pods else self._all
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._nodes_read_at > NODES_MAX_AGE_SECONDS:
@@ -48,6 +60,7 @@ class CapacitySnapshot:
         nodes, pods = self._nodes, await self.kube.active_pods()
         # Grouped once per read, not per plan: at 500 nodes grouping was 8% of the operator's time.
         self._all, self._free = node_groups(nodes, []), node_groups(nodes, pods)
+        self._blocked = _blocked_workers(pods)
         self._read_at = time.monotonic()
         self.version += 1
 
@@ -56,3 +69,15 @@ class CapacitySnapshot:
             await self._refresh()
         except Exception as error:  # the next call tries again; planning goes on with the last read
             log.warning("reading nodes and pods failed: %s", error)
+
+
+def _blocked_workers(pods: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for pod in pods:
+        labels = pod["metadata"].get("labels") or {}
+        if labels.get(children.LABEL_COMPONENT) != "trainer" or recovery.blocked([pod]) is None:
+            continue
+        key = (pod["metadata"]["namespace"], labels.get(children.LABEL_JOB, ""), labels.get(children.LABEL_ATTEMPT, ""))
+        found.setdefault(key, []).append({"metadata": {"name": pod["metadata"]["name"]},
+                                          "status": {"containerStatuses": pod["status"]["containerStatuses"]}})
+    return found
