@@ -38,31 +38,33 @@ def finetunejob(index: int) -> dict:
                      "resources": {"maxGPUs": 1}}}
 
 
-def apiserver_requests(cluster: LocalCluster) -> Counter:
+def apiserver_metrics(cluster: LocalCluster) -> list[tuple[str, dict[str, str], float]]:
+    """The apiserver's request samples: (metric, labels, value)."""
     text = cluster.kubectl_ok("get", "--raw", "/metrics", timeout=60)
-    counts: Counter = Counter()
+    samples = []
     for line in text.splitlines():
-        if line.startswith("apiserver_request_total{"):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-            if labels.get("resource") in OPERATOR_RESOURCES:
-                counts[(labels["resource"], labels["verb"])] += float(line.rsplit(" ", 1)[1])
+        if line.startswith("apiserver_request_"):
+            metric, rest = line.split("{", 1)
+            samples.append((metric, dict(re.findall(r'(\w+)="([^"]*)"', rest)), float(line.rsplit(" ", 1)[1])))
+    return samples
+
+
+def apiserver_requests(samples: list[tuple[str, dict[str, str], float]]) -> Counter:
+    counts: Counter = Counter()
+    for metric, labels, value in samples:
+        if metric == "apiserver_request_total" and labels.get("resource") in OPERATOR_RESOURCES:
+            counts[(labels["resource"], labels["verb"])] += value
     return counts
 
 
-def apiserver_write_latency(cluster: LocalCluster) -> dict[str, tuple[float, float]]:
+def apiserver_write_latency(samples: list[tuple[str, dict[str, str], float]]) -> dict[str, tuple[float, float]]:
     """p50 and p99 seconds the apiserver took to create each child kind (the operator's writes wait on these)."""
-    text = cluster.kubectl_ok("get", "--raw", "/metrics", timeout=60)
-    latency = {}
-    for resource in ("configmaps", "services", "jobs"):
-        buckets: dict[str, float] = {}
-        for line in text.splitlines():
-            if line.startswith("apiserver_request_duration_seconds_bucket{"):
-                labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
-                if labels.get("resource") == resource and labels.get("verb") == "POST":
-                    buckets[labels["le"]] = buckets.get(labels["le"], 0) + float(line.rsplit(" ", 1)[1])
-        page = "".join(f'm_bucket{{le="{le}"}} {count}\n' for le, count in buckets.items())
-        latency[resource] = (histogram_quantile(page, "m", 0.5), histogram_quantile(page, "m", 0.99))
-    return latency
+    buckets: dict[str, Counter] = {resource: Counter() for resource in ("configmaps", "services", "jobs")}
+    for metric, labels, value in samples:
+        if metric == "apiserver_request_duration_seconds_bucket" and labels.get("verb") == "POST" \
+                and labels.get("resource") in buckets:
+            buckets[labels["resource"]][_bound(labels["le"])] += value
+    return {resource: (quantile(counts, 0.5), quantile(counts, 0.99)) for resource, counts in buckets.items()}
 
 
 def process_usage(pid: int) -> tuple[float, int]:
@@ -75,9 +77,18 @@ def process_usage(pid: int) -> tuple[float, int]:
     return cpu, peak
 
 
+def _bound(le: str) -> float:
+    return float("inf") if le == "+Inf" else float(le)
+
+
 def histogram_quantile(page: str, metric: str, q: float) -> float:
-    buckets = sorted((float("inf") if le == "+Inf" else float(le), float(value))
-                     for le, value in re.findall(rf'{metric}_bucket{{le="([^"]+)"}} (\S+)', page))
+    return quantile({_bound(le): float(value)
+                     for le, value in re.findall(rf'{metric}_bucket{{le="([^"]+)"}} (\S+)', page)}, q)
+
+
+def quantile(cumulative: dict[float, float], q: float) -> float:
+    """The q-quantile of a histogram's cumulative bucket counts by upper bound, as Prometheus interpolates it."""
+    buckets = sorted(cumulative.items())
     total = buckets[-1][1]
     lower_bound, lower_count = 0.0, 0.0
     for bound, count in buckets:
@@ -113,7 +124,7 @@ def main() -> None:
                                     stdout=(state / "operator.log").open("w"), stderr=subprocess.STDOUT)
         time.sleep(5)
         cpu_before, rss_at_start = process_usage(operator.pid)
-        requests_before = apiserver_requests(cluster)
+        requests_before = apiserver_requests(apiserver_metrics(cluster))
 
         manifests = {"apiVersion": "v1", "kind": "List", "items": [finetunejob(i) for i in range(args.jobs)]}
         t0 = time.monotonic()
@@ -133,9 +144,10 @@ def main() -> None:
             time.sleep(2)
         time.sleep(15)  # let the reconcile timers run over the settled jobs too
         cpu_after, peak_rss = process_usage(operator.pid)
-        requests = apiserver_requests(cluster) - requests_before
+        samples = apiserver_metrics(cluster)
+        requests = apiserver_requests(samples) - requests_before
+        write_latency = apiserver_write_latency(samples)
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        write_latency = apiserver_write_latency(cluster)
         reconciles = float(re.search(r"kubetune_reconcile_duration_seconds_count (\S+)", page)[1])
 
         ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]

@@ -127,7 +127,7 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
                       "attempt's workers to stop")
             return _write(body, patch, conds, status)
         # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
-        # goes last, so once it exists its ConfigMap and Service do too and steady state costs one read.
+        # goes last, so once it exists its ConfigMap and Service do too and steady state reads only the index.
         foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube, memo.capacity,
                                          patch)
         if foreign:

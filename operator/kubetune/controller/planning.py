@@ -100,13 +100,12 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
             by_type[group.gpu.id] = group
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
-    request = request_for(spec).model_copy(update={"memory_scale": memory_scale})
+    update: dict[str, object] = {"memory_scale": memory_scale}
     if resuming is not None:
-        request = request.model_copy(update={
-            "method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
-            "precision": Precision(resuming.precision), "min_zero_stage": ZeroStage(resuming.zero_stage)})
+        update |= {"method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
+                   "precision": Precision(resuming.precision), "min_zero_stage": ZeroStage(resuming.zero_stage)}
     try:
-        result = search.plan(arch, request, pools)
+        result = search.plan(arch, request_for(spec).model_copy(update=update), pools)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
         return Decision(None, None, None, str(error), "InvalidSpec")
     if result.chosen is None:

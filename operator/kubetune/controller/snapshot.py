@@ -2,10 +2,10 @@
 
 Planning needs all nodes and every pod that holds GPUs. Listing them per FineTuneJob made a burst of new jobs
 cost one cluster-wide pod list each; now one read at a time refreshes a shared copy once it is older than
-MAX_AGE_SECONDS, and reconciles never wait for it except the very first. The same read finds training pods
-that cannot start (recovery.blocked), which workers slow to become ready made reconciles list per job. Staleness is harmless for planning:
+MAX_AGE_SECONDS, and reconciles never wait for it except the very first. Staleness is harmless for planning:
 the scheduler still places every pod against live capacity, and a plan on capacity that went away waits in
-Pending like any other pod."""
+Pending like any other pod. The same read finds the training pods that cannot start (recovery.blocked), for
+which reconciles of workers slow to become ready used to list pods per job."""
 
 import asyncio
 import logging

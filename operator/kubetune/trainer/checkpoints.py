@@ -23,6 +23,10 @@ LATEST = "latest-complete"
 LAYOUT = "layout.json"
 UNIVERSAL = "-universal"
 MODEL_STATES = ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt")
+# The marker DeepSpeed's universal conversion requires of the client (no tensor or pipeline parallelism to
+# describe here).
+UNIVERSAL_INFO = {constants.UNIVERSAL_CHECKPOINT_INFO: {
+    constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
 # How long the other ranks wait for rank 0 to convert a checkpoint: a full model's optimizer states take far
 # longer than DeepSpeed's process-group timeout (DEEPSPEED_TIMEOUT, 10 min by default).
 CONVERSION_TIMEOUT = timedelta(hours=6)
@@ -143,16 +147,12 @@ def prune(directory: Path, keep: int) -> None:
 
 def save(engine, directory: Path, step: int, client_state: dict, layout: Layout, keep: int) -> None:
     name = tag(step)
-    # The marker DeepSpeed's universal conversion requires of the client (no tensor or pipeline parallelism
-    # to describe here).
-    universal = {constants.UNIVERSAL_CHECKPOINT_INFO: {
-        constants.UNIVERSAL_CHECKPOINT_VERSION_KEY: constants.UNIVERSAL_CHECKPOINT_VERSION_VALUE}}
     if dist.get_rank() == 0 and (directory / name).exists() and not (directory / name / COMPLETE).exists():
         # What a save cut short left under this tag, maybe by another layout whose extra rank files DeepSpeed
         # would not overwrite and a later conversion would count.
         shutil.rmtree(directory / name)
     dist.barrier()
-    engine.save_checkpoint(str(directory), tag=name, client_state={**client_state, **universal},
+    engine.save_checkpoint(str(directory), tag=name, client_state={**client_state, **UNIVERSAL_INFO},
                            save_latest=False)
     dist.barrier()
     if dist.get_rank() == 0:
