@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the local control plane's binaries from Go modules into a cache outside the checkout, so every
+# Builds the local control plane's and the real node's binaries from Go modules into a cache outside the checkout, so every
 # clone on this machine (CI's included) reuses them. A binary is rebuilt only when its stamp (version and
 # module checksums) changes. A cold build takes about 13 minutes on 2 cores; progress is printed as it goes.
 #
@@ -76,6 +76,62 @@ build_kubernetes() {
   mark "$stamp" kube-apiserver kube-controller-manager kube-scheduler
 }
 
+# The real node's kubelet: from the same wrapper module and with the same stamp as the control plane (same
+# version, same go.sum), built on its own so adding it did not rebuild the others.
+build_kubelet() {
+  local version minor stamp ldflags pkg
+  version="$(module_version "$here/k8s" k8s.io/kubernetes)"
+  stamp="$(stamp_of "$version" "$here/k8s/go.sum")"
+  up_to_date "$stamp" kubelet && return
+  minor="$(echo "$version" | cut -d. -f2)"
+  ldflags="-s -w"
+  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
+    ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  log "kubelet $version: building (cold, after the control plane: about 1 min)"
+  (cd "$here/k8s" && with_heartbeat "kubelet $version" \
+    go build -trimpath -pgo=off -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$bin/" \
+      k8s.io/kubernetes/cmd/kubelet)
+  mark "$stamp" kubelet
+}
+
+# The real node's runtime: containerd v2 (Debian's 1.6 lacks the CRI RuntimeConfig call kubelet 1.38 needs).
+# Static, without the snapshotters this machine has no use for.
+build_containerd() {
+  local stamp
+  stamp="$(stamp_of "$CONTAINERD_VERSION")"
+  up_to_date "$stamp" containerd containerd-shim-runc-v2 ctr && return
+  log "containerd $CONTAINERD_VERSION: building containerd, its runc shim and ctr (cold: about 2 min)"
+  GOBIN="$bin" with_heartbeat "containerd $CONTAINERD_VERSION" go install -trimpath \
+    -tags "no_btrfs no_devmapper no_zfs" -ldflags "-s -w" \
+    "github.com/containerd/containerd/v2/cmd/containerd@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION" \
+    "github.com/containerd/containerd/v2/cmd/ctr@$CONTAINERD_VERSION"
+  mark "$stamp" containerd containerd-shim-runc-v2 ctr
+}
+
+build_coredns() {
+  local stamp
+  stamp="$(stamp_of "$COREDNS_VERSION")"
+  up_to_date "$stamp" coredns && return
+  log "coredns $COREDNS_VERSION: building (cold: about 3 min)"
+  GOBIN="$bin" with_heartbeat "coredns $COREDNS_VERSION" go install -trimpath -ldflags "-s -w" \
+    "github.com/coredns/coredns@$COREDNS_VERSION"
+  mark "$stamp" coredns
+}
+
+# The node's sandbox binary (hack/pause); `kubetune dev-cluster up` packs it into an image.
+build_pause() {
+  local stamp
+  stamp="$(cat "$here/pause/go.mod" "$here/pause/main.go" | sha256sum | cut -c1-16)"
+  up_to_date "$stamp" pause && return
+  log "pause: building"
+  (cd "$here/pause" && go build -trimpath -ldflags "-s -w" -o "$bin/pause" .)
+  mark "$stamp" pause
+}
+
 build_etcd() {
   local version stamp
   version="$(module_version "$here/etcd" go.etcd.io/etcd/server/v3)"
@@ -121,4 +177,8 @@ build_etcd
 build_kwok
 build_kubernetes
 build_helm
+build_kubelet
+build_containerd
+build_coredns
+build_pause
 log "all binaries ready in $bin"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for kubetune's demo and tests; idempotent, so a warm machine passes in seconds.
-# Installs the Python package with its test tools into .venv and builds the local control plane's
-# binaries into ~/.cache/kubetune (cold: about 13 minutes on 2 cores; warm: seconds).
+# Installs the Python package with its test tools into .venv, builds the local control plane's and real node's
+# binaries into ~/.cache/kubetune and the trainer image (cold: about 13 minutes on 2 cores; warm: seconds).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -20,8 +20,23 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
+# The local cluster's real node: Debian's runc and CNI plugins (containerd, the kubelet and CoreDNS are built
+# from Go modules below), iptables for the kubelet and the portmap plugin, buildah and debootstrap for the
+# trainer image.
+node_packages=(runc containernetworking-plugins iptables buildah debootstrap)
+missing=()
+for package in "${node_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing the real node's packages: ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 [ -x .venv/bin/python ] || { log "creating .venv"; python3.11 -m venv .venv; }
 log "installing kubetune[test] into .venv"
 .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
 
 hack/build-bins.sh
+# The image the real node's training pods run (cold: about 10 minutes; warm: instant, keyed on its inputs).
+hack/build-trainer-image.sh >/dev/null

@@ -219,6 +219,30 @@ def dev_cluster_down(name: str = NameOption) -> None:
     console.print(f"cluster '{name}' stopped")
 
 
+@dev_cluster.command("seed")
+def dev_cluster_seed(
+    name: str = NameOption,
+    namespace: str = typer.Option("default", help="Namespace of the claims."),
+    data_claim: str = typer.Option("demo-data", help="Claim that gets the dataset and tokenizer."),
+    output_claim: str = typer.Option("demo-output", help="Claim for the job's checkpoints and adapter."),
+) -> None:
+    """Create the tiny example's claims on the real node and put its dataset and tokenizer on the data claim."""
+    import tempfile
+
+    from kubetune.devcluster import seed, trainer_image
+
+    cluster = LocalCluster(name, _state_root() / name)
+    if not cluster.is_running():
+        console.print(f"[red]error:[/red] cluster '{name}' is not running: kubetune dev-cluster up")
+        raise typer.Exit(1)
+    claims = [seed.claim(data_claim, namespace), seed.claim(output_claim, namespace)]
+    cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(claims))
+    with tempfile.TemporaryDirectory() as folder:
+        seed.put_on_claim(cluster.kubectl, namespace, data_claim, seed.write_world(Path(folder)),
+                          trainer_image.build().ref)
+    console.print(f"claim {data_claim}: {seed.DATASET_FILE} and {seed.TOKENIZER_FOLDER}/; claim {output_claim}: empty")
+
+
 @dev_cluster.command("nodes")
 def dev_cluster_nodes(name: str = NameOption) -> None:
     """Show the cluster's nodes with their GPUs, as GPU Feature Discovery labelled them."""

@@ -23,14 +23,16 @@ KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 class Operator:
     """`kubetune run-operator` as a child process that a test may kill and start again."""
 
-    def __init__(self, kubeconfig: Path, log: Path, *args: str) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.args = args
+        self.env = env or {}
+        self.metrics_port = int(args[args.index("--metrics-port") + 1]) if "--metrics-port" in args else None
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1")
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1", **self.env)
         self.process = subprocess.Popen([KUBETUNE, "run-operator", *self.args], env=env, stdout=self.log.open("a"),
                                         stderr=subprocess.STDOUT)
 
@@ -54,10 +56,11 @@ def install_crd(cluster: LocalCluster) -> None:
 
 
 @contextmanager
-def operator_running(cluster: LocalCluster, folder: Path, *args: str) -> Iterator[Operator]:
+def operator_running(cluster: LocalCluster, folder: Path, *args: str,
+                     env: dict[str, str] | None = None) -> Iterator[Operator]:
     """The CRD installed and the operator running for the block; its log's tail is printed afterwards."""
     install_crd(cluster)
-    running = Operator(cluster.kubeconfig, folder / "operator.log", *args)
+    running = Operator(cluster.kubeconfig, folder / "operator.log", *args, env=env)
     running.start()
     try:
         yield running

@@ -16,6 +16,7 @@ pytest.importorskip("deepspeed")
 
 from kubetune.api import v1alpha1 as api  # noqa: E402
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig  # noqa: E402
+from kubetune.devcluster import seed  # noqa: E402
 from kubetune.planner.ds_config import ds_config  # noqa: E402
 from kubetune.planner.settings import Buckets, Method, TrainingSettings, ZeroStage  # noqa: E402
 
@@ -24,36 +25,15 @@ SEQ_LEN = 48
 RANKS = 2
 
 
-def records() -> list[dict]:
-    words = ["red", "green", "blue", "cyan", "pink", "gold", "gray", "navy"]
-    out = []
-    for i in range(64):
-        chosen = [words[(i + k) % len(words)] for k in range(3 + i % 3)]
-        out.append({"instruction": "reverse: " + " ".join(chosen), "output": " ".join(reversed(chosen))})
-    return out
-
-
 @pytest.fixture(scope="session")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    root = tmp_path_factory.mktemp("trainer-world")
-    data = records()
-    (root / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel()
-    texts = [r["instruction"] + "\n" + r["output"] for r in data]
-    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=128, special_tokens=["<pad>", "<eos>", "<unk>"]))
-    PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<eos>",
-                            unk_token="<unk>").save_pretrained(root / "tokenizer")
+    root = seed.write_world(tmp_path_factory.mktemp("trainer-world"))
+    (root / "data.jsonl").write_text((root / seed.DATASET_FILE).read_text())
     return root
 
 
-def model_config(vocab: int = 128) -> dict:
-    return {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "num_key_value_heads": 2, "intermediate_size": 172, "vocab_size": vocab, "pad_token_id": 0,
-            "eos_token_id": 1, "bos_token_id": 1}
+def model_config(vocab: int = seed.VOCAB_SIZE) -> dict:
+    return {**seed.model_config(), "vocab_size": vocab}
 
 
 @dataclass

@@ -78,6 +78,9 @@ class ModelSource(_Model):
                        "catalog name, or a path to a model folder on the data volume.")
     revision: str | None = Field(default=None, max_length=255, description="revision is the Hub revision (branch, "
                                  "tag or commit) to load.")
+    tokenizer: str | None = Field(default=None, max_length=1024, description="tokenizer is a Hub id or a path on "
+                                  "the data claim (`dataset.claimName`) to load the tokenizer from; default: the "
+                                  "model's own.")
     config: dict[str, Any] | None = Field(default=None, description="config overrides or supplies the model's "
                                           "config.json fields (for models outside the catalog).",
                                           json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})
@@ -157,12 +160,25 @@ class Training(_Model):
 class Resources(_Model):
     """resources bound what the plan may use."""
 
+    model_config = ConfigDict(json_schema_extra=rules(
+        ("!has(self.gpus) || !has(self.nodes) || self.gpus % self.nodes == 0",
+         "`gpus` must be a multiple of `nodes`: every node of the plan runs as many GPUs"),
+        ("!has(self.gpus) || !has(self.maxGPUs) || self.gpus <= self.maxGPUs", "`gpus` may not exceed `maxGPUs`"),
+        ("!has(self.nodes) || !has(self.maxNodes) || self.nodes <= self.maxNodes",
+         "`nodes` may not exceed `maxNodes`"),
+    ))
+
     gpu_types: list[Annotated[str, Field(max_length=128)]] | None = Field(
         default=None, max_length=32, description="gpuTypes the job may use, as GPU Feature Discovery product "
         "labels (NVIDIA-H100-80GB-HBM3) or kubetune ids (H100-SXM-80GB); default: any.")
     max_gpus: int | None = Field(default=None, ge=1, le=4096, alias="maxGPUs",
                                  description="maxGPUs caps the GPUs used.")
     max_nodes: int | None = Field(default=None, ge=1, le=512, description="maxNodes caps the nodes used.")
+    gpus: int | None = Field(default=None, ge=1, le=4096, description="gpus pins the number of GPUs in all "
+                             "(e.g. exactly 16); the planner chooses everything else around it.")
+    nodes: int | None = Field(default=None, ge=1, le=512, description="nodes pins the number of training pods "
+                              "(torchrun nodes). With `gpus`, each pod gets gpus/nodes GPUs and pods may share a "
+                              "machine that has them free; alone, each pod takes a whole node's GPUs.")
     objective: ObjectiveType = Field(default=ObjectiveType.CHEAPEST, description="objective is what the planner "
                                      "optimises: Cheapest (cost per token), Fastest, or FewestGPUs.")
 

@@ -11,6 +11,9 @@ _FAMILY_BY_MAJOR = {7: "volta", 8: "ampere", 9: "hopper", 10: "blackwell", 12: "
 
 # The extended resource the NVIDIA device plugin advertises.
 GPU_RESOURCE = "nvidia.com/gpu"
+# On a node whose GPUs are simulated (the local cluster's real node: its pods run on the CPU). Only jobs that
+# name the node's GPU type in resources.gpuTypes are planned there.
+SIMULATED_GPUS_LABEL = "kubetune.io/simulated-gpus"
 
 # GFD appends this to the product when a GPU is shared (time-slicing or MPS); the hardware is the same.
 SHARED_SUFFIX = "-SHARED"

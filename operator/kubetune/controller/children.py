@@ -17,11 +17,19 @@ LABEL_COMPONENT = "kubetune.io/component"
 # Which attempt of the run a Job and its pods belong to: restarts replace the Job under the same name.
 LABEL_ATTEMPT = "kubetune.io/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set by the Job controller on an Indexed Job's pods.
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+# The trainer image's user (trainer_image/Dockerfile); also the pods' fsGroup, so a claim whose root is
+# owned by root (as provisioners create them) is writable.
+TRAINER_UID = 1000
+# Per GPU, what a training pod asks for when its node has it to give: data loading and the launcher want a few
+# cores, offload and checkpoint saving host memory.
+CPU_MILLIS_PER_GPU = 4000
+HOST_MEMORY_PER_GPU = 8 * 1024**3
 DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
 RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9400
 CONFIG_DIR = "/etc/kubetune"
-GIB = 1024**3
 
 
 def names(job_name: str) -> dict[str, str]:
@@ -40,7 +48,7 @@ def attempt_of(job: dict[str, Any]) -> int:
 def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
     lora = settings.lora
     trainer = TrainerConfig(
-        job=name, model=spec.model, dataset=spec.dataset, training=spec.training, output=spec.output,
+        job=name, model=spec.model, tokenizer=spec.model.tokenizer, dataset=spec.dataset, training=spec.training, output=spec.output,
         checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method.value,
         # alpha = 2 x rank, the common choice; the API exposes rank only.
         lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
@@ -92,6 +100,19 @@ def _pod_metadata(name: str, spec: api.FineTuneJobSpec, attempt: int) -> dict[st
     return metadata
 
 
+def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int]:
+    """CPU (millicores) and host memory (bytes) per pod: what the plan wants, but never more than the pod's share
+    of its node (its GPUs' share), or a node with fewer cores than that per GPU could never run it."""
+    share = plan.gpus_per_node / group.gpus_per_node
+    cpu = CPU_MILLIS_PER_GPU * plan.gpus_per_node
+    memory = plan.memory.host_per_node + HOST_MEMORY_PER_GPU * plan.gpus_per_node
+    if group.cpu_millis is not None:
+        cpu = min(cpu, int(group.cpu_millis * share))
+    if group.host_memory_bytes is not None:
+        memory = max(plan.memory.host_per_node, min(memory, int(group.host_memory_bytes * share)))
+    return max(cpu, 100), memory
+
+
 def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1) -> dict[str, Any]:
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
@@ -121,10 +142,15 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     if spec.dataset.claim_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": spec.dataset.claim_name, "readOnly": True}})
         mounts.append({"name": "data", "mountPath": "/data", "readOnly": True})
-    host_memory = plan.memory.host_per_node + 8 * GIB * plan.gpus_per_node
+    cpu_millis, host_memory = _requests(plan, group)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": child["service"],
+        # The Pod Security Standards' restricted profile; fsGroup makes the claims writable for the trainer's
+        # user (OnRootMismatch: a big claim is not walked again at every start).
+        "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                            "fsGroup": TRAINER_UID, "fsGroupChangePolicy": "OnRootMismatch",
+                            "seccompProfile": {"type": "RuntimeDefault"}},
         "nodeSelector": {PRODUCT_LABEL: plan.gpu_product},
         "tolerations": _tolerations(group),
         "containers": [{
@@ -138,9 +164,10 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
                         for i in range(plan.gpus_per_node))],
             "resources": {
                 "limits": {GPU_RESOURCE: str(plan.gpus_per_node)},
-                "requests": {GPU_RESOURCE: str(plan.gpus_per_node), "cpu": str(4 * plan.gpus_per_node),
-                             "memory": f"{host_memory // GIB}Gi"},
+                "requests": {GPU_RESOURCE: str(plan.gpus_per_node), "cpu": f"{cpu_millis}m",
+                             "memory": f"{host_memory // 1024**2}Mi"},
             },
+            "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
             "volumeMounts": mounts,
             "terminationMessagePolicy": "FallbackToLogsOnError",
         }],

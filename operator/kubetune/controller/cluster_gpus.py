@@ -20,8 +20,23 @@ class GpuNodeGroup:
     gpus_per_node: int
     free_nodes: int = 0  # nodes whose GPUs are all free
     nodes: int = 0
+    simulated: bool = False  # gpus.SIMULATED_GPUS_LABEL: pods run on the CPU
+    free_gpus: list[int] = field(default_factory=list)  # per node
     host_memory_bytes: int | None = None
+    cpu_millis: int | None = None  # allocatable CPU per node (the smallest of the group)
     taints: list[dict[str, Any]] = field(default_factory=list)
+
+
+    def pod_slots(self, gpus_per_pod: int) -> int:
+        """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node)."""
+        return sum(free // gpus_per_pod for free in self.free_gpus)
+
+
+def _cpu_millis(value: str) -> int | None:
+    try:
+        return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
+    except ValueError:
+        return None
 
 
 def _quantity_bytes(value: str) -> int | None:
@@ -65,10 +80,17 @@ def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list
             gpu = gpus.by_gfd_product(product)
         except gpus.UnknownGpuError:
             continue
-        group = groups.setdefault((product, count), GpuNodeGroup(gpu=gpu, product=product, gpus_per_node=count))
+        simulated = labels.get(gpus.SIMULATED_GPUS_LABEL) == "true"
+        group = groups.setdefault((product, count, simulated), GpuNodeGroup(gpu=gpu, product=product,
+                                                                             gpus_per_node=count, simulated=simulated))
         group.nodes += 1
-        if held.get(node["metadata"]["name"], 0) == 0:
+        taken = held.get(node["metadata"]["name"], 0)
+        if taken == 0:
             group.free_nodes += 1
+        group.free_gpus.append(max(0, count - taken))
+        cpu = _cpu_millis(allocatable.get("cpu", ""))
+        if cpu is not None:
+            group.cpu_millis = min(group.cpu_millis or cpu, cpu)
         host = _quantity_bytes(allocatable.get("memory", ""))
         if host is not None:
             group.host_memory_bytes = min(group.host_memory_bytes or host, host)
@@ -79,7 +101,9 @@ def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list
 
 
 def allowed(group: GpuNodeGroup, gpu_types: list[str] | None) -> bool:
+    """Whether a job limited to `gpu_types` (None: any) may use the group. Simulated GPUs only when named: a job
+    must never land on CPU-backed GPUs by chance."""
     if not gpu_types:
-        return True
+        return not group.simulated
     wanted = {t.lower() for t in gpu_types}
     return group.gpu.id.lower() in wanted or group.product.lower() in wanted

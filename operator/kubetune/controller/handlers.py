@@ -42,6 +42,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.kube = await Kube.connect()
     memo.capacity = CapacitySnapshot(memo.kube)
     memo.series = m.JobSeries()
+    memo.progress = progress.ProgressReader()
 
 
 @kopf.on.cleanup()
@@ -90,6 +91,7 @@ def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, s
 @kopf.on.delete(*RESOURCE, optional=True)
 async def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
     memo.series.forget(namespace, name)
+    memo.progress.forget((namespace, name))
 
 
 async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
@@ -135,8 +137,8 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
         # The new Job reaches the trainer_jobs index through the watch; the next reconcile observes it.
         return _write(body, patch, conds, status)
     if job is not None:
-        await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, memo.capacity, conds, patch,
-                       status)
+        await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, memo.capacity, memo.progress,
+                       conds, patch, status)
     _write(body, patch, conds, status)
 
 
@@ -251,8 +253,9 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
 
 
 async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTuneJobSpec, plan: api.Plan,
-                   attempt: int, job: dict[str, Any], kube: Kube, capacity: CapacitySnapshot, conds: c.Conditions,
-                   patch: kopf.Patch, status: kopf.Status) -> None:
+                   attempt: int, job: dict[str, Any], kube: Kube, capacity: CapacitySnapshot,
+                   progress_reader: progress.ProgressReader, conds: c.Conditions, patch: kopf.Patch,
+                   status: kopf.Status) -> None:
     job_name = job["metadata"]["name"]
     suspended = bool(job["spec"].get("suspend"))
     # The user's suspend flag drives the Job, except that Kueue alone lifts suspension of a queued Job.
@@ -271,6 +274,11 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     if "Complete" in job_conditions:
         conds.set(c.RUNNING, False, c.REASON_COMPLETED, "all workers finished")
         conds.set(c.SUCCEEDED, True, c.REASON_COMPLETED, f"Job {job_name} completed")
+        last = status.get("progress") or {}
+        if last.get("totalSteps"):  # the last read may predate the last steps
+            total = last["totalSteps"]
+            patch.status["progress"] = {**last, "step": total, "etaSeconds": 0, "summary": f"{total}/{total}"}
+        progress_reader.forget((namespace, name))
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
         await _recover(body, name, namespace, spec, plan, attempt, job_conditions["Failed"].get("message", ""),
@@ -289,12 +297,12 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         if not status.get("startTime"):
             patch.status["startTime"] = c.now()
             m.time_to_running.observe(_seconds_since(body["metadata"]["creationTimestamp"]))
-        if progress.in_cluster():
-            names = children.names(name)
-            url = f"http://{names['job']}-0.{names['service']}.{namespace}.svc:{children.METRICS_PORT}/metrics"
-            current = await progress.scrape(url)
-            if current is not None:
-                patch.status["progress"] = current.model_dump(by_alias=True, exclude_none=True)
+        ip = await capacity.rank0_ip(namespace, name, attempt)
+        if ip is not None:
+            current = progress_reader.latest((namespace, name), f"http://{ip}:{children.METRICS_PORT}/metrics")
+            written = current.model_dump(by_alias=True, exclude_none=True) if current is not None else None
+            if written is not None and written != status.get("progress"):
+                patch.status["progress"] = written
     elif not suspended:
         conds.set(c.RUNNING, False, c.REASON_PODS_PENDING, "waiting for the workers to be scheduled")
 

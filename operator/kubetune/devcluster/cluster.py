@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from kubetune.devcluster import binaries
+from kubetune.devcluster.node import RealNode
 from kubetune.devcluster.profile import ClusterProfile
 
 # kwok's own stages, from its module (copied by hack/build-bins.sh). A config that declares any Stage
@@ -40,6 +41,7 @@ LONG_RUNNING_NAMESPACE = "kubetune-long-running"
 WAITING_LABEL = "waiting.kubetune.io"
 
 START_TIMEOUT_SECONDS = 180
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 class ClusterError(RuntimeError):
@@ -64,6 +66,10 @@ class LocalCluster:
     @property
     def cluster_dir(self) -> Path:
         return self.workdir / "clusters" / self.name
+
+    @property
+    def node(self) -> RealNode:
+        return RealNode(self.name, self.state_dir / "node", self.cluster_dir, self.kubectl)
 
     def kwokctl(self, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, KWOK_WORKDIR=str(self.workdir), KWOK_RUNTIME="binary")
@@ -111,6 +117,12 @@ class LocalCluster:
             # `kubernetes` Service endpoints, so it is turned off.
             "--extra-args", "kube-apiserver=advertise-address=127.0.0.1",
             "--extra-args", "kube-apiserver=endpoint-reconciler-type=none",
+            # Logs, exec and port-forward reach a real kubelet as on a production cluster: the apiserver shows a
+            # client certificate the kubelet checks against the cluster CA (kwokctl's admin pair: its CA is
+            # the cluster's), at the node's InternalIP (its hostname resolves nowhere).
+            "--extra-args", f"kube-apiserver=kubelet-client-certificate={self.cluster_dir / 'pki' / 'admin.crt'}",
+            "--extra-args", f"kube-apiserver=kubelet-client-key={self.cluster_dir / 'pki' / 'admin.key'}",
+            "--extra-args", "kube-apiserver=kubelet-preferred-address-types=InternalIP",
             "--wait", f"{START_TIMEOUT_SECONDS}s",
             timeout=START_TIMEOUT_SECONDS + 60,
         )
@@ -121,9 +133,15 @@ class LocalCluster:
         self.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(profile.node_manifests()))
         expected = {node["metadata"]["name"] for node in profile.node_manifests()}
         self._wait_for(f"{len(expected)} Ready nodes", lambda: expected <= self.ready_nodes())
+        if profile.real_node is not None:
+            self.node.up(profile, self.server())
+
+    def server(self) -> str:
+        return yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
 
     def down(self) -> None:
         """Stop the cluster and every process it started; a no-op when none is there."""
+        self.node.down()
         if self.cluster_dir.exists():
             self.kwokctl("delete", "cluster", timeout=120)
         self._kill_leftover_pids()
@@ -148,8 +166,14 @@ class LocalCluster:
             "options": {"runtime": "binary", "bindAddress": "127.0.0.1"},
             # One instance of each: leader election would only make them exit when the apiserver is briefly
             # away (a lease they cannot renew), and nothing restarts them in the binary runtime.
-            "componentsPatches": [{"name": component, "extraArgs": [{"key": "leader-elect", "value": "false"}]}
-                                  for component in ("kube-controller-manager", "kube-scheduler")],
+            "componentsPatches": [
+                *({"name": component, "extraArgs": [{"key": "leader-elect", "value": "false"}]}
+                  for component in ("kube-controller-manager", "kube-scheduler")),
+                # kwok plays only the profile's simulated nodes; a real node's kubelet reports for itself.
+                {"name": "kwok-controller", "extraArgs": [
+                    {"key": "manage-all-nodes", "value": "false"},
+                    {"key": "manage-nodes-with-annotation-selector", "value": f"{FAKE_NODE_ANNOTATION}=fake"}]},
+            ],
         }
         stages = [yaml.safe_load(binaries.kwok_stages_dir().joinpath(path).read_text()) for path in DEFAULT_STAGES]
         for stage in stages:

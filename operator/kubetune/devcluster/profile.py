@@ -48,6 +48,18 @@ class Pool(BaseModel):
     allocatable: Resources
 
 
+class RealNodeSpec(BaseModel):
+    """A real kubelet node (devcluster/node.py) whose GPUs are simulated: its pods run on the CPU."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    instance_type: str
+    gpu: PoolGpus
+    volumes: int = Field(default=16, ge=0, le=64, description="static local PersistentVolumes on the node")
+    volume_size: str = "20Gi"
+
+
 class ClusterProfile(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -55,6 +67,7 @@ class ClusterProfile(BaseModel):
     driver_version: str = Field(pattern=r"^\d+\.\d+(\.\d+)?$")
     cuda_version: str = Field(pattern=r"^\d+\.\d+$")
     pools: tuple[Pool, ...] = Field(min_length=1)
+    real_node: RealNodeSpec | None = None
 
     def node_manifests(self) -> list[dict[str, Any]]:
         return [self._node(pool, index) for pool in self.pools for index in range(pool.count)]
@@ -71,7 +84,7 @@ class ClusterProfile(BaseModel):
         capacity: dict[str, str] = {**pool.capacity.model_dump(), "pods": PODS_PER_NODE}
         allocatable: dict[str, str] = {**pool.allocatable.model_dump(), "pods": PODS_PER_NODE}
         if pool.gpu is not None:
-            labels |= self._gfd_labels(pool, pool.gpu)
+            labels |= gfd_labels(pool.instance_type, pool.gpu, self.driver_version, self.cuda_version)
             capacity[GPU_RESOURCE] = allocatable[GPU_RESOURCE] = str(pool.gpu.count)
         return {
             "apiVersion": "v1",
@@ -94,36 +107,38 @@ class ClusterProfile(BaseModel):
             },
         }
 
-    def _gfd_labels(self, pool: Pool, pool_gpus: PoolGpus) -> dict[str, str]:
-        gpu = pool_gpus.gpu_type
-        driver = self.driver_version.split(".")
-        cuda_major, cuda_minor = self.cuda_version.split(".")
-        return {
-            # Set by the GPU Operator from NFD's PCI vendor label, not by GFD.
-            "nvidia.com/gpu.present": "true",
-            "nvidia.com/gpu.product": gpu.gfd_products[0],
-            "nvidia.com/gpu.memory": str(gpu.memory_mib),
-            "nvidia.com/gpu.count": str(pool_gpus.count),
-            "nvidia.com/gpu.family": gpu.gfd_family,
-            "nvidia.com/gpu.compute.major": str(gpu.compute_major),
-            "nvidia.com/gpu.compute.minor": str(gpu.compute_minor),
-            "nvidia.com/gpu.machine": pool.instance_type,
-            "nvidia.com/gpu.mode": "compute",
-            "nvidia.com/gpu.replicas": "1",
-            "nvidia.com/gpu.sharing-strategy": "none",
-            "nvidia.com/mig.capable": str(gpu.mig_capable).lower(),
-            # The GPU Operator's default, so it appears even on GPUs without MIG.
-            "nvidia.com/mig.strategy": "single",
-            "nvidia.com/mps.capable": "false",
-            "nvidia.com/vgpu.present": "false",
-            "nvidia.com/cuda.driver-version.major": driver[0],
-            "nvidia.com/cuda.driver-version.minor": driver[1],
-            "nvidia.com/cuda.driver-version.revision": driver[2] if len(driver) > 2 else "",
-            "nvidia.com/cuda.driver-version.full": self.driver_version,
-            "nvidia.com/cuda.runtime-version.major": cuda_major,
-            "nvidia.com/cuda.runtime-version.minor": cuda_minor,
-            "nvidia.com/cuda.runtime-version.full": self.cuda_version,
-        }
+
+def gfd_labels(instance_type: str, pool_gpus: PoolGpus, driver_version: str, cuda_version: str) -> dict[str, str]:
+    """The labels GPU Feature Discovery and the GPU Operator put on a node with these GPUs."""
+    gpu = pool_gpus.gpu_type
+    driver = driver_version.split(".")
+    cuda_major, cuda_minor = cuda_version.split(".")
+    return {
+        # Set by the GPU Operator from NFD's PCI vendor label, not by GFD.
+        "nvidia.com/gpu.present": "true",
+        "nvidia.com/gpu.product": gpu.gfd_products[0],
+        "nvidia.com/gpu.memory": str(gpu.memory_mib),
+        "nvidia.com/gpu.count": str(pool_gpus.count),
+        "nvidia.com/gpu.family": gpu.gfd_family,
+        "nvidia.com/gpu.compute.major": str(gpu.compute_major),
+        "nvidia.com/gpu.compute.minor": str(gpu.compute_minor),
+        "nvidia.com/gpu.machine": instance_type,
+        "nvidia.com/gpu.mode": "compute",
+        "nvidia.com/gpu.replicas": "1",
+        "nvidia.com/gpu.sharing-strategy": "none",
+        "nvidia.com/mig.capable": str(gpu.mig_capable).lower(),
+        # The GPU Operator's default, so it appears even on GPUs without MIG.
+        "nvidia.com/mig.strategy": "single",
+        "nvidia.com/mps.capable": "false",
+        "nvidia.com/vgpu.present": "false",
+        "nvidia.com/cuda.driver-version.major": driver[0],
+        "nvidia.com/cuda.driver-version.minor": driver[1],
+        "nvidia.com/cuda.driver-version.revision": driver[2] if len(driver) > 2 else "",
+        "nvidia.com/cuda.driver-version.full": driver_version,
+        "nvidia.com/cuda.runtime-version.major": cuda_major,
+        "nvidia.com/cuda.runtime-version.minor": cuda_minor,
+        "nvidia.com/cuda.runtime-version.full": cuda_version,
+    }
 
 
 def builtin_names() -> list[str]:

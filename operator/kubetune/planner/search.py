@@ -131,6 +131,12 @@ def _gpu_counts(pool: GpuPool, request: Request) -> list[int]:
     return sorted({n for n in counts if n <= request.global_batch})
 
 
+def _per_node(gpus: int, pool: GpuPool, request: Request) -> int:
+    if request.num_nodes is not None and request.num_gpus is not None:
+        return request.num_gpus // request.num_nodes
+    return min(gpus, pool.gpus_per_node)
+
+
 def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
     gpu = pool.gpu
     capability = (gpu.compute_major, gpu.compute_minor)
@@ -142,7 +148,16 @@ def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
         problems.append(f"{gpu.id} has no bf16 support (compute capability {gpu.compute_capability}); use fp16")
     if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node * pool.nodes:
         problems.append(f"{request.num_gpus} GPUs asked, {pool.gpus_per_node * pool.nodes} {gpu.id} available")
-    if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node and request.num_gpus % pool.gpus_per_node:
+    if request.num_nodes is not None and request.num_gpus is not None:
+        if request.num_gpus % request.num_nodes:
+            problems.append(f"{request.num_gpus} GPUs do not split evenly over {request.num_nodes} nodes")
+        elif request.num_gpus // request.num_nodes > pool.gpus_per_node:
+            problems.append(f"{request.num_gpus // request.num_nodes} GPUs per node asked, {gpu.id} nodes have "
+                            f"{pool.gpus_per_node}")
+    if request.num_nodes is not None and request.num_nodes > pool.nodes:
+        problems.append(f"{request.num_nodes} nodes asked, {pool.nodes} of {gpu.id} available")
+    if (request.num_gpus is not None and request.num_nodes is None and request.num_gpus > pool.gpus_per_node
+            and request.num_gpus % pool.gpus_per_node):
         problems.append(f"{request.num_gpus} GPUs do not fill whole nodes of {pool.gpus_per_node} {gpu.id}")
     return problems
 
@@ -247,7 +262,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
                     base = dict(seq_len=request.seq_len, precision=precision, optimizer=request.optimizer,
                                 method=method, lora=request.lora, gradient_checkpointing=ckpt,
                                 attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
-                                gpus_per_node=min(n, pool.gpus_per_node), buckets=buckets)
+                                gpus_per_node=_per_node(n, pool, request), buckets=buckets)
                     if not _micro_batches(arch, pool, request, base, candidates, rejected):
                         failed_on_more_gpus = True
                         continue

@@ -42,6 +42,22 @@ DATA_MOUNT = Path("/data")  # controller/children.py mounts the dataset claim he
 TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
 
 
+def _on_claim(config: TrainerConfig, name: str) -> str:
+    """A model or tokenizer name that is a folder on the data claim means that folder; anything else is a Hub id
+    (or an absolute path)."""
+    if config.dataset.claim_name and not name.startswith("/") and (DATA_MOUNT / name).is_dir():
+        return str(DATA_MOUNT / name)
+    return name
+
+
+def for_this_machine(ds: dict) -> dict:
+    """The plan's DeepSpeed config as this machine can run it: without a GPU (simulated GPUs) the optimizer is
+    torch's own, since DeepSpeed's fused Adam is a CUDA kernel."""
+    if torch.cuda.is_available() or ds.get("optimizer", {}).get("type") not in ("Adam", "AdamW"):
+        return ds
+    return {**ds, "optimizer": {**ds["optimizer"], "params": {**ds["optimizer"]["params"], "torch_adam": True}}}
+
+
 def _attention(requested: str) -> str:
     if requested == "flash_attention_2":
         try:
@@ -61,7 +77,7 @@ def build_model(config: TrainerConfig) -> torch.nn.Module:
         hf_config = AutoConfig.for_model(config.model.config["model_type"], **kwargs)
         model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
     else:
-        model = AutoModelForCausalLM.from_pretrained(config.model.name, revision=config.model.revision,
+        model = AutoModelForCausalLM.from_pretrained(_on_claim(config, config.model.name), revision=config.model.revision,
                                                      attn_implementation=attention)
     model.config.use_cache = False
     if config.gradient_checkpointing:
@@ -100,7 +116,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         ds = {**ds, "checkpoint": {**ds.get("checkpoint", {}), "load_universal": True}}
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.tokenizer or config.model.name)
+        tokenizer = AutoTokenizer.from_pretrained(_on_claim(config, config.tokenizer or config.model.name))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         # The operator mounts the dataset's claim at DATA_MOUNT; `source` is then a path on it.
@@ -209,7 +225,7 @@ def main() -> None:
     args = parser.parse_args()
     try:
         config = TrainerConfig.model_validate_json(args.config.read_text())
-        ds = json.loads(args.deepspeed.read_text())
+        ds = for_this_machine(json.loads(args.deepspeed.read_text()))
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         train(config, ds)
     except torch.OutOfMemoryError:

@@ -1,0 +1,52 @@
+"""The real node's fixtures: the operator with the locally built trainer image, and a namespace whose claims
+(on the node's local volumes) hold the tiny world to train on."""
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.devcluster import seed, trainer_image
+from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.ftj import Operator, operator_running, temporary_namespace
+from tests.observability.prometheus import free_port
+
+
+@pytest.fixture(scope="session")
+def image() -> trainer_image.TrainerImage:
+    return trainer_image.build()
+
+
+@pytest.fixture(scope="module")
+def node_operator(cluster: LocalCluster, image: trainer_image.TrainerImage,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    folder = tmp_path_factory.mktemp("operator")
+    port = free_port()
+    with operator_running(cluster, folder, "--metrics-port", str(port),
+                          env={"KUBETUNE_TRAINER_IMAGE": image.ref}) as running:
+        yield running
+
+
+@dataclass(frozen=True)
+class Claims:
+    namespace: str
+    data: str
+    output: str
+
+
+def claim_folder(cluster: LocalCluster, namespace: str, claim: str) -> Path:
+    """Where a bound claim's files are on this machine: its local PersistentVolume's folder."""
+    volume = json.loads(cluster.kubectl_ok("get", "pvc", claim, "-n", namespace, "-o", "json"))["spec"]["volumeName"]
+    return Path(json.loads(cluster.kubectl_ok("get", "pv", volume, "-o", "json"))["spec"]["local"]["path"])
+
+
+@pytest.fixture
+def claims(cluster: LocalCluster, image: trainer_image.TrainerImage, tmp_path: Path) -> Iterator[Claims]:
+    with temporary_namespace(cluster, "node") as namespace:
+        cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(
+            [seed.claim("demo-data", namespace), seed.claim("demo-output", namespace)]))
+        seed.put_on_claim(cluster.kubectl, namespace, "demo-data", seed.write_world(tmp_path / "world"), image.ref)
+        yield Claims(namespace, "demo-data", "demo-output")
