@@ -6,9 +6,11 @@
 #   localhost/kubetune/trainer:dev-<first 12 hex of sha256 over trainer_image/Dockerfile, pyproject.toml,
 #   README.md, every file under operator/ but __pycache__, *.pyc and *.egg-info (sorted path and content),
 #   and the Debian base's image id>
-# The archive is an uncompressed OCI archive whose index.json names the image (org.opencontainers.image.ref.name
-# = the reference), which `ctr images import` keeps as the image's name:
+# The archive is a docker-archive (`docker save`'s format: uncompressed layers, manifest.json's RepoTags = the
+# reference), which `ctr images import` (containerd v2) accepts and names by that reference:
 #   ${KUBETUNE_CACHE:-~/.cache/kubetune}/images/trainer-<tag>.tar
+# (Not an OCI archive: buildah 1.28 gzips an OCI archive's layers even with --disable-compression, which is
+# slower to write and to import, both on 2 cores.)
 # Only the current archive is kept there, and only the current trainer image in buildah's storage (plus the
 # cached dependency layers, so a code change rebuilds one small layer, not torch).
 #
@@ -44,7 +46,7 @@ with_heartbeat() {  # with_heartbeat WHAT COMMAND... (its output goes to the bui
   while kill -0 "$pid" 2>/dev/null; do
     sleep 1
     if ((SECONDS >= next)) && kill -0 "$pid" 2>/dev/null; then
-      log "$what: still running ($((SECONDS - start)) s): $(grep -a '^STEP' "$build_log" | tail -n 1 | cut -c1-90)"
+      log "$what: still running ($((SECONDS - start)) s): $(grep -a . "$build_log" | tail -n 1 | cut -c1-90)"
       next=$((next + 30))
     fi
   done
@@ -132,7 +134,7 @@ for _ in 1 2 3 4 5 6 7 8; do
 done
 
 partial="$images/.trainer-$tag.tar.partial"
-with_heartbeat "archive" buildah push --disable-compression "$ref" "oci-archive:$partial:$ref"
+with_heartbeat "archive" buildah push "$ref" "docker-archive:$partial:$ref"
 mv -f "$partial" "$archive"
 find "$images" -maxdepth 1 -name 'trainer-*.tar' ! -name "trainer-$tag.tar" -delete
 log "$ref: $archive ($(du -h "$archive" | cut -f1)) in $((SECONDS - total)) s"

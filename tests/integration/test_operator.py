@@ -100,13 +100,19 @@ def test_a_pinned_configuration_that_cannot_fit_fails_with_the_smallest_need(
         ({"type": "Full", "loraRank": 8}, {}, "LoRA settings may not be given with `type` 'Full'"),
         ({"attention": "Eager"}, {"seqLen": 32768}, "`training.seqLen` must be at most 8192"),
         ({}, {"epochs": 1, "maxSteps": 10}, "`epochs` and `maxSteps` may not both be set"),
+        ({"resources": {"gpus": 3, "nodes": 2}}, {}, "`gpus` must be a multiple of `nodes`"),
+        ({"resources": {"gpus": 16, "maxGPUs": 8}}, {}, "`gpus` may not exceed `maxGPUs`"),
+        ({"resources": {"nodes": 4, "maxNodes": 2}}, {}, "`nodes` may not exceed `maxNodes`"),
     ],
 )
 def test_contradictory_specs_are_refused_at_apply_time(
     cluster: LocalCluster, operator: Operator, namespace: str, method: dict, training: dict, message: str
 ) -> None:
     manifest = example("minimal")
-    manifest["spec"]["method"] = method
+    if "resources" in method:
+        manifest["spec"]["resources"] = method["resources"]
+    else:
+        manifest["spec"]["method"] = method
     manifest["spec"]["training"] = training
     result = apply(cluster, namespace, manifest)
     assert result.returncode != 0

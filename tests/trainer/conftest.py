@@ -73,11 +73,13 @@ def write_configs(world: Path, output: Path, *, method: str, stage: int, steps: 
 
 
 def launch(config: Path, ds: Path, output: Path, master_port: int,
-           extra_env: dict[str, str] | None = None, ranks: int = RANKS) -> subprocess.Popen:
+           extra_env: dict[str, str] | None = None, ranks: int = RANKS, launcher: bool = False) -> subprocess.Popen:
+    """torchrun with the trainer, or (`launcher`) the training container's command, kubetune.trainer.launch."""
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
                KUBETUNE_TERMINATION_LOG=str(output / "termination-log"), **(extra_env or {}))
+    command = [sys.executable, "-m", "kubetune.trainer.launch"] if launcher else [TORCHRUN]
     return subprocess.Popen(
-        [TORCHRUN, f"--nproc_per_node={ranks}", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
+        [*command, f"--nproc_per_node={ranks}", "--nnodes=1", "--node_rank=0", "--master_addr=127.0.0.1",
          f"--master_port={master_port}", "-m", "kubetune.trainer", f"--config={config}", f"--deepspeed={ds}"],
         env=env, stdout=(output / "stdout.log").open("a"), stderr=subprocess.STDOUT, start_new_session=True)
 

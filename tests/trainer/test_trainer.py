@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from kubetune.api import contract
 from tests.trainer.conftest import (
     Run,
     finish,
@@ -175,9 +176,25 @@ def test_a_missing_dataset_ends_with_the_invalid_input_code_and_a_one_line_reaso
     broken = json.loads(config.read_text())
     broken["dataset"]["source"] = str(tmp_path / "missing.jsonl")
     config.write_text(json.dumps(broken))
-    process = launch(config, ds, tmp_path, master_port=29650)
-    assert process.wait(timeout=300) != 0  # torchrun's own code; each worker exited with the trainer's
+    process = launch(config, ds, tmp_path, master_port=29650, launcher=True)
+    # torchrun alone exits 1 whatever its workers did; the launcher exits with the workers' own code.
+    assert process.wait(timeout=300) == contract.INVALID_INPUT_EXIT_CODE
     assert "exitcode  : 87" in (tmp_path / "stdout.log").read_text()
     message = (tmp_path / "termination-log").read_text()
     assert message.startswith("kubetune-invalid-input FileNotFoundError") and "missing.jsonl" in message
     assert "\n" not in message.strip()
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_a_gpu_out_of_memory_on_one_rank_is_the_pods_verdict(world: Path, tmp_path: Path, ranks: int) -> None:
+    """The real torchrun, one rank and two: the rank that runs out of memory (torch's own OutOfMemoryError,
+    injected after step 3) decides the container's exit code and termination message, whatever its peers
+    (stopped by torchrun) report."""
+    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=8, interval=8, port=19460 + ranks,
+                               ranks=ranks)
+    process = launch(config, ds, tmp_path, master_port=29660 + ranks, ranks=ranks, launcher=True,
+                     extra_env={contract.INJECT_GPU_OOM_ENV: f"3:{ranks - 1}"})
+    assert process.wait(timeout=300) == contract.OOM_EXIT_CODE, (tmp_path / "stdout.log").read_text()[-3000:]
+    message = (tmp_path / "termination-log").read_text()
+    assert contract.parse_oom(message) is not None and "\n" not in message, message
+    assert [e["step"] for e in Run(tmp_path).log()] == [1, 2, 3][: 3 if ranks == 2 else 2]

@@ -5,6 +5,7 @@ import json
 import os
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig
 from kubetune.catalog.gpus import GPU_RESOURCE
@@ -27,9 +28,9 @@ TRAINER_UID = 1000
 CPU_MILLIS_PER_GPU = 4000
 HOST_MEMORY_PER_GPU = 8 * 1024**3
 DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
-RENDEZVOUS_PORT = 29500
-METRICS_PORT = 9400
-CONFIG_DIR = "/etc/kubetune"
+RENDEZVOUS_PORT = contract.RENDEZVOUS_PORT
+METRICS_PORT = contract.METRICS_PORT
+CONFIG_DIR = contract.CONFIG_DIR
 
 
 def names(job_name: str) -> dict[str, str]:
@@ -113,11 +114,13 @@ def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int]:
     return max(cpu, 100), memory
 
 
-def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1) -> dict[str, Any]:
+def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1,
+        annotations: dict[str, str] | None = None) -> dict[str, Any]:
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
     command = [
-        "torchrun", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}",
+        # The launcher runs torchrun and exits with the failing rank's own code (api/contract.py).
+        "python", "-m", "kubetune.trainer.launch", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}",
         "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master}", f"--master_port={RENDEZVOUS_PORT}",
         "-m", "kubetune.trainer", f"--config={CONFIG_DIR}/trainer.json", f"--deepspeed={CONFIG_DIR}/ds_config.json",
     ]
@@ -126,6 +129,9 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
+    inject = (annotations or {}).get(contract.INJECT_GPU_OOM_ANNOTATION)
+    if inject and attempt == 1:
+        env.append({"name": contract.INJECT_GPU_OOM_ENV, "value": inject})
     if spec.hub_token_secret_ref is not None:
         ref = spec.hub_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -141,7 +147,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
               {"name": "output", "mountPath": spec.output.path}]
     if spec.dataset.claim_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": spec.dataset.claim_name, "readOnly": True}})
-        mounts.append({"name": "data", "mountPath": "/data", "readOnly": True})
+        mounts.append({"name": "data", "mountPath": str(contract.DATA_MOUNT), "readOnly": True})
     cpu_millis, host_memory = _requests(plan, group)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",

@@ -241,7 +241,8 @@ async def _ensure_children(body: kopf.Body, name: str, namespace: str, spec: api
         if foreign:
             return foreign[0]
         if group is not None:
-            foreign_job = await _ensure(body, namespace, children.job(name, spec, plan, group, attempt), kube, created)
+            manifest = children.job(name, spec, plan, group, attempt, dict(body["metadata"].get("annotations", {})))
+            foreign_job = await _ensure(body, namespace, manifest, kube, created)
             if foreign_job:
                 return foreign_job
     finally:

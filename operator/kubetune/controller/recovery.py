@@ -5,19 +5,17 @@ A restart is of the whole gang (every worker): torchrun's static rendezvous cann
 back, and the survivors of a lost peer fail their collectives anyway. The trainer resumes from the newest
 complete checkpoint on the output volume."""
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 
-# kubetune.trainer.run's exit codes, repeated because the operator does not import the trainer (torch).
-TRAINER_OOM_EXIT_CODE = 86
-TRAINER_INVALID_INPUT_EXIT_CODE = 87
+TRAINER_OOM_EXIT_CODE = contract.OOM_EXIT_CODE
+TRAINER_INVALID_INPUT_EXIT_CODE = contract.INVALID_INPUT_EXIT_CODE
 # Each replan asks for this much more than the failed run showed it needs.
 REPLAN_MARGIN = 1.05
-_OOM = re.compile(r"kubetune-oom peak_allocated_bytes=(\d+) device_total_bytes=(\d+)")
 
 
 class Kind(StrEnum):
@@ -55,8 +53,8 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
             code, text = terminated["exitCode"], terminated.get("message", "").strip()
             message = f"pod {name} exited with code {code} ({terminated.get('reason', 'Error')}): {text}"
             if code == TRAINER_OOM_EXIT_CODE:
-                match = _OOM.search(text)
-                failures.append(Failure(Kind.OUT_OF_MEMORY, message, *(int(g) for g in match.groups())) if match
+                measured = contract.parse_oom(text)
+                failures.append(Failure(Kind.OUT_OF_MEMORY, message, *measured) if measured
                                 else Failure(Kind.OUT_OF_MEMORY, message))
             elif code == TRAINER_INVALID_INPUT_EXIT_CODE:
                 failures.append(Failure(Kind.INVALID_INPUT, message))

@@ -20,7 +20,7 @@ class TrainerImageError(RuntimeError):
 @dataclass(frozen=True)
 class TrainerImage:
     ref: str  # e.g. localhost/kubetune/trainer:dev-0123456789ab
-    archive: Path  # an uncompressed OCI archive whose index.json names ref
+    archive: Path  # a docker-archive (uncompressed layers) whose manifest.json names ref
 
 
 def build(timeout: float = 3600) -> TrainerImage:

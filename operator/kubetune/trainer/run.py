@@ -21,6 +21,7 @@ import torch.distributed as dist
 from pydantic import ValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
+from kubetune.api import contract
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, throughput
@@ -28,18 +29,15 @@ from kubetune.planner.settings import TrainingSettings
 from kubetune.trainer import checkpoints, data
 from kubetune.trainer.metrics import TrainerMetrics
 
-# Distinct from a crash (1) and from the kernel's OOM kill (137): the GPU ran out, the operator may replan.
-OOM_EXIT_CODE = 86
-# Input that no retry can fix (a dataset or model that is missing or malformed): the operator fails the job
-# at once instead of spending its restart budget.
-INVALID_INPUT_EXIT_CODE = 87
+OOM_EXIT_CODE = contract.OOM_EXIT_CODE
+INVALID_INPUT_EXIT_CODE = contract.INVALID_INPUT_EXIT_CODE
 INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError, UnicodeDecodeError)
 
 
 class InvalidInputError(Exception):
     """The dataset, tokenizer or model could not be read as configured."""
-DATA_MOUNT = Path("/data")  # controller/children.py mounts the dataset claim here
-TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", "/dev/termination-log"))
+DATA_MOUNT = contract.DATA_MOUNT
+TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
 
 
 def _on_claim(config: TrainerConfig, name: str) -> str:
@@ -143,6 +141,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         _, state = engine.load_checkpoint(str(directory), tag=resume.tag)
         step = state["step"]
     log = (Path(config.output.path) / "train_log.jsonl").open("a") if rank == 0 else None
+    fault = contract.injected_oom(os.environ.get(contract.INJECT_GPU_OOM_ENV))
     accumulation = ds["gradient_accumulation_steps"]
     device = engine.device
     while step < steps:
@@ -155,6 +154,8 @@ def train(config: TrainerConfig, ds: dict) -> None:
             engine.step()
             losses.append(loss.item())
         step += 1
+        if fault == (step, rank):
+            raise torch.OutOfMemoryError(f"injected by {contract.INJECT_GPU_OOM_ENV} after step {step} on rank {rank}")
         seconds = time.perf_counter() - started
         samples = accumulation * ds["train_micro_batch_size_per_gpu"]
         mean_loss = sum(losses) / len(losses)
@@ -210,12 +211,20 @@ def _save_final(engine, config: TrainerConfig, rank: int) -> None:
     dist.barrier()
 
 
-def _terminate(message: str) -> None:
+def _terminate(message: str, code: int) -> None:
+    """This rank's last word: a verdict for the launcher, which picks the pod's from its ranks'; run without it
+    (torchrun alone), the termination log itself."""
+    print(message, file=sys.stderr)
+    verdicts = os.environ.get(contract.VERDICT_DIR_ENV)
     try:
-        TERMINATION_LOG.write_text(message[:4000])
+        if verdicts:
+            rank = int(os.environ.get("RANK", "0"))
+            contract.write_verdict(Path(verdicts), contract.Verdict(rank=rank, exit_code=code, message=message))
+        else:
+            TERMINATION_LOG.write_text(message[:contract.MAX_MESSAGE])
     except OSError:
         pass
-    print(message, file=sys.stderr)
+    sys.exit(code)
 
 
 def main() -> None:
@@ -231,13 +240,10 @@ def main() -> None:
     except torch.OutOfMemoryError:
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
-        _terminate(f"kubetune-oom peak_allocated_bytes={peak} device_total_bytes={total}")
-        sys.exit(OOM_EXIT_CODE)
+        _terminate(contract.oom_message(peak, total), OOM_EXIT_CODE)
     except (ValidationError, InvalidInputError) as error:
         traceback.print_exc()
-        _terminate(f"kubetune-invalid-input {error}".splitlines()[0])
-        sys.exit(INVALID_INPUT_EXIT_CODE)
+        _terminate(f"kubetune-invalid-input {error}".splitlines()[0], INVALID_INPUT_EXIT_CODE)
     except Exception as error:  # the last word of any failure goes to the termination message
         traceback.print_exc()
-        _terminate(f"kubetune-error {type(error).__name__}: {error}".splitlines()[0])
-        sys.exit(1)
+        _terminate(f"kubetune-error {type(error).__name__}: {error}".splitlines()[0], contract.ERROR_EXIT_CODE)

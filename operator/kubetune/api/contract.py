@@ -1,0 +1,86 @@
+"""The operator-trainer contract beyond trainer.json (api/trainer_config.py): where a training pod finds its
+inputs, what it serves, and how it says why it ended. Both sides import this module; it imports neither torch
+nor the operator.
+
+How a pod ends: every rank that fails writes a verdict (its exit code and a one-line message) into the folder
+the launcher (kubetune.trainer.launch, the container's command) gives it; torchrun itself only ever exits 1,
+so the launcher exits with the most telling rank's code and writes that rank's line as the pod's termination
+message. The operator (controller/recovery.py) reads both.
+"""
+
+import json
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+# Exit codes: distinct from a crash (1) and from the kernel's OOM kill (137).
+OOM_EXIT_CODE = 86  # the GPU ran out of memory: the operator may replan on a more frugal plan
+INVALID_INPUT_EXIT_CODE = 87  # input no retry can fix: the job fails at once, without spending restarts
+ERROR_EXIT_CODE = 1
+
+CONFIG_DIR = "/etc/kubetune"  # trainer.json and ds_config.json, from the job's ConfigMap
+DATA_MOUNT = Path("/data")  # the dataset claim (dataset.claimName), read-only
+RENDEZVOUS_PORT = 29500
+METRICS_PORT = 9400  # rank 0's; local rank i serves on METRICS_PORT + i
+
+VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
+# Fault injection, for tests on real pods only: a FineTuneJob annotated "STEP:RANK" has its first attempt's
+# rank RANK raise torch's real OutOfMemoryError after optimizer step STEP (later attempts run clean, as a
+# replanned run would). Off unless the annotation is set; nothing else reads it.
+INJECT_GPU_OOM_ANNOTATION = "testing.kubetune.io/inject-gpu-oom"
+INJECT_GPU_OOM_ENV = "KUBETUNE_TESTING_INJECT_GPU_OOM"
+TERMINATION_LOG = Path("/dev/termination-log")
+MAX_MESSAGE = 4000  # the kubelet keeps 4096 bytes of a termination message
+
+_OOM = re.compile(r"kubetune-oom peak_allocated_bytes=(\d+) device_total_bytes=(\d+)")
+# Which rank's verdict explains a pod's end: an out-of-memory error or bad input explains its peers' failures
+# (their collectives break after it), a plain error comes last.
+_PRIORITY = {OOM_EXIT_CODE: 0, INVALID_INPUT_EXIT_CODE: 1}
+
+
+class Verdict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    rank: int
+    exit_code: int
+    message: str
+
+
+def oom_message(peak_allocated_bytes: int, device_total_bytes: int) -> str:
+    return f"kubetune-oom peak_allocated_bytes={peak_allocated_bytes} device_total_bytes={device_total_bytes}"
+
+
+def parse_oom(message: str) -> tuple[int, int] | None:
+    """(peak allocated, device total) bytes from an out-of-memory termination message."""
+    match = _OOM.search(message)
+    return (int(match.group(1)), int(match.group(2))) if match else None
+
+
+def write_verdict(folder: Path, verdict: Verdict) -> None:
+    (folder / f"rank-{verdict.rank}.json").write_text(verdict.model_dump_json())
+
+
+def read_verdicts(folder: Path) -> list[Verdict]:
+    verdicts = []
+    for path in sorted(folder.glob("rank-*.json")):
+        try:
+            verdicts.append(Verdict.model_validate(json.loads(path.read_text())))
+        except (OSError, ValueError):
+            continue  # a rank killed while writing leaves half a file; the others still tell
+    return verdicts
+
+
+def most_telling(verdicts: list[Verdict]) -> Verdict | None:
+    failed = [v for v in verdicts if v.exit_code != 0]
+    return min(failed, key=lambda v: (_PRIORITY.get(v.exit_code, 2), v.rank)) if failed else None
+
+
+def injected_oom(value: str | None) -> tuple[int, int] | None:
+    """(step, rank) of an INJECT_GPU_OOM setting; None when unset. A malformed one is an error, not ignored."""
+    if not value:
+        return None
+    step, _, rank = value.partition(":")
+    if not (step.isdigit() and rank.isdigit()):
+        raise ValueError(f"{INJECT_GPU_OOM_ENV}={value!r}: expected STEP:RANK, e.g. 5:1")
+    return int(step), int(rank)
