@@ -1,10 +1,13 @@
 # shellcheck shell=bash
 # Sourced by hack/build-operator-image.sh and hack/build-trainer-image.sh, so both images build the same way
-# from the same base: Debian's buildah as root with vfs storage and chroot isolation (no container engine
-# needed), from a Debian bookworm base made once with debootstrap, since no container registry is reachable.
+# from the same base: Debian's buildah as root with chroot isolation (no container engine needed), from a
+# Debian bookworm base made once with debootstrap, since no container registry is reachable.
 # The caller defines log() (to stderr).
 
 DEBIAN_BASE="localhost/kubetune-debian-base:bookworm"
+# STORAGE_DRIVER asks for vfs, which works on any kernel; but buildah 1.28 reads it only where a storage.conf
+# exists. Without one (Debian's package ships none) it picks overlay where the kernel allows, which stores
+# layers as differences rather than whole copies (the trainer image's disk and time figures assume it).
 export STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot
 
 ensure_buildah() {

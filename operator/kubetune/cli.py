@@ -229,7 +229,7 @@ def dev_cluster_seed(
     """Create the tiny example's claims on the real node and put its dataset and tokenizer on the data claim."""
     import tempfile
 
-    from kubetune.devcluster import seed, trainer_image
+    from kubetune.devcluster import seed
 
     cluster = LocalCluster(name, _state_root() / name)
     if not cluster.is_running():
@@ -239,7 +239,7 @@ def dev_cluster_seed(
     cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(claims))
     with tempfile.TemporaryDirectory() as folder:
         seed.put_on_claim(cluster.kubectl, namespace, data_claim, seed.write_world(Path(folder)),
-                          trainer_image.build().ref)
+                          cluster.node.state().trainer_image)
     console.print(f"claim {data_claim}: {seed.DATASET_FILE} and {seed.TOKENIZER_FOLDER}/; claim {output_claim}: empty")
 
 

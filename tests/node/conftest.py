@@ -9,24 +9,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.devcluster import seed, trainer_image
+from kubetune.devcluster import seed
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, operator_running, temporary_namespace
 from tests.observability.prometheus import free_port
 
 
 @pytest.fixture(scope="session")
-def image() -> trainer_image.TrainerImage:
-    return trainer_image.build()
+def image(cluster: LocalCluster) -> str:
+    """The trainer image the real node's runtime has: what its pods can run."""
+    return cluster.node.state().trainer_image
 
 
 @pytest.fixture(scope="module")
-def node_operator(cluster: LocalCluster, image: trainer_image.TrainerImage,
-                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def node_operator(cluster: LocalCluster, image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     folder = tmp_path_factory.mktemp("operator")
     port = free_port()
-    with operator_running(cluster, folder, "--metrics-port", str(port),
-                          env={"KUBETUNE_TRAINER_IMAGE": image.ref}) as running:
+    with operator_running(cluster, folder, "--metrics-port", str(port), env={"KUBETUNE_TRAINER_IMAGE": image}) as running:
         yield running
 
 
@@ -44,9 +43,9 @@ def claim_folder(cluster: LocalCluster, namespace: str, claim: str) -> Path:
 
 
 @pytest.fixture
-def claims(cluster: LocalCluster, image: trainer_image.TrainerImage, tmp_path: Path) -> Iterator[Claims]:
+def claims(cluster: LocalCluster, image: str, tmp_path: Path) -> Iterator[Claims]:
     with temporary_namespace(cluster, "node") as namespace:
         cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(
             [seed.claim("demo-data", namespace), seed.claim("demo-output", namespace)]))
-        seed.put_on_claim(cluster.kubectl, namespace, "demo-data", seed.write_world(tmp_path / "world"), image.ref)
+        seed.put_on_claim(cluster.kubectl, namespace, "demo-data", seed.write_world(tmp_path / "world"), image)
         yield Claims(namespace, "demo-data", "demo-output")

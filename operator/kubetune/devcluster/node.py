@@ -7,6 +7,7 @@ only for jobs that name that GPU type. Static local PersistentVolumes on it stan
 folders are root-owned as provisioners make them, so pods write to them through fsGroup as on real clusters.
 """
 
+import dataclasses
 import hashlib
 import ipaddress
 import json
@@ -21,7 +22,7 @@ from typing import Any, Protocol
 import yaml
 
 from kubetune.catalog import gpus
-from kubetune.devcluster import binaries, host, node_config, oci, pki
+from kubetune.devcluster import binaries, host, node_config, oci, pki, trainer_image
 from kubetune.devcluster.profile import ClusterProfile, RealNodeSpec, gfd_labels
 
 SIMULATED_LABEL = gpus.SIMULATED_GPUS_LABEL
@@ -49,6 +50,7 @@ class NodeState:
     subnet: str
     cgroup_root: str
     node: str
+    trainer_image: str = ""  # the reference loaded into its runtime: what its pods run
 
     @property
     def network(self) -> node_config.NodeNetwork:
@@ -72,6 +74,13 @@ class RealNode:
     def state_file(self) -> Path:
         return self.paths.state / "node.json"
 
+    def state(self) -> NodeState:
+        """What the running node was started with; a NodeError when it is not running."""
+        try:
+            return NodeState(**json.loads(self.state_file.read_text()))
+        except (OSError, ValueError, TypeError) as error:
+            raise NodeError(f"no real node under {self.paths.state}: dev-cluster up starts one") from error
+
     # Up --------------------------------------------------------------------------------------------------------
 
     def up(self, profile: ClusterProfile, server: str) -> None:
@@ -87,11 +96,11 @@ class RealNode:
         self.down()
         for folder in (self.paths.state, self.paths.images, self.paths.volumes, self.paths.cni_conf_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        state = NodeState(bridge=_bridge_name(self.cluster_name), subnet=str(_free_subnet()),
-                          cgroup_root=f"kubetune-{self.cluster_name}", node=spec.name)
-        self.state_file.write_text(json.dumps(state.__dict__))
+        # Named by the node's folder, so clusters of other checkouts (or state roots) never share them.
+        key = hashlib.sha256(str(self.paths.state.resolve()).encode()).hexdigest()[:8]
+        state = NodeState(bridge=f"kt-{key}", subnet=str(_free_subnet()), cgroup_root=f"kubetune-{key}",
+                          node=spec.name)
         network = state.network
-        host.make_bridge(network.bridge, network.node_ip, network.subnet.prefixlen)
 
         ca = pki.KeyPair(self.cluster_dir / "pki" / "ca.crt", self.cluster_dir / "pki" / "ca.key")
         kubelet_pair = pki.sign_client(ca, self.paths.pki, "kubelet", f"system:node:{spec.name}", "system:nodes")
@@ -104,9 +113,11 @@ class RealNode:
                                                              COREDNS_USER))
         self._kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(_coredns_rbac()))
 
-        self._start_containerd()
-        from kubetune.devcluster import trainer_image  # TEMP
         image = trainer_image.build()
+        state = dataclasses.replace(state, trainer_image=image.ref)
+        self.state_file.write_text(json.dumps(dataclasses.asdict(state)))
+        host.make_bridge(network.bridge, network.node_ip, network.subnet.prefixlen)
+        self._start_containerd()
         self._load_images(image)
         self._start_coredns(network, coredns_kubeconfig)
         host.make_cgroup_root(state.cgroup_root)
@@ -130,7 +141,7 @@ class RealNode:
         return host.run(str(binaries.bin_dir() / "ctr"), "--address", str(self.paths.containerd_socket),
                         "--namespace", "k8s.io", *args, check=check)
 
-    def _load_images(self, trainer: "trainer_image.TrainerImage") -> None:  # noqa: F821
+    def _load_images(self, trainer: trainer_image.TrainerImage) -> None:
         """Import the pause and trainer images unless containerd has them already (its store outlives `down`),
         and drop older trainer images so the store does not grow build after build."""
         present = set(self._ctr("images", "ls", "-q").stdout.split())
@@ -139,7 +150,8 @@ class RealNode:
             oci.single_binary_image(binaries.bin_dir() / "pause", "/pause", PAUSE_IMAGE, pause_archive)
             self._ctr("images", "import", "--local", str(pause_archive))
         if trainer.ref not in present:
-            self._ctr("images", "import", "--local", str(trainer.archive))
+            # Unpacked layers leave the content store: the image is kept once (~6 GB), not twice.
+            self._ctr("images", "import", "--local", "--discard-unpacked-layers", str(trainer.archive))
         repository = trainer.ref.rsplit(":", 1)[0]
         stale = [ref for ref in present if ref.startswith(repository + ":") and ref != trainer.ref]
         if stale:
@@ -220,8 +232,8 @@ class RealNode:
         if not self.paths.state.exists():
             return
         try:
-            state: NodeState | None = NodeState(**json.loads(self.state_file.read_text()))
-        except (OSError, ValueError, TypeError):
+            state: NodeState | None = self.state()
+        except NodeError:
             state = None
         marker = str(self.paths.state)
         host.stop_recorded(self.paths.pids, "kubelet", marker)
@@ -266,11 +278,6 @@ class RealNode:
             if time.monotonic() > deadline:
                 raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}")
             time.sleep(0.5)
-
-
-def _bridge_name(cluster_name: str) -> str:
-    # Interface names have at most 15 characters; one bridge per cluster name.
-    return "kt-" + hashlib.sha256(cluster_name.encode()).hexdigest()[:8]
 
 
 def _free_subnet() -> ipaddress.IPv4Network:

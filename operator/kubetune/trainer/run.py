@@ -235,6 +235,10 @@ def main() -> None:
     try:
         config = TrainerConfig.model_validate_json(args.config.read_text())
         ds = for_this_machine(json.loads(args.deepspeed.read_text()))
+        if not torch.cuda.is_available():
+            # DeepSpeed's CPU backend would JIT-compile its shared-memory allreduce (an optimisation of
+            # gloo's) at start: that needs a C++ compiler the image does not carry, and costs every pod a build.
+            deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         train(config, ds)
     except torch.OutOfMemoryError:

@@ -1,0 +1,57 @@
+"""The README's front door: `hack/demo.sh` itself, on a cluster of its own, ends with the tiny job really
+trained and says so (plan, progress, loss, where the adapter went); then `kubetune dev-cluster down` leaves
+no process, mount, network device or cgroup of the real node behind."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubetune.devcluster import host
+from kubetune.devcluster.cluster import LocalCluster
+from kubetune.devcluster.node import NodeState
+
+pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.timeout(1800)]
+
+ROOT = Path(__file__).resolve().parents[2]
+KUBETUNE = str(Path(sys.executable).parent / "kubetune")
+
+
+def leftovers(state: Path, node: NodeState) -> dict[str, list]:
+    """What of the real node is still on the host: processes naming its folder, mounts under it, its cgroups
+    and its bridge."""
+    return {
+        "processes": host.processes_naming(str(state)),
+        "mounts": [str(p) for p in host.mounts_under([state])],
+        "cgroups": [str(h / node.cgroup_root) for h in host.cgroup_hierarchies() if (h / node.cgroup_root).exists()],
+        "bridges": [node.bridge] if host.link_exists(node.bridge) else [],
+    }
+
+
+def test_the_demo_really_trains_and_down_leaves_nothing_behind(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = dict(os.environ, KUBETUNE_STATE=str(state))
+    try:
+        result = subprocess.run([str(ROOT / "hack" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
+                                timeout=1800)
+        output = result.stdout
+        assert result.returncode == 0, output[-4000:] + result.stderr[-4000:]
+        assert re.search(r"^tiny-lora\s+Succeeded\s", output, re.MULTILINE), output[-4000:]
+        assert re.search(r"tiny-lora\s+Running\s.*\s\d+/60\s", output), "no progress while running:\n" + output
+        assert "Chose A10G-24GB x 2" in output
+        losses = [float(m) for m in re.findall(r"step\s+\d+\s+loss ([0-9.]+)", output)]
+        assert len(losses) >= 5 and losses[-1] < 0.7 * losses[0], losses
+        assert "the adapter was saved to /output/final on claim demo-output" in output
+        cluster = LocalCluster("kubetune-dev", state / "kubetune-dev")
+        pods = cluster.kubectl_ok("get", "pods", "-l", "kubetune.io/finetunejob=tiny-lora", "-o",
+                                  "jsonpath={.items[*].spec.nodeName}").split()
+        assert pods == ["real-0", "real-0"]
+        node = NodeState(**json.loads((state / "kubetune-dev" / "node" / "node.json").read_text()))
+    finally:
+        down = subprocess.run([KUBETUNE, "dev-cluster", "down"], env=env, capture_output=True, text=True, timeout=300)
+    assert down.returncode == 0, down.stderr
+    assert leftovers(state, node) == {"processes": [], "mounts": [], "cgroups": [], "bridges": []}
