@@ -70,6 +70,18 @@ def test_every_component_listens_on_loopback_only(cluster: LocalCluster) -> None
     assert all(address.startswith(("127.0.0.1:", "[::1]:")) for address in addresses), addresses
 
 
+def test_the_real_node_listens_only_on_loopback_and_its_own_bridge(cluster: LocalCluster) -> None:
+    """The kubelet and CoreDNS serve the node's bridge address, which only this host and its pods reach;
+    containerd its socket and a loopback streaming port."""
+    node_ip = cluster.node.state().network.node_ip
+    pids = {int(p.read_text()) for p in cluster.node.paths.pids.glob("*.pid")}
+    assert len(pids) == 3, "containerd, CoreDNS and the kubelet should be running"
+    listening = subprocess.run(["ss", "-ltnupH"], capture_output=True, text=True, check=True).stdout
+    addresses = [line.split()[4] for line in listening.splitlines() if any(f"pid={pid}," in line for pid in pids)]
+    assert f"{node_ip}:10250" in addresses and f"{node_ip}:53" in addresses, addresses
+    assert all(address.startswith(("127.0.0.1:", "[::1]:", f"{node_ip}:")) for address in addresses), addresses
+
+
 def test_all_profile_nodes_are_ready_with_gpu_capacity(cluster: LocalCluster) -> None:
     nodes = json.loads(cluster.kubectl_ok("get", "nodes", "-o", "json"))["items"]
     assert {n["metadata"]["name"] for n in nodes} == cluster.ready_nodes()
