@@ -22,9 +22,7 @@ if grep -q "claimName: demo-data" "$example"; then
 fi
 
 log="$(mktemp -t kubetune-operator.XXXX.log)"
-image="$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["trainer_image"])' \
-  "$(dirname "$KUBECONFIG")/node/node.json")"  # the image the real node's runtime has
-KUBETUNE_TRAINER_IMAGE="$image" KUBETUNE_RECONCILE_SECONDS=2 \
+KUBETUNE_TRAINER_IMAGE="$(.venv/bin/kubetune dev-cluster trainer-image)" KUBETUNE_RECONCILE_SECONDS=2 \
   .venv/bin/kubetune run-operator >"$log" 2>&1 &
 operator=$!
 trap 'kill $operator 2>/dev/null || true' EXIT

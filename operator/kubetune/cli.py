@@ -243,6 +243,18 @@ def dev_cluster_seed(
     console.print(f"claim {data_claim}: {seed.DATASET_FILE} and {seed.TOKENIZER_FOLDER}/; claim {output_claim}: empty")
 
 
+@dev_cluster.command("trainer-image")
+def dev_cluster_trainer_image(name: str = NameOption) -> None:
+    """Print the trainer image the real node's runtime has (what KUBETUNE_TRAINER_IMAGE should name)."""
+    from kubetune.devcluster.node import NodeError
+
+    try:
+        print(LocalCluster(name, _state_root() / name).node.state().trainer_image)
+    except NodeError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
 @dev_cluster.command("nodes")
 def dev_cluster_nodes(name: str = NameOption) -> None:
     """Show the cluster's nodes with their GPUs, as GPU Feature Discovery labelled them."""

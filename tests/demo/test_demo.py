@@ -2,7 +2,6 @@
 trained and says so (plan, progress, loss, where the adapter went); then `kubetune dev-cluster down` leaves
 no process, mount, network device or cgroup of the real node behind."""
 
-import json
 import os
 import re
 import subprocess
@@ -21,14 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 
 
-def leftovers(state: Path, node: NodeState) -> dict[str, list]:
-    """What of the real node is still on the host: processes naming its folder, mounts under it, its cgroups
-    and its bridge."""
+def leftovers(state: Path, node: NodeState, folder: Path) -> dict[str, list]:
+    """What of the cluster and its real node is still on the host: processes naming their folders, mounts
+    under them, the node's cgroups, bridge and folder."""
     return {
-        "processes": host.processes_naming(str(state)),
-        "mounts": [str(p) for p in host.mounts_under([state])],
+        "processes": host.processes_naming(str(state)) + host.processes_naming(str(folder)),
+        "mounts": [str(p) for p in host.mounts_under([state, folder])],
         "cgroups": [str(h / node.cgroup_root) for h in host.cgroup_hierarchies() if (h / node.cgroup_root).exists()],
         "bridges": [node.bridge] if host.link_exists(node.bridge) else [],
+        "folders": [str(folder)] if folder.exists() else [],
     }
 
 
@@ -50,8 +50,9 @@ def test_the_demo_really_trains_and_down_leaves_nothing_behind(tmp_path: Path) -
         pods = cluster.kubectl_ok("get", "pods", "-l", "kubetune.io/finetunejob=tiny-lora", "-o",
                                   "jsonpath={.items[*].spec.nodeName}").split()
         assert pods == ["real-0", "real-0"]
-        node = NodeState(**json.loads((state / "kubetune-dev" / "node" / "node.json").read_text()))
+        node, folder = cluster.node.state(), cluster.node.paths.state
     finally:
         down = subprocess.run([KUBETUNE, "dev-cluster", "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr
-    assert leftovers(state, node) == {"processes": [], "mounts": [], "cgroups": [], "bridges": []}
+    assert leftovers(state, node, folder) == {"processes": [], "mounts": [], "cgroups": [], "bridges": [],
+                                              "folders": []}

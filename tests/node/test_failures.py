@@ -33,3 +33,38 @@ def test_records_without_the_formats_fields_fail_the_job_once_with_the_trainers_
     assert any(t["exitCode"] == contract.INVALID_INPUT_EXIT_CODE for t in terminated), json.dumps(terminated)
     assert all(t["message"].startswith("kubetune-") and "\n" not in t["message"].strip() for t in terminated)
     assert not (claim_folder(cluster, claims.namespace, claims.output) / "final").exists()
+
+
+def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoint(
+        cluster: LocalCluster, node_operator: Operator, claims: Claims) -> None:
+    manifest = example("tiny-lora")
+    manifest["metadata"]["name"] = "deleted-pod"
+    manifest["spec"]["training"]["maxSteps"] = 200
+    manifest["spec"]["checkpointIntervalSteps"] = 10
+    assert apply(cluster, claims.namespace, manifest).returncode == 0
+    output = wait_until("the output claim bound", lambda: _bound_folder(cluster, claims), timeout=180)
+    log = output / "train_log.jsonl"
+    wait_until("a checkpoint and a few more steps", lambda: log.exists() and len(log.read_text().splitlines()) >= 25,
+               timeout=300)
+    victim = next(p for p in trainer_pods(cluster, claims.namespace, "deleted-pod")
+                  if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1")
+    cluster.kubectl_ok("delete", "pod", "-n", claims.namespace, victim["metadata"]["name"], "--wait=false")
+    ftj = wait_until("the job to succeed", lambda: (f := get(cluster, claims.namespace, "ftj", "deleted-pod")) and
+                     f.get("status", {}).get("phase") in ("Succeeded", "Failed") and f, timeout=600)
+    assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
+    assert [a["reason"] for a in ftj["status"]["attempts"]] in (["WorkerLost"], ["WorkerFailed"]), ftj["status"]
+    assert ftj["status"]["attempts"][0]["action"] == "restarted from the newest checkpoint"
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    first, second = steps[:restart], steps[restart:]
+    # The second attempt starts right after the newest checkpoint the first completed (a multiple of 10, no
+    # later than the first attempt's last step): what was trained after it is trained again from that state,
+    # never on top of it; and it goes on to the end, each step once.
+    assert second[0] - 1 == (first[-1] // 10) * 10 or second[0] - 1 == (first[-1] // 10 - 1) * 10, (first, second)
+    assert second == list(range(second[0], 201)), second
+    assert first == list(range(1, first[-1] + 1))
+
+
+def _bound_folder(cluster: LocalCluster, claims: Claims):
+    phase = cluster.kubectl("get", "pvc", claims.output, "-n", claims.namespace, "-o", "jsonpath={.status.phase}")
+    return claim_folder(cluster, claims.namespace, claims.output) if phase.stdout == "Bound" else None

@@ -69,7 +69,7 @@ class LocalCluster:
 
     @property
     def node(self) -> RealNode:
-        return RealNode(self.name, self.state_dir / "node", self.cluster_dir, self.kubectl)
+        return RealNode(self.name, self.state_dir, self.cluster_dir, self.kubectl)
 
     def kwokctl(self, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, KWOK_WORKDIR=str(self.workdir), KWOK_RUNTIME="binary")

@@ -30,6 +30,8 @@ STORAGE_CLASS = "local"
 PAUSE_IMAGE = "localhost/kubetune/pause:1"
 COREDNS_USER = "kubetune:coredns"
 READY_TIMEOUT_SECONDS = 180
+# The nodes' folders, as /var/lib/kubelet is a node's: short paths, for the sockets made under them.
+NODES_ROOT = Path("/var/lib/kubetune/nodes")
 # Candidate /24s for the node's bridge, tried in order until one is free on this host.
 SUBNET_POOL = ipaddress.ip_network("10.244.0.0/16")
 
@@ -59,9 +61,14 @@ class NodeState:
 
 class RealNode:
     def __init__(self, cluster_name: str, state_dir: Path, cluster_dir: Path, kubectl: Kubectl) -> None:
+        """`state_dir` is the cluster's; the node keeps its own files under NODES_ROOT."""
         self.cluster_name = cluster_name
         self.cluster_dir = cluster_dir  # kwokctl's folder: its pki/ holds the cluster CA
-        self.paths = node_config.NodePaths(state=state_dir, images=binaries.cache_dir() / "nodes" / cluster_name)
+        # Names on the host (folder, bridge, cgroup) come from the cluster's state folder, so nodes of other
+        # checkouts or state roots never share them.
+        self.key = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:8]
+        self.paths = node_config.NodePaths(state=NODES_ROOT / self.key,
+                                           images=binaries.cache_dir() / "nodes" / cluster_name)
         self.kubectl = kubectl
 
     def _kubectl_ok(self, *args: str, stdin: str | None = None) -> str:
@@ -96,9 +103,7 @@ class RealNode:
         self.down()
         for folder in (self.paths.state, self.paths.images, self.paths.volumes, self.paths.cni_conf_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        # Named by the node's folder, so clusters of other checkouts (or state roots) never share them.
-        key = hashlib.sha256(str(self.paths.state.resolve()).encode()).hexdigest()[:8]
-        state = NodeState(bridge=f"kt-{key}", subnet=str(_free_subnet()), cgroup_root=f"kubetune-{key}",
+        state = NodeState(bridge=f"kt-{self.key}", subnet=str(_free_subnet()), cgroup_root=f"kubetune-{self.key}",
                           node=spec.name)
         network = state.network
 

@@ -36,7 +36,9 @@ class NodeNetwork:
 
 @dataclass(frozen=True)
 class NodePaths:
-    """Every folder and socket of one real node, all under its state folder except the image store."""
+    """Every folder and socket of one real node, all under its state folder except the image store. The state
+    folder's path is short: the kubelet and containerd make unix sockets under it, and a socket's path has at
+    most 107 bytes."""
 
     state: Path  # per cluster: removed on `down`
     images: Path  # containerd's root (content and snapshots): kept, so images are imported once per cluster name
