@@ -52,16 +52,12 @@ output_claim="$($kubectl get ftj "$name" -o jsonpath='{.spec.output.claimName}')
 if [ -n "$output_claim" ]; then
   volume="$($kubectl get pvc "$output_claim" -o jsonpath='{.spec.volumeName}')"
   folder="$($kubectl get pv "$volume" -o jsonpath='{.spec.local.path}')"
-  echo; echo "training log (every 10th step) from claim $output_claim ($folder):"
-  python3 - "$folder/train_log.jsonl" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]):
-    entry = json.loads(line)
-    if entry["step"] % 10 == 0 or entry["step"] == 1:
-        print(f"  step {entry['step']:4d}  loss {entry['loss']:.4f}  lr {entry['lr']:.2e}  "
-              f"{entry['tokens_per_second']:,.0f} tokens/s")
-EOF
-  echo; echo "on claim $output_claim:"
+  rank0="$($kubectl get pods -l "kubetune.io/finetunejob=$name,batch.kubernetes.io/job-completion-index=0" \
+    -o jsonpath='{.items[-1:].metadata.name}')"
+  echo; echo "the loss, from kubectl logs $rank0 (every 10th line, and the last):"
+  $kubectl logs "$rank0" | grep -E "^step [0-9]+/" | awk 'NR % 10 == 1' | sed 's/^/  /'
+  $kubectl logs "$rank0" | grep -E "^step [0-9]+/" | tail -1 | sed 's/^/  /'
+  echo; echo "on claim $output_claim ($folder):"
   (cd "$folder" && find checkpoints final -maxdepth 1 | sort | sed 's/^/  /')
   echo "the adapter was saved to $($kubectl get ftj "$name" -o jsonpath='{.spec.output.path}')/final on claim $output_claim"
 fi

@@ -43,7 +43,7 @@ def test_the_demo_really_trains_and_down_leaves_nothing_behind(tmp_path: Path) -
         assert re.search(r"^tiny-lora\s+Succeeded\s", output, re.MULTILINE), output[-4000:]
         assert re.search(r"tiny-lora\s+Running\s.*\s\d+/120\s", output), "no progress while running:\n" + output
         assert "Chose A10G-24GB x 2" in output
-        losses = [float(m) for m in re.findall(r"step\s+\d+\s+loss ([0-9.]+)", output)]
+        losses = [float(m) for m in re.findall(r"^  step \d+/120 loss ([0-9.]+)", output, re.MULTILINE)]
         assert len(losses) >= 5 and losses[-1] < 0.8 * losses[0], losses
         assert "the adapter was saved to /output/final on claim demo-output" in output
         cluster = LocalCluster("kubetune-dev", state / "kubetune-dev")

@@ -5,6 +5,7 @@ queries return data, and `kubectl logs` works through the kubelet's authorizatio
 
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -102,8 +103,15 @@ def test_a_two_pod_job_really_trains_on_the_real_node(cluster: LocalCluster, nod
         prometheus.stop()
 
     assert condition(ftj, "Succeeded")["status"] == "True"
-    logs = cluster.kubectl("logs", "-n", namespace, pods[0]["metadata"]["name"])
+    # Through the apiserver to the real kubelet, which checks the apiserver's client certificate and asks it
+    # to authorize the request.
+    rank0 = next(p for p in pods if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "0")
+    logs = cluster.kubectl("logs", "-n", namespace, rank0["metadata"]["name"])
     assert logs.returncode == 0, logs.stderr
+    steps = str(manifest["spec"]["training"]["maxSteps"])
+    logged = re.findall(r"^step (\d+)/(\d+) loss ([0-9.]+)", logs.stdout, re.MULTILINE)
+    assert logged and logged[-1][:2] == (steps, steps), logs.stdout[-2000:]
+    assert "saved the adapter to /output/final" in logs.stdout
 
     output = claim_folder(cluster, namespace, claims.output)
     log = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]

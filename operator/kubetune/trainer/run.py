@@ -140,6 +140,9 @@ def train(config: TrainerConfig, ds: dict) -> None:
     if resume:
         _, state = engine.load_checkpoint(str(directory), tag=resume.tag)
         step = state["step"]
+        if rank == 0:
+            print(f"resumed from checkpoint {resume.tag} at step {step}", flush=True)
+    resumed_at = step
     log = (Path(config.output.path) / "train_log.jsonl").open("a") if rank == 0 else None
     fault = contract.injected_oom(os.environ.get(contract.INJECT_GPU_OOM_ENV))
     accumulation = ds["gradient_accumulation_steps"]
@@ -168,6 +171,10 @@ def train(config: TrainerConfig, ds: dict) -> None:
                 entry["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
             log.write(json.dumps(entry) + "\n")
             log.flush()
+            if step % max(1, steps // 100) == 0 or step == steps or step == resumed_at + 1:
+                # What `kubectl logs` shows: about a hundred lines a run.
+                print(f"step {step}/{steps} loss {mean_loss:.4f} lr {lr:.2e} "
+                      f"{entry['tokens_per_second']:,.0f} tokens/s", flush=True)
         if step % config.checkpoint_interval_steps == 0 or step == steps:
             saving = time.perf_counter()
             checkpoints.save(engine, directory, step, {"step": step}, layout, config.output.keep_checkpoints)
@@ -176,6 +183,9 @@ def train(config: TrainerConfig, ds: dict) -> None:
     if log:
         log.close()
     _save_final(engine, config, rank)
+    if rank == 0:
+        print(f"saved the {'adapter' if config.method == 'lora' else 'model'} to {Path(config.output.path) / 'final'}",
+              flush=True)
 
 
 def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> float | None:
