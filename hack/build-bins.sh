@@ -54,19 +54,11 @@ mark() {  # mark STAMP BINARY...
 }
 
 build_kubernetes() {
-  local version minor stamp ldflags pkg
+  local version stamp ldflags
   version="$(module_version "$here/k8s" k8s.io/kubernetes)"
   stamp="$(stamp_of "$version" "$here/k8s/go.sum")"
   up_to_date "$stamp" kube-apiserver kube-controller-manager kube-scheduler && return
-  minor="$(echo "$version" | cut -d. -f2)"
-  # Module zips carry no git metadata: without these stamps the binaries report v0.0.0, which breaks
-  # Helm's kubeVersion checks and kubectl's skew warnings.
-  ldflags="-s -w"
-  for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
-    ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
+  ldflags="$(kubernetes_ldflags "$version")"
   log "kubernetes $version: building kube-apiserver, kube-controller-manager, kube-scheduler (cold: about 7 min on 2 cores)"
   (cd "$here/k8s" && with_heartbeat "kubernetes $version" \
     go build -trimpath -pgo=off -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$bin/" \
@@ -76,20 +68,27 @@ build_kubernetes() {
   mark "$stamp" kube-apiserver kube-controller-manager kube-scheduler
 }
 
-# The real node's kubelet: from the same wrapper module and with the same stamp as the control plane (same
-# version, same go.sum), built on its own so adding it did not rebuild the others.
-build_kubelet() {
-  local version minor stamp ldflags pkg
-  version="$(module_version "$here/k8s" k8s.io/kubernetes)"
-  stamp="$(stamp_of "$version" "$here/k8s/go.sum")"
-  up_to_date "$stamp" kubelet && return
-  minor="$(echo "$version" | cut -d. -f2)"
-  ldflags="-s -w"
+# Module zips carry no git metadata: without these stamps the binaries report v0.0.0, which breaks Helm's
+# kubeVersion checks and kubectl's skew warnings.
+kubernetes_ldflags() {  # kubernetes_ldflags VERSION
+  local minor pkg ldflags="-s -w"
+  minor="$(echo "$1" | cut -d. -f2)"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitVersion=$1 -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.gitCommit=0000000000000000000000000000000000000000"
     ldflags+=" -X $pkg.buildDate=1970-01-01T00:00:00Z"
   done
+  echo "$ldflags"
+}
+
+# The real node's kubelet: from the same wrapper module and with the same stamp as the control plane (same
+# version, same go.sum), built on its own so adding it did not rebuild the others.
+build_kubelet() {
+  local version stamp ldflags
+  version="$(module_version "$here/k8s" k8s.io/kubernetes)"
+  stamp="$(stamp_of "$version" "$here/k8s/go.sum")"
+  up_to_date "$stamp" kubelet && return
+  ldflags="$(kubernetes_ldflags "$version")"
   log "kubelet $version: building (cold, after the control plane: about 1 min)"
   (cd "$here/k8s" && with_heartbeat "kubelet $version" \
     go build -trimpath -pgo=off -tags selinux,notest,grpcnotrace -ldflags "$ldflags" -o "$bin/" \

@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from kubetune.devcluster import binaries
+from kubetune.devcluster import binaries, host
 from kubetune.devcluster.node import RealNode
 from kubetune.devcluster.profile import ClusterProfile
 
@@ -195,7 +195,7 @@ class LocalCluster:
         argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
         cwd = os.readlink(proc / "cwd")
         os.kill(pid, signal.SIGKILL)
-        self._wait_for("kube-apiserver to exit", lambda: not _alive(pid), timeout=30)
+        self._wait_for("kube-apiserver to exit", lambda: not host.alive(pid), timeout=30)
         time.sleep(down_seconds)
         log = (self.cluster_dir / "logs" / "kube-apiserver.log").open("a")
         process = subprocess.Popen(argv, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -218,16 +218,12 @@ class LocalCluster:
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         # SIGKILL is delivered asynchronously; return only once the processes (and their ports) are gone.
-        self._wait_for("killed processes to exit", lambda: not any(_alive(pid) for pid in killed), timeout=30)
+        self._wait_for("killed processes to exit", lambda: not any(host.alive(pid) for pid in killed), timeout=30)
         shutil.rmtree(self.cluster_dir)
 
     @staticmethod
     def _wait_for(what: str, ready: Callable[[], bool], timeout: float = START_TIMEOUT_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                raise ClusterError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(0.5)
+        host.wait_for(what, ready, timeout, ClusterError)
 
 
 def _waiting_stage() -> dict[str, Any]:
@@ -258,12 +254,3 @@ def _waiting_stage() -> dict[str, Any]:
             ])},
         },
     }
-
-
-def _alive(pid: int) -> bool:
-    """True while the process exists and is not a zombie waiting to be reaped."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"

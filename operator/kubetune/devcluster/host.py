@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 CGROUP_V1 = Path("/sys/fs/cgroup")
@@ -16,6 +16,15 @@ KUBELET_CANARY = "KUBE-KUBELET-CANARY"
 
 class HostError(RuntimeError):
     """A host change the real node needs could not be made."""
+
+
+def wait_for(what: str, ready: Callable[[], bool], timeout: float, error: type[Exception] = TimeoutError) -> None:
+    """Poll `ready` until it is true; `error` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise error(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

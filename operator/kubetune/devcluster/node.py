@@ -278,11 +278,7 @@ class RealNode:
 
     @staticmethod
     def _wait_for(what: str, ready: Callable[[], bool], timeout: float = READY_TIMEOUT_SECONDS) -> None:
-        deadline = time.monotonic() + timeout
-        while not ready():
-            if time.monotonic() > deadline:
-                raise NodeError(f"timed out after {timeout:.0f} s waiting for {what}")
-            time.sleep(0.5)
+        host.wait_for(what, ready, timeout, NodeError)
 
 
 def _free_subnet() -> ipaddress.IPv4Network:
