@@ -14,6 +14,7 @@ def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, t
     def out_of_memory(*_):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
+    monkeypatch.setenv("DS_ACCELERATOR", "cpu")  # this machine has no GPU: the trainer runs on the CPU only if told
     monkeypatch.setattr(run, "train", out_of_memory)
     monkeypatch.setattr(run.deepspeed, "init_distributed", lambda **_: None)
     monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
@@ -39,3 +40,21 @@ def test_a_config_of_an_unknown_version_is_refused(monkeypatch, tmp_path) -> Non
         run.main()
     assert exit_info.value.code == run.INVALID_INPUT_EXIT_CODE == TRAINER_INVALID_INPUT_EXIT_CODE
     assert (tmp_path / "termination-log").read_text().startswith("kubetune-invalid-input 11 validation errors")
+
+
+def test_a_pod_that_sees_no_gpu_fails_at_once_unless_its_gpus_are_simulated(monkeypatch, tmp_path) -> None:
+    """A GPU pod without its driver must not crawl on the CPU for days: only simulated GPUs (or an explicit
+    DS_ACCELERATOR=cpu) let the trainer run on the CPU."""
+    monkeypatch.delenv("DS_ACCELERATOR", raising=False)
+    monkeypatch.setattr(run, "train", lambda *_: pytest.fail("trained without a GPU"))
+    monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
+    config = tmp_path / "trainer.json"
+    config.write_text('{"job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
+                      '"output": {}, "checkpointIntervalSteps": 1, "method": "lora", "gradientCheckpointing": false, '
+                      '"attention": "sdpa", "precision": "bf16"}')
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+    with pytest.raises(SystemExit) as exit_info:
+        run.main()
+    assert exit_info.value.code == 1
+    assert "no GPU is visible" in (tmp_path / "termination-log").read_text()

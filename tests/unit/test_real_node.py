@@ -56,16 +56,11 @@ def test_pinned_gpus_and_nodes_give_that_many_pods_which_may_share_a_node() -> N
     assert "--nnodes=2" in command and "--nproc_per_node=1" in command and job["spec"]["completions"] == 2
 
 
-def test_pinned_pods_wait_for_gpus_free_on_the_node() -> None:
+def test_pinned_pods_fit_only_where_enough_gpus_are_free() -> None:
     busy = planning.decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 3)]))
     assert busy.plan is None and "2 GPUs asked, 1 A10G-24GB available" in busy.message
     half = planning.decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 2)]))
     assert half.plan is not None and half.plan.nodes == 2
-
-
-def test_more_gpus_per_pod_than_a_node_has_is_refused_with_the_reason() -> None:
-    decision = planning.decide(tiny_spec(gpus=8, nodes=1), node_groups([real_node()], []))
-    assert decision.plan is None
 
 
 def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
@@ -121,3 +116,37 @@ def test_the_demo_world_matches_the_tiny_example() -> None:
     spec = tiny_spec()
     assert spec.model.config == seed.model_config()
     assert spec.dataset.source == seed.DATASET_FILE and spec.model.tokenizer == seed.TOKENIZER_FOLDER
+
+
+def test_more_gpus_per_pod_than_any_node_has_says_so() -> None:
+    decision = planning.decide(tiny_spec(gpus=8, nodes=1), node_groups([real_node()], []))
+    assert decision.plan is None and "8 GPUs per node asked (gpus / nodes)" in decision.message
+    assert "at most 4" in decision.message
+
+
+def test_pinned_nodes_alone_take_whole_nodes() -> None:
+    decision = planning.decide(tiny_spec(gpus=None, nodes=1), node_groups([real_node()], []))
+    assert decision.plan is not None and (decision.plan.nodes, decision.plan.gpus_per_node) == (1, 4)
+
+
+def test_only_pods_of_simulated_gpus_may_run_on_the_cpu() -> None:
+    simulated = planning.decide(tiny_spec(), node_groups([real_node()], []))
+    env = simulated.group and children.job("t", tiny_spec(), simulated.plan, simulated.group)[
+        "spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "KUBETUNE_SIMULATED_GPUS", "value": "1"} in env
+    anywhere = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "d"}})
+    real = planning.decide(anywhere, node_groups(profile.load("default").node_manifests(), []))
+    env = children.job("q", anywhere, real.plan, real.group)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert all(e["name"] != "KUBETUNE_SIMULATED_GPUS" for e in env)
+
+
+def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None:
+    decision = planning.decide(tiny_spec(), node_groups([real_node()], []))
+    annotations = {"testing.kubetune.io/inject-gpu-oom": "5:1"}
+
+    def env(attempt: int) -> list[dict]:
+        return children.job("t", tiny_spec(), decision.plan, decision.group, attempt, annotations)[
+            "spec"]["template"]["spec"]["containers"][0]["env"]
+
+    assert {"name": "KUBETUNE_TESTING_INJECT_GPU_OOM", "value": "5:1"} in env(1)
+    assert all(e["name"] != "KUBETUNE_TESTING_INJECT_GPU_OOM" for e in env(2))

@@ -25,6 +25,9 @@ RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9400  # rank 0's; local rank i serves on METRICS_PORT + i
 
 VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
+# Set on pods of nodes whose GPUs are simulated: only then may the trainer run on the CPU. Elsewhere a pod
+# that sees no GPU (a driver not mounted) fails at once instead of crawling on the CPU for days.
+SIMULATED_GPUS_ENV = "KUBETUNE_SIMULATED_GPUS"
 # Fault injection, for tests on real pods only: a FineTuneJob annotated "STEP:RANK" has its first attempt's
 # rank RANK raise torch's real OutOfMemoryError after optimizer step STEP (later attempts run clean, as a
 # replanned run would). Off unless the annotation is set; nothing else reads it.

@@ -129,6 +129,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
+    if group.simulated:
+        env.append({"name": contract.SIMULATED_GPUS_ENV, "value": "1"})
     inject = (annotations or {}).get(contract.INJECT_GPU_OOM_ANNOTATION)
     if inject and attempt == 1:
         env.append({"name": contract.INJECT_GPU_OOM_ENV, "value": inject})

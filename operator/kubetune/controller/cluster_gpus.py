@@ -26,7 +26,6 @@ class GpuNodeGroup:
     cpu_millis: int | None = None  # allocatable CPU per node (the smallest of the group)
     taints: list[dict[str, Any]] = field(default_factory=list)
 
-
     def pod_slots(self, gpus_per_pod: int) -> int:
         """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node)."""
         return sum(free // gpus_per_pod for free in self.free_gpus)
@@ -68,7 +67,7 @@ def requested_gpus(pods: list[dict[str, Any]]) -> dict[str, int]:
 def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list[GpuNodeGroup]:
     """Schedulable GPU nodes grouped by product and GPU count, with how many are wholly free."""
     held = requested_gpus(pods)
-    groups: dict[tuple[str, int], GpuNodeGroup] = {}
+    groups: dict[tuple[str, int, bool], GpuNodeGroup] = {}
     for node in nodes:
         labels = node["metadata"].get("labels", {})
         product = labels.get(PRODUCT_LABEL)

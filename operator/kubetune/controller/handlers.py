@@ -89,9 +89,10 @@ def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, s
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-async def forget(name: str, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def forget(name: str, namespace: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     memo.series.forget(namespace, name)
-    memo.progress.forget((namespace, name))
+    for attempt in range(1, len(status.get("attempts", [])) + 2):
+        memo.progress.forget((namespace, name, attempt))
 
 
 async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
@@ -279,9 +280,10 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
         if last.get("totalSteps"):  # the last read may predate the last steps
             total = last["totalSteps"]
             patch.status["progress"] = {**last, "step": total, "etaSeconds": 0, "summary": f"{total}/{total}"}
-        progress_reader.forget((namespace, name))
+        progress_reader.forget((namespace, name, attempt))
         patch.status["completionTime"] = job_status.get("completionTime") or c.now()
     elif "Failed" in job_conditions:
+        progress_reader.forget((namespace, name, attempt))
         await _recover(body, name, namespace, spec, plan, attempt, job_conditions["Failed"].get("message", ""),
                        kube, capacity, conds, patch, status)
     elif job_status.get("active", 0) > 0 and not suspended:
@@ -300,7 +302,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
             m.time_to_running.observe(_seconds_since(body["metadata"]["creationTimestamp"]))
         ip = await capacity.rank0_ip(namespace, name, attempt)
         if ip is not None:
-            current = progress_reader.latest((namespace, name), f"http://{ip}:{children.METRICS_PORT}/metrics")
+            current = progress_reader.latest((namespace, name, attempt), f"http://{ip}:{children.METRICS_PORT}/metrics")
             written = current.model_dump(by_alias=True, exclude_none=True) if current is not None else None
             if written is not None and written != status.get("progress"):
                 patch.status["progress"] = written

@@ -70,14 +70,18 @@ def _free(group: GpuNodeGroup, resources: api.Resources) -> int:
 def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None) -> search.GpuPool:
     per_pod = gpus_per_pod(resources)
     if per_pod is not None:
+        # Pods that share a machine share its host memory too.
+        host = (group.host_memory_bytes * per_pod // group.gpus_per_node
+                if group.host_memory_bytes is not None else None)
         return search.GpuPool(gpu=group.gpu, gpus_per_node=min(per_pod, group.gpus_per_node),
-                              nodes=max(_free(group, resources), 1), host_memory_bytes=group.host_memory_bytes,
-                              usd_per_hour=usd_per_hour)
+                              nodes=max(_free(group, resources), 1), host_memory_bytes=host, usd_per_hour=usd_per_hour)
     per_node = group.gpus_per_node
     nodes = group.free_nodes
     if resources.max_nodes is not None:
         nodes = min(nodes, resources.max_nodes)
-    if resources.max_gpus is not None:
+    if resources.max_gpus is not None and resources.nodes is not None:
+        per_node = min(per_node, max(1, resources.max_gpus // resources.nodes))
+    elif resources.max_gpus is not None:
         per_node = min(per_node, resources.max_gpus)
         nodes = min(nodes, max(1, resources.max_gpus // per_node))
     return search.GpuPool(gpu=group.gpu, gpus_per_node=per_node, nodes=max(nodes, 1),
@@ -109,7 +113,12 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         return Decision(None, None, None, str(error).strip("'\""), "ModelUnknown")
     except ValueError as error:
         return Decision(None, None, None, str(error), "InvalidModelConfig")
-    usable = [g for g in groups if allowed(g, spec.resources.gpu_types) and _free(g, spec.resources) > 0]
+    per_pod = gpus_per_pod(spec.resources)
+    typed = [g for g in groups if allowed(g, spec.resources.gpu_types)]
+    if per_pod is not None and typed and per_pod > max(g.gpus_per_node for g in typed):
+        return Decision(None, None, None, f"{per_pod} GPUs per node asked (gpus / nodes); the allowed GPU nodes have "
+                        f"at most {max(g.gpus_per_node for g in typed)}", "Unschedulable")
+    usable = [g for g in typed if _free(g, spec.resources) > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
         have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free"

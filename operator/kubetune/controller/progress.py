@@ -61,12 +61,12 @@ class _Target:
 
 
 class ProgressReader:
-    """The newest progress of each running job, by (namespace, name)."""
+    """The newest progress of each running job's attempt, by (namespace, name, attempt)."""
 
     def __init__(self) -> None:
-        self._targets: dict[tuple[str, str], _Target] = {}
+        self._targets: dict[tuple[str, str, int], _Target] = {}
 
-    def latest(self, key: tuple[str, str], url: str) -> api.Progress | None:
+    def latest(self, key: tuple[str, str, int], url: str) -> api.Progress | None:
         """The last progress read from `url` (None before the first), starting a new read when one is due."""
         target = self._targets.get(key)
         if target is None or target.url != url:
@@ -77,17 +77,20 @@ class ProgressReader:
             target.reading = asyncio.create_task(self._read(target))
         return target.latest
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: tuple[str, str, int]) -> None:
         target = self._targets.pop(key, None)
         if target is not None and target.reading is not None:
             target.reading.cancel()
 
     @staticmethod
     async def _read(target: _Target) -> None:
-        current = await scrape(target.url)
+        try:
+            current = await scrape(target.url)
+        except Exception:  # a page that does not parse is as good as no answer
+            current = None
         if current is None:
             target.failures += 1
-            target.next_read = time.monotonic() + min(MAX_PAUSE_SECONDS, EVERY_SECONDS * 2 ** target.failures)
+            target.next_read = time.monotonic() + min(MAX_PAUSE_SECONDS, EVERY_SECONDS * 2 ** min(target.failures, 8))
             return
         target.failures = 0
         target.latest = current

@@ -14,8 +14,10 @@ from typing import Any
 import yaml
 
 from kubetune.devcluster import binaries, host
-from kubetune.devcluster.node import RealNode
+from kubetune.devcluster.host import HostError
+from kubetune.devcluster.node import NodeError, RealNode
 from kubetune.devcluster.profile import ClusterProfile
+from kubetune.devcluster.trainer_image import TrainerImageError
 
 # kwok's own stages, from its module (copied by hack/build-bins.sh). A config that declares any Stage
 # replaces all of kwok's defaults, so the defaults we rely on are listed here explicitly.
@@ -98,6 +100,11 @@ class LocalCluster:
         missing = binaries.missing()
         if missing:
             raise ClusterError(f"binaries not built yet: {', '.join(missing)}; run hack/build-bins.sh first")
+        if profile.real_node is not None:
+            try:
+                RealNode.check()
+            except NodeError as error:
+                raise ClusterError(str(error)) from error
         self.down()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         config = self.state_dir / "kwok.yaml"
@@ -134,18 +141,23 @@ class LocalCluster:
         expected = {node["metadata"]["name"] for node in profile.node_manifests()}
         self._wait_for(f"{len(expected)} Ready nodes", lambda: expected <= self.ready_nodes())
         if profile.real_node is not None:
-            self.node.up(profile, self.server())
+            try:
+                self.node.up(profile, self.server())
+            except (NodeError, HostError, TrainerImageError) as error:
+                raise ClusterError(f"the real node did not start: {error}") from error
 
     def server(self) -> str:
         return yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
 
     def down(self) -> None:
         """Stop the cluster and every process it started; a no-op when none is there."""
-        self.node.down()
-        if self.cluster_dir.exists():
-            self.kwokctl("delete", "cluster", timeout=120)
-        self._kill_leftover_pids()
-        self.kubeconfig.unlink(missing_ok=True)
+        try:
+            self.node.down()
+        finally:
+            if self.cluster_dir.exists():
+                self.kwokctl("delete", "cluster", timeout=120)
+            self._kill_leftover_pids()
+            self.kubeconfig.unlink(missing_ok=True)
 
     def ready_nodes(self) -> set[str]:
         result = self.kubectl("get", "nodes", "-o", "json")

@@ -27,8 +27,9 @@ def wait_for(what: str, ready: Callable[[], bool], timeout: float, error: type[E
         time.sleep(0.5)
 
 
-def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(list(args), capture_output=True, text=True, check=False)
+def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """A host command; an image import is the slowest (about a minute for 6 GB)."""
+    result = subprocess.run(list(args), capture_output=True, text=True, check=False, timeout=timeout)
     if check and result.returncode != 0:
         raise HostError(f"{' '.join(args)} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result
@@ -36,12 +37,13 @@ def run(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 # Processes -----------------------------------------------------------------------------------------------------
 
-def start(name: str, argv: Sequence[str], pids: Path, logs: Path, env: dict[str, str] | None = None) -> int:
+def start(name: str, argv: Sequence[str], pids: Path, logs: Path, env: dict[str, str] | None = None,
+          pass_fds: Sequence[int] = ()) -> int:
     pids.mkdir(parents=True, exist_ok=True)
     logs.mkdir(parents=True, exist_ok=True)
     with (logs / f"{name}.log").open("ab") as log:
         process = subprocess.Popen(list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True, env={**os.environ, **(env or {})})
+                                   start_new_session=True, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
     (pids / f"{name}.pid").write_text(str(process.pid))
     return process.pid
 
@@ -219,6 +221,13 @@ def links_on_bridge(bridge: str) -> list[str]:
 
 
 def remove_kubelet_chains() -> None:
+    """The kubelet's canary chains, unless another kubelet on this host (another cluster's node) still uses them."""
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "kubelet":
+                return
+        except OSError:
+            continue
     for tool in ("iptables", "ip6tables"):
         for table in ("mangle", "nat", "filter"):
             if run(tool, "-t", table, "-n", "-L", KUBELET_CANARY, check=False).returncode == 0:

@@ -8,6 +8,7 @@ folders are root-owned as provisioners make them, so pods write to them through 
 """
 
 import dataclasses
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -90,16 +91,24 @@ class RealNode:
 
     # Up --------------------------------------------------------------------------------------------------------
 
-    def up(self, profile: ClusterProfile, server: str) -> None:
-        spec = profile.real_node
-        assert spec is not None
+    @staticmethod
+    def check() -> None:
+        """What this host must give a real node, checked before any cluster starts."""
         if os.geteuid() != 0:
             raise NodeError("a real node needs root (mounts, cgroups, a bridge); run as root or use a profile "
+                            "without real_node")
+        if (host.CGROUP_V1 / "cgroup.controllers").exists():
+            raise NodeError("a real node here is set up for cgroup v1 (this host mounts cgroup v2); use a profile "
                             "without real_node")
         missing = [name for name in binaries.NODE if not os.access(binaries.bin_dir() / name, os.X_OK)]
         if missing or not node_config.RUNC.exists() or not (node_config.CNI_BIN_DIR / "bridge").exists():
             raise NodeError(f"the real node's parts are missing ({', '.join(missing) or 'runc or CNI plugins'}): "
                             "run hack/setup.sh")
+
+    def up(self, profile: ClusterProfile, server: str) -> None:
+        spec = profile.real_node
+        assert spec is not None
+        self.check()
         self.down()
         for folder in (self.paths.state, self.paths.images, self.paths.volumes, self.paths.cni_conf_dir):
             folder.mkdir(parents=True, exist_ok=True)
@@ -136,10 +145,22 @@ class RealNode:
     def _start_containerd(self) -> None:
         config = self.paths.state / "containerd.toml"
         config.write_text(node_config.containerd_toml(self.paths, PAUSE_IMAGE, binaries.bin_dir()))
-        host.start("containerd", [str(binaries.bin_dir() / "containerd"), "--config", str(config)],
-                   self.paths.pids, self.paths.logs,
-                   # containerd finds its shim on PATH.
-                   env={"PATH": f"{binaries.bin_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+        # The image store is shared by every cluster of this name: containerd inherits a lock on it, held as
+        # long as it runs, so a second node on the same store fails here instead of hanging in its database.
+        lock = os.open(self.paths.images / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            os.close(lock)
+            raise NodeError(f"another real node uses the image store {self.paths.images} (a cluster named "
+                            f"'{self.cluster_name}' from another state folder): stop it first") from error
+        try:
+            host.start("containerd", [str(binaries.bin_dir() / "containerd"), "--config", str(config)],
+                       self.paths.pids, self.paths.logs, pass_fds=(lock,),
+                       # containerd finds its shim on PATH.
+                       env={"PATH": f"{binaries.bin_dir()}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+        finally:
+            os.close(lock)
         self._wait_for("containerd", lambda: self._ctr("version", check=False).returncode == 0, timeout=60)
 
     def _ctr(self, *args: str, check: bool = True) -> Any:
@@ -238,8 +259,8 @@ class RealNode:
             return
         try:
             state: NodeState | None = self.state()
-        except NodeError:
-            state = None
+        except NodeError:  # a record lost mid-write: the names come from the key all the same
+            state = NodeState(bridge=f"kt-{self.key}", subnet="", cgroup_root=f"kubetune-{self.key}", node="")
         marker = str(self.paths.state)
         host.stop_recorded(self.paths.pids, "kubelet", marker)
         if (self.paths.pids / "containerd.pid").exists():

@@ -119,8 +119,8 @@ def _gpu_counts(pool: GpuPool, request: Request) -> list[int]:
     if request.num_gpus is not None:
         return [request.num_gpus]
     per_node = pool.gpus_per_node
-    max_nodes = request.num_nodes or pool.nodes
-    if request.num_nodes is not None and request.num_nodes > 1:
+    max_nodes = pool.nodes
+    if request.num_nodes is not None:  # whole nodes' GPUs
         return [request.num_nodes * per_node]
     counts = [n for n in (1, 2, 4, 8, 16) if n <= per_node] + ([per_node] if per_node not in (1, 2, 4, 8, 16) else [])
     nodes = 2

@@ -30,16 +30,23 @@ def verdict_of(returncode: int, verdicts: list[contract.Verdict]) -> tuple[int, 
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    with tempfile.TemporaryDirectory(prefix="kubetune-verdicts-") as folder:
-        process = subprocess.Popen([torchrun, *args], env={**os.environ, contract.VERDICT_DIR_ENV: folder})
+    stopping: list[int] = []
+    process: subprocess.Popen[bytes] | None = None
 
-        def forward(signum: int, _frame: object) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if process is not None:
             process.send_signal(signum)
 
-        # As the container's PID 1, signals without a handler would be ignored.
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, forward)
+    # As the container's PID 1, signals without a handler would be ignored; installed first, so none is lost.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, forward)
+    with tempfile.TemporaryDirectory(prefix="kubetune-verdicts-") as folder:
+        # torchrun's module, whatever the image's layout puts its script.
+        process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
+                                   env={**os.environ, contract.VERDICT_DIR_ENV: folder})
+        if stopping:
+            process.send_signal(stopping[0])
         returncode = process.wait()
         code, message = verdict_of(returncode, contract.read_verdicts(Path(folder)))
     if message is not None:

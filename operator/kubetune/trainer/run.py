@@ -244,6 +244,9 @@ def main() -> None:
     args = parser.parse_args()
     try:
         config = TrainerConfig.model_validate_json(args.config.read_text())
+        if not torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu":
+            raise RuntimeError(f"no GPU is visible to torch (is the NVIDIA driver mounted?); runs on the CPU only "
+                               f"on simulated GPUs ({contract.SIMULATED_GPUS_ENV}=1) or with DS_ACCELERATOR=cpu")
         ds = for_this_machine(json.loads(args.deepspeed.read_text()))
         if not torch.cuda.is_available():
             # DeepSpeed's CPU backend would JIT-compile its shared-memory allreduce (an optimisation of
