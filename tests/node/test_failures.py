@@ -68,3 +68,22 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
 def _bound_folder(cluster: LocalCluster, claims: Claims):
     phase = cluster.kubectl("get", "pvc", claims.output, "-n", claims.namespace, "-o", "jsonpath={.status.phase}")
     return claim_folder(cluster, claims.namespace, claims.output) if phase.stdout == "Bound" else None
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"hubTokenSecretRef": {"name": "no-such-secret"}}, "CreateContainerConfigError"),
+    ({"images": {"trainer": "localhost/kubetune/trainer:no-such-tag"}}, "ImagePullBackOff"),
+])
+def test_workers_the_real_kubelet_cannot_start_fail_the_job_with_its_reason(
+        cluster: LocalCluster, node_operator: Operator, claims: Claims, change: dict, reason: str) -> None:
+    manifest = example("tiny-lora")
+    manifest["metadata"]["name"] = "cannot-start"
+    manifest["spec"] |= change
+    assert apply(cluster, claims.namespace, manifest).returncode == 0
+    ftj = wait_until("the job to fail", lambda: (f := get(cluster, claims.namespace, "ftj", "cannot-start")) and
+                     f.get("status", {}).get("phase") == "Failed" and f, timeout=240)
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "InvalidInput" and reason in failed["message"], failed
+    # Its Job is suspended, so the kubelet stops retrying what only the user can fix.
+    job = get(cluster, claims.namespace, "job", ftj["status"]["children"]["job"])
+    assert job["spec"]["suspend"] is True
