@@ -10,6 +10,16 @@ from kubetune.controller.recovery import TRAINER_INVALID_INPUT_EXIT_CODE, TRAINE
 from kubetune.trainer import run
 
 
+def _run_with_a_minimal_config(monkeypatch, tmp_path) -> None:
+    """Command-line arguments naming a valid trainer.json and an empty DeepSpeed config."""
+    config = tmp_path / "trainer.json"
+    config.write_text('{"job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
+                      '"output": {}, "checkpointIntervalSteps": 1, "method": "lora", "gradientCheckpointing": false, '
+                      '"attention": "sdpa", "precision": "bf16"}')
+    (tmp_path / "ds.json").write_text("{}")
+    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+
+
 def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, tmp_path) -> None:
     def out_of_memory(*_):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -18,12 +28,7 @@ def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, t
     monkeypatch.setattr(run, "train", out_of_memory)
     monkeypatch.setattr(run.deepspeed, "init_distributed", lambda **_: None)
     monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
-    config = tmp_path / "trainer.json"
-    config.write_text('{"job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
-                      '"output": {}, "checkpointIntervalSteps": 1, "method": "lora", "gradientCheckpointing": false, '
-                      '"attention": "sdpa", "precision": "bf16"}')
-    (tmp_path / "ds.json").write_text("{}")
-    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+    _run_with_a_minimal_config(monkeypatch, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run.main()
     assert exit_info.value.code == run.OOM_EXIT_CODE == TRAINER_OOM_EXIT_CODE
@@ -48,12 +53,7 @@ def test_a_pod_that_sees_no_gpu_fails_at_once_unless_its_gpus_are_simulated(monk
     monkeypatch.delenv("DS_ACCELERATOR", raising=False)
     monkeypatch.setattr(run, "train", lambda *_: pytest.fail("trained without a GPU"))
     monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
-    config = tmp_path / "trainer.json"
-    config.write_text('{"job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
-                      '"output": {}, "checkpointIntervalSteps": 1, "method": "lora", "gradientCheckpointing": false, '
-                      '"attention": "sdpa", "precision": "bf16"}')
-    (tmp_path / "ds.json").write_text("{}")
-    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
+    _run_with_a_minimal_config(monkeypatch, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run.main()
     assert exit_info.value.code == 1
