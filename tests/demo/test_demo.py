@@ -12,7 +12,7 @@ import pytest
 
 from kubetune.devcluster import host
 from kubetune.devcluster.cluster import LocalCluster
-from kubetune.devcluster.node import NodeState
+from kubetune.devcluster.node import RealNode
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node, pytest.mark.timeout(1800)]
 
@@ -20,21 +20,22 @@ ROOT = Path(__file__).resolve().parents[2]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 
 
-def leftovers(state: Path, node: NodeState, folder: Path) -> dict[str, list]:
+def leftovers(state: Path, node: RealNode) -> dict[str, list]:
     """What of the cluster and its real node is still on the host: processes naming their folders, mounts
     under them, the node's cgroups, bridge and folder."""
     return {
-        "processes": host.processes_naming(str(state)) + host.processes_naming(str(folder)),
-        "mounts": [str(p) for p in host.mounts_under([state, folder])],
+        "processes": host.processes_naming(str(state)) + host.processes_naming(str(node.paths.state)),
+        "mounts": [str(p) for p in host.mounts_under([state, node.paths.state])],
         "cgroups": [str(h / node.cgroup_root) for h in host.cgroup_hierarchies() if (h / node.cgroup_root).exists()],
         "bridges": [node.bridge] if host.link_exists(node.bridge) else [],
-        "folders": [str(folder)] if folder.exists() else [],
+        "folders": [str(node.paths.state)] if node.paths.state.exists() else [],
     }
 
 
 def test_the_demo_really_trains_and_down_leaves_nothing_behind(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = dict(os.environ, KUBETUNE_STATE=str(state))
+    cluster = LocalCluster("kubetune-dev", state / "kubetune-dev")
     try:
         result = subprocess.run([str(ROOT / "hack" / "demo.sh")], cwd=ROOT, env=env, capture_output=True, text=True,
                                 timeout=1800)
@@ -46,13 +47,11 @@ def test_the_demo_really_trains_and_down_leaves_nothing_behind(tmp_path: Path) -
         losses = [float(m) for m in re.findall(r"^  step \d+/120 loss ([0-9.]+)", output, re.MULTILINE)]
         assert len(losses) >= 5 and losses[-1] < 0.8 * losses[0], losses
         assert "the adapter was saved to /output/final on claim demo-output" in output
-        cluster = LocalCluster("kubetune-dev", state / "kubetune-dev")
         pods = cluster.kubectl_ok("get", "pods", "-l", "kubetune.io/finetunejob=tiny-lora", "-o",
                                   "jsonpath={.items[*].spec.nodeName}").split()
         assert pods == ["real-0", "real-0"]
-        node, folder = cluster.node.state(), cluster.node.paths.state
     finally:
         down = subprocess.run([KUBETUNE, "dev-cluster", "down"], env=env, capture_output=True, text=True, timeout=300)
     assert down.returncode == 0, down.stderr
-    assert leftovers(state, node, folder) == {"processes": [], "mounts": [], "cgroups": [], "bridges": [],
+    assert leftovers(state, cluster.node) == {"processes": [], "mounts": [], "cgroups": [], "bridges": [],
                                               "folders": []}

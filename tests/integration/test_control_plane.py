@@ -73,7 +73,7 @@ def test_every_component_listens_on_loopback_only(cluster: LocalCluster) -> None
 def test_the_real_node_listens_only_on_loopback_and_its_own_bridge(cluster: LocalCluster) -> None:
     """The kubelet and CoreDNS serve the node's bridge address, which only this host and its pods reach;
     containerd its socket and a loopback streaming port."""
-    node_ip = cluster.node.state().network.node_ip
+    node_ip = cluster.node.network(cluster.node.state()).node_ip
     pids = {int(p.read_text()) for p in cluster.node.paths.pids.glob("*.pid")}
     assert len(pids) == 3, "containerd, CoreDNS and the kubelet should be running"
     listening = subprocess.run(["ss", "-ltnupH"], capture_output=True, text=True, check=True).stdout

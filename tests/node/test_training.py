@@ -16,6 +16,7 @@ import torch
 from kubetune.devcluster import seed
 from kubetune.devcluster.cluster import LocalCluster
 from kubetune.devcluster.node import SIMULATED_LABEL
+from kubetune.devcluster.profile import FAKE_NODE_ANNOTATION
 from kubetune.trainer import checkpoints as checkpoints_module
 from tests.integration.ftj import ROOT, Operator, apply, condition, example, get, trainer_pods
 from tests.integration.waiting import wait_until
@@ -75,7 +76,7 @@ def test_a_two_pod_job_really_trains_on_the_real_node(cluster: LocalCluster, nod
     for pod in pods:
         node = get(cluster, "default", "node", pod["spec"]["nodeName"])
         assert node["metadata"]["labels"][SIMULATED_LABEL] == "true"  # the real node, not a kwok one
-        assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {})
+        assert FAKE_NODE_ANNOTATION not in node["metadata"].get("annotations", {})
     assert len({pod["status"]["podIP"] for pod in pods}) == 2
 
     prometheus = Prometheus(tmp_path, {

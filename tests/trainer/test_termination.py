@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from kubetune.controller.recovery import TRAINER_INVALID_INPUT_EXIT_CODE, TRAINER_OOM_EXIT_CODE
+from kubetune.api import contract
 from kubetune.trainer import run
 
 
@@ -31,7 +31,7 @@ def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, t
     _run_with_a_minimal_config(monkeypatch, tmp_path)
     with pytest.raises(SystemExit) as exit_info:
         run.main()
-    assert exit_info.value.code == run.OOM_EXIT_CODE == TRAINER_OOM_EXIT_CODE
+    assert exit_info.value.code == contract.OOM_EXIT_CODE
     assert (tmp_path / "termination-log").read_text().startswith("kubetune-oom peak_allocated_bytes=")
 
 
@@ -43,7 +43,7 @@ def test_a_config_of_an_unknown_version_is_refused(monkeypatch, tmp_path) -> Non
     monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
     with pytest.raises(SystemExit) as exit_info:
         run.main()
-    assert exit_info.value.code == run.INVALID_INPUT_EXIT_CODE == TRAINER_INVALID_INPUT_EXIT_CODE
+    assert exit_info.value.code == contract.INVALID_INPUT_EXIT_CODE
     assert (tmp_path / "termination-log").read_text().startswith("kubetune-invalid-input 11 validation errors")
 
 

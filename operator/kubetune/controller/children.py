@@ -28,9 +28,6 @@ TRAINER_UID = 1000
 CPU_MILLIS_PER_GPU = 4000
 HOST_MEMORY_PER_GPU = 8 * 1024**3
 DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
-RENDEZVOUS_PORT = contract.RENDEZVOUS_PORT
-METRICS_PORT = contract.METRICS_PORT
-CONFIG_DIR = contract.CONFIG_DIR
 
 
 def names(job_name: str) -> dict[str, str]:
@@ -49,13 +46,14 @@ def attempt_of(job: dict[str, Any]) -> int:
 def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
     lora = settings.lora
     trainer = TrainerConfig(
-        job=name, model=spec.model, tokenizer=spec.model.tokenizer, dataset=spec.dataset, training=spec.training, output=spec.output,
+        job=name, model=spec.model, tokenizer=spec.model.tokenizer, dataset=spec.dataset, training=spec.training,
+        output=spec.output,
         checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method.value,
         # alpha = 2 x rank, the common choice; the API exposes rank only.
         lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
         if settings.method.value == "lora" else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention.value,
-        precision=settings.precision.value, metrics_port=METRICS_PORT, plan=plan,
+        precision=settings.precision.value, metrics_port=contract.METRICS_PORT, plan=plan,
     )
     lr = float(spec.training.learning_rate)
     return {
@@ -77,7 +75,8 @@ def service(name: str) -> dict[str, Any]:
             # Rendezvous happens before pods are ready.
             "publishNotReadyAddresses": True,
             "selector": labels(name, "trainer"),
-            "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}, {"name": "metrics", "port": METRICS_PORT}],
+            "ports": [{"name": "rendezvous", "port": contract.RENDEZVOUS_PORT},
+                      {"name": "metrics", "port": contract.METRICS_PORT}],
         },
     }
 
@@ -121,8 +120,9 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     command = [
         # The launcher runs torchrun and exits with the failing rank's own code (api/contract.py).
         "python", "-m", "kubetune.trainer.launch", f"--nnodes={plan.nodes}", f"--nproc_per_node={plan.gpus_per_node}",
-        "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master}", f"--master_port={RENDEZVOUS_PORT}",
-        "-m", "kubetune.trainer", f"--config={CONFIG_DIR}/trainer.json", f"--deepspeed={CONFIG_DIR}/ds_config.json",
+        "--node_rank=$(JOB_COMPLETION_INDEX)", f"--master_addr={master}", f"--master_port={contract.RENDEZVOUS_PORT}",
+        "-m", "kubetune.trainer", f"--config={contract.CONFIG_DIR}/trainer.json",
+        f"--deepspeed={contract.CONFIG_DIR}/ds_config.json",
     ]
     # The trainer labels its metrics with its pod and namespace, as DCGM exporter labels the pod's GPUs.
     env: list[dict[str, Any]] = [
@@ -144,7 +144,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}}
         if spec.output.claim_name else {"name": "output", "emptyDir": {}},
     ]
-    mounts = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+    mounts = [{"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
               {"name": "dshm", "mountPath": "/dev/shm"},
               {"name": "output", "mountPath": spec.output.path}]
     if spec.dataset.claim_name:
@@ -167,8 +167,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
             "command": command,
             "env": env,
             # One metrics port per local rank; the chart's PodMonitor scrapes every port named metrics*.
-            "ports": [{"name": "rendezvous", "containerPort": RENDEZVOUS_PORT},
-                      *({"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": METRICS_PORT + i}
+            "ports": [{"name": "rendezvous", "containerPort": contract.RENDEZVOUS_PORT},
+                      *({"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": contract.METRICS_PORT + i}
                         for i in range(plan.gpus_per_node))],
             "resources": {
                 "limits": {GPU_RESOURCE: str(plan.gpus_per_node)},

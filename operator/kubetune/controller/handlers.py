@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
+from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.controller import children, planning, progress, recovery
 from kubetune.controller import conditions as c
@@ -302,7 +303,7 @@ async def _observe(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
             m.time_to_running.observe(_seconds_since(body["metadata"]["creationTimestamp"]))
         ip = await capacity.rank0_ip(namespace, name, attempt)
         if ip is not None:
-            current = progress_reader.latest((namespace, name, attempt), f"http://{ip}:{children.METRICS_PORT}/metrics")
+            current = progress_reader.latest((namespace, name, attempt), f"http://{ip}:{contract.METRICS_PORT}/metrics")
             written = current.model_dump(by_alias=True, exclude_none=True) if current is not None else None
             if written is not None and written != status.get("progress"):
                 patch.status["progress"] = written

@@ -73,8 +73,9 @@ def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | N
         # Pods that share a machine share its host memory too.
         host = (group.host_memory_bytes * per_pod // group.gpus_per_node
                 if group.host_memory_bytes is not None else None)
-        return search.GpuPool(gpu=group.gpu, gpus_per_node=min(per_pod, group.gpus_per_node),
-                              nodes=max(_free(group, resources), 1), host_memory_bytes=host, usd_per_hour=usd_per_hour)
+        # Only groups that hold at least one such pod get here (decide's `usable`).
+        return search.GpuPool(gpu=group.gpu, gpus_per_node=per_pod, nodes=_free(group, resources),
+                              host_memory_bytes=host, usd_per_hour=usd_per_hour)
     per_node = group.gpus_per_node
     nodes = group.free_nodes
     if resources.max_nodes is not None:
@@ -115,9 +116,10 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         return Decision(None, None, None, str(error), "InvalidModelConfig")
     per_pod = gpus_per_pod(spec.resources)
     typed = [g for g in groups if allowed(g, spec.resources.gpu_types)]
-    if per_pod is not None and typed and per_pod > max(g.gpus_per_node for g in typed):
+    largest = max((g.gpus_per_node for g in typed), default=0)
+    if per_pod is not None and typed and per_pod > largest:
         return Decision(None, None, None, f"{per_pod} GPUs per node asked (gpus / nodes); the allowed GPU nodes have "
-                        f"at most {max(g.gpus_per_node for g in typed)}", "Unschedulable")
+                        f"at most {largest}", "Unschedulable")
     usable = [g for g in typed if _free(g, spec.resources) > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])

@@ -12,8 +12,6 @@ from typing import Any
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 
-TRAINER_OOM_EXIT_CODE = contract.OOM_EXIT_CODE
-TRAINER_INVALID_INPUT_EXIT_CODE = contract.INVALID_INPUT_EXIT_CODE
 # Each replan asks for this much more than the failed run showed it needs.
 REPLAN_MARGIN = 1.05
 
@@ -52,11 +50,11 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
                 continue
             code, text = terminated["exitCode"], terminated.get("message", "").strip()
             message = f"pod {name} exited with code {code} ({terminated.get('reason', 'Error')}): {text}"
-            if code == TRAINER_OOM_EXIT_CODE:
+            if code == contract.OOM_EXIT_CODE:
                 measured = contract.parse_oom(text)
                 failures.append(Failure(Kind.OUT_OF_MEMORY, message, *measured) if measured
                                 else Failure(Kind.OUT_OF_MEMORY, message))
-            elif code == TRAINER_INVALID_INPUT_EXIT_CODE:
+            elif code == contract.INVALID_INPUT_EXIT_CODE:
                 failures.append(Failure(Kind.INVALID_INPUT, message))
             else:
                 failures.append(Failure(Kind.WORKER_FAILED, message))

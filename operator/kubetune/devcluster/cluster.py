@@ -16,7 +16,7 @@ import yaml
 from kubetune.devcluster import binaries, host
 from kubetune.devcluster.host import HostError
 from kubetune.devcluster.node import NodeError, RealNode
-from kubetune.devcluster.profile import ClusterProfile
+from kubetune.devcluster.profile import FAKE_NODE_ANNOTATION, ClusterProfile
 from kubetune.devcluster.trainer_image import TrainerImageError
 
 # kwok's own stages, from its module (copied by hack/build-bins.sh). A config that declares any Stage
@@ -43,7 +43,6 @@ LONG_RUNNING_NAMESPACE = "kubetune-long-running"
 WAITING_LABEL = "waiting.kubetune.io"
 
 START_TIMEOUT_SECONDS = 180
-FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 class ClusterError(RuntimeError):
@@ -223,10 +222,9 @@ class LocalCluster:
         for pid_file in self.cluster_dir.glob("pids/*.pid"):
             try:
                 pid = int(pid_file.read_text().strip())
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
             except (ValueError, OSError):
                 continue
-            if str(self.cluster_dir) in cmdline:
+            if str(self.cluster_dir) in host.cmdline(pid):
                 os.kill(pid, signal.SIGKILL)
                 killed.append(pid)
         # SIGKILL is delivered asynchronously; return only once the processes (and their ports) are gone.

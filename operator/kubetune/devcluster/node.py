@@ -47,17 +47,11 @@ class NodeError(RuntimeError):
 
 @dataclass(frozen=True)
 class NodeState:
-    """What `up` chose, kept in the node's folder so `down` undoes exactly that."""
+    """What `up` chose, kept in the node's folder for `down` and for what runs on the node."""
 
-    bridge: str
     subnet: str
-    cgroup_root: str
     node: str
     trainer_image: str = ""  # the reference loaded into its runtime: what its pods run
-
-    @property
-    def network(self) -> node_config.NodeNetwork:
-        return node_config.NodeNetwork(self.bridge, ipaddress.ip_network(self.subnet))
 
 
 class RealNode:
@@ -71,6 +65,17 @@ class RealNode:
         self.paths = node_config.NodePaths(state=NODES_ROOT / self.key,
                                            images=binaries.cache_dir() / "nodes" / cluster_name)
         self.kubectl = kubectl
+
+    @property
+    def bridge(self) -> str:
+        return f"kt-{self.key}"  # interface names have at most 15 characters
+
+    @property
+    def cgroup_root(self) -> str:
+        return f"kubetune-{self.key}"
+
+    def network(self, state: NodeState) -> node_config.NodeNetwork:
+        return node_config.NodeNetwork(self.bridge, ipaddress.ip_network(state.subnet))
 
     def _kubectl_ok(self, *args: str, stdin: str | None = None) -> str:
         result = self.kubectl(*args, stdin=stdin)
@@ -112,9 +117,8 @@ class RealNode:
         self.down()
         for folder in (self.paths.state, self.paths.images, self.paths.volumes, self.paths.cni_conf_dir):
             folder.mkdir(parents=True, exist_ok=True)
-        state = NodeState(bridge=f"kt-{self.key}", subnet=str(_free_subnet()), cgroup_root=f"kubetune-{self.key}",
-                          node=spec.name)
-        network = state.network
+        state = NodeState(subnet=str(_free_subnet()), node=spec.name)
+        network = self.network(state)
 
         ca = pki.KeyPair(self.cluster_dir / "pki" / "ca.crt", self.cluster_dir / "pki" / "ca.key")
         kubelet_pair = pki.sign_client(ca, self.paths.pki, "kubelet", f"system:node:{spec.name}", "system:nodes")
@@ -134,8 +138,8 @@ class RealNode:
         self._start_containerd()
         self._load_images(image)
         self._start_coredns(network, coredns_kubeconfig)
-        host.make_cgroup_root(state.cgroup_root)
-        self._start_kubelet(spec, state, ca.cert, kubelet_kubeconfig)
+        host.make_cgroup_root(self.cgroup_root)
+        self._start_kubelet(spec, network, ca.cert, kubelet_kubeconfig)
         self._wait_for(f"node {spec.name} to register",
                        lambda: self.kubectl("get", "node", spec.name).returncode == 0)
         self._advertise(spec, profile)
@@ -189,14 +193,14 @@ class RealNode:
         host.start("coredns", [str(binaries.bin_dir() / "coredns"), "-conf", str(corefile)],
                    self.paths.pids, self.paths.logs)
 
-    def _start_kubelet(self, spec: RealNodeSpec, state: NodeState, ca_file: Path, kubeconfig: Path) -> None:
-        network = state.network
+    def _start_kubelet(self, spec: RealNodeSpec, network: node_config.NodeNetwork, ca_file: Path,
+                       kubeconfig: Path) -> None:
         cni = self.paths.cni_conf_dir / "10-kubetune.conflist"
         cni.write_text(json.dumps(node_config.cni_conflist(network, self.paths), indent=2))
         resolv = self.paths.state / "resolv.conf"
         resolv.write_text("")  # pods resolve cluster names only; the host's resolvers are not theirs
         config = self.paths.state / "kubelet.yaml"
-        config.write_text(node_config.kubelet_config(network, self.paths, ca_file, f"/{state.cgroup_root}", resolv))
+        config.write_text(node_config.kubelet_config(network, self.paths, ca_file, f"/{self.cgroup_root}", resolv))
         host.start("kubelet", [
             str(binaries.bin_dir() / "kubelet"), f"--config={config}", f"--kubeconfig={kubeconfig}",
             f"--hostname-override={spec.name}", f"--node-ip={network.node_ip}",
@@ -257,10 +261,6 @@ class RealNode:
         kubelet chains, and remove its folder; the image store stays. A no-op when nothing is there."""
         if not self.paths.state.exists():
             return
-        try:
-            state: NodeState | None = self.state()
-        except NodeError:  # a record lost mid-write: the names come from the key all the same
-            state = NodeState(bridge=f"kt-{self.key}", subnet="", cgroup_root=f"kubetune-{self.key}", node="")
         marker = str(self.paths.state)
         host.stop_recorded(self.paths.pids, "kubelet", marker)
         if (self.paths.pids / "containerd.pid").exists():
@@ -269,13 +269,11 @@ class RealNode:
         # Shims outlive containerd by design; theirs name its socket.
         host.terminate(host.processes_naming(str(self.paths.containerd_socket)), grace_seconds=5)
         host.stop_recorded(self.paths.pids, "coredns", marker)
-        if state is not None:
-            host.remove_cgroup_root(state.cgroup_root)
+        host.remove_cgroup_root(self.cgroup_root)
         host.unmount_under([self.paths.state, self.paths.images])
-        if state is not None:
-            for link in host.links_on_bridge(state.bridge):
-                host.delete_link(link)
-            host.delete_link(state.bridge)
+        for link in host.links_on_bridge(self.bridge):
+            host.delete_link(link)
+        host.delete_link(self.bridge)
         host.remove_kubelet_chains()
         if host.mounts_under([self.paths.state]):
             raise NodeError(f"mounts are left under {self.paths.state}: {host.mounts_under([self.paths.state])}")

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from kubetune.catalog import gpus
 
 GPU_RESOURCE = gpus.GPU_RESOURCE
+# kwok manages the nodes annotated so (its --manage-nodes-with-annotation-selector); a real node is not.
+FAKE_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 PODS_PER_NODE = "110"
 
 
@@ -92,7 +94,7 @@ class ClusterProfile(BaseModel):
             "metadata": {
                 "name": name,
                 "labels": labels,
-                "annotations": {"kwok.x-k8s.io/node": "fake", "node.alpha.kubernetes.io/ttl": "0"},
+                "annotations": {FAKE_NODE_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
             },
             "spec": {},
             "status": {

@@ -3,7 +3,7 @@
 Loads the model (a hub id, a local path, or random weights from an inline config), the tokenizer and the
 data, applies the plan (LoRA or full, checkpointing, attention kernel, DeepSpeed ZeRO from the generated
 config), trains with checkpoints and resume, serves metrics, and ends with a one-line reason in the
-termination message; a CUDA out-of-memory exits with OOM_EXIT_CODE and the measured peak.
+termination message; a CUDA out-of-memory exits with contract.OOM_EXIT_CODE and the measured peak.
 """
 
 import argparse
@@ -29,22 +29,19 @@ from kubetune.planner.settings import TrainingSettings
 from kubetune.trainer import checkpoints, data
 from kubetune.trainer.metrics import TrainerMetrics
 
-OOM_EXIT_CODE = contract.OOM_EXIT_CODE
-INVALID_INPUT_EXIT_CODE = contract.INVALID_INPUT_EXIT_CODE
 INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError, UnicodeDecodeError)
 
 
 class InvalidInputError(Exception):
     """The dataset, tokenizer or model could not be read as configured."""
-DATA_MOUNT = contract.DATA_MOUNT
 TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
 
 
 def _on_claim(config: TrainerConfig, name: str) -> str:
     """A model or tokenizer name that is a folder on the data claim means that folder; anything else is a Hub id
     (or an absolute path)."""
-    if config.dataset.claim_name and not name.startswith("/") and (DATA_MOUNT / name).is_dir():
-        return str(DATA_MOUNT / name)
+    if config.dataset.claim_name and not name.startswith("/") and (contract.DATA_MOUNT / name).is_dir():
+        return str(contract.DATA_MOUNT / name)
     return name
 
 
@@ -117,8 +114,8 @@ def train(config: TrainerConfig, ds: dict) -> None:
         tokenizer = AutoTokenizer.from_pretrained(_on_claim(config, config.tokenizer or config.model.name))
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        # The operator mounts the dataset's claim at DATA_MOUNT; `source` is then a path on it.
-        source = str(DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
+        # The operator mounts the dataset's claim at contract.DATA_MOUNT; `source` is then a path on it.
+        source = str(contract.DATA_MOUNT / config.dataset.source) if config.dataset.claim_name else config.dataset.source
         records = data.read_records(source)
         examples = [data.encode(r, config.dataset.format.value, tokenizer, config.training.seq_len) for r in records]
         batches = data.Batches(examples, ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"],
@@ -257,10 +254,10 @@ def main() -> None:
     except torch.OutOfMemoryError:
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
-        _terminate(contract.oom_message(peak, total), OOM_EXIT_CODE)
+        _terminate(contract.oom_message(peak, total), contract.OOM_EXIT_CODE)
     except (ValidationError, InvalidInputError) as error:
         traceback.print_exc()
-        _terminate(f"kubetune-invalid-input {error}".splitlines()[0], INVALID_INPUT_EXIT_CODE)
+        _terminate(f"kubetune-invalid-input {error}".splitlines()[0], contract.INVALID_INPUT_EXIT_CODE)
     except Exception as error:  # the last word of any failure goes to the termination message
         traceback.print_exc()
         _terminate(f"kubetune-error {type(error).__name__}: {error}".splitlines()[0], contract.ERROR_EXIT_CODE)
