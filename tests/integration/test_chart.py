@@ -126,6 +126,24 @@ def test_rendered_manifests_pass_the_apiservers_own_validation(cluster: LocalClu
         assert result.returncode == 0, result.stderr
 
 
+def test_apply_warns_when_the_output_would_be_lost(cluster: LocalCluster, installed: None) -> None:
+    """The chart's admission policy warns at `kubectl apply` (and refuses nothing) when no claim keeps the
+    output; the operator says the same in status (tests/integration/test_operator.py)."""
+    ephemeral = example("minimal")
+    ephemeral["spec"].pop("output", None)
+    durable = example("minimal")
+    durable["spec"]["output"] = {"claimName": "models"}
+
+    def warned() -> subprocess.CompletedProcess[str] | None:
+        result = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", stdin=json.dumps(ephemeral))
+        return result if "claimName is not set" in result.stderr else None
+
+    result = wait_until("the admission policy to take effect", warned)  # the apiserver compiles it first
+    assert result.returncode == 0 and "Warning:" in result.stderr, result.stderr
+    result = cluster.kubectl("apply", "--dry-run=server", "-n", "default", "-f", "-", stdin=json.dumps(durable))
+    assert result.returncode == 0 and "Warning" not in result.stderr, result.stderr
+
+
 def test_upgrade_keeps_existing_finetunejobs(cluster: LocalCluster, installed: None) -> None:
     cluster.kubectl("create", "namespace", "chart-upgrade")
     apply(cluster, "chart-upgrade", example("minimal"))

@@ -68,6 +68,10 @@ def test_example_is_planned_scheduled_on_the_planned_gpus_and_succeeds(
     assert condition(ftj, "Succeeded")["status"] == "True"
     reasons = {e["reason"] for e in events(cluster, namespace, name)}
     assert {"Planned", "Created", "JobCompleted"} <= reasons
+    # The example keeps nothing: status and a Warning say so, so nobody learns it after the run.
+    lost = condition(ftj, "OutputDurable")
+    assert (lost["status"], lost["reason"]) == ("False", "EphemeralOutput") and "claimName" in lost["message"]
+    assert any(e["type"] == "Warning" and e["reason"] == "EphemeralOutput" for e in events(cluster, namespace, name))
 
 
 def test_70b_on_one_80gb_node_is_planned_with_zero3_lora_and_checkpointing(
@@ -127,13 +131,25 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, operator: Operato
 
 
 def test_a_failed_pod_surfaces_its_reason_and_message(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
-    manifest = failing("minimal", 137, "OOMKilled", "host memory exhausted")
+    manifest = failing("minimal", 3, "Error", "the trainer crashed")
     manifest["spec"]["recovery"] = {"maxRestarts": 0}
     apply(cluster, namespace, manifest)
     ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
     failed = condition(ftj, "Failed")
     assert failed["reason"] == "WorkerFailed"
+    assert "exited with code 3 (Error): the trainer crashed" in failed["message"]
+
+
+def test_a_pod_killed_for_host_memory_without_offload_fails_at_once(cluster: LocalCluster, operator: Operator,
+                                                                     namespace: str) -> None:
+    """The runtime's OOMKilled, as kwok plays it here (the real node's own is in tests/node): the same plan
+    would be killed again, so no restart is spent."""
+    apply(cluster, namespace, failing("minimal", 137, "OOMKilled", "host memory exhausted"))
+    ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "HostOutOfMemory"
     assert "exited with code 137 (OOMKilled): host memory exhausted" in failed["message"]
+    assert "offloads nothing" in failed["message"] and len(ftj["status"]["attempts"]) == 1
 
 
 def test_suspend_stops_the_job_and_resume_runs_it(cluster: LocalCluster, operator: Operator, namespace: str) -> None:

@@ -1,6 +1,8 @@
 """What crosses the pod boundary when training fails, on the real node with the real torchrun and kubelet:
 bad input found by the trainer fails the job once with the trainer's own reason and exit code, without
-spending the restart budget."""
+spending the restart budget; a GPU out-of-memory error replans and the new plan resumes from the checkpoint;
+a pod the kernel kills for its memory limit is recognised as such; a deleted pod restarts the gang; workers
+that cannot start fail the job. Each test keeps what the kubelet reported (tests/node/reports.py)."""
 
 import json
 
@@ -10,6 +12,7 @@ from kubetune.api import contract
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, apply, condition, example, get, trainer_pods
 from tests.integration.waiting import wait_until
+from tests.node import reports
 from tests.node.conftest import Claims, claim_folder
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
@@ -20,9 +23,11 @@ def test_records_without_the_formats_fields_fail_the_job_once_with_the_trainers_
     manifest = example("tiny-lora")
     manifest["metadata"]["name"] = "bad-records"
     manifest["spec"]["dataset"]["format"] = "Chat"  # the file holds Instruction records: no `messages`
+    watch = reports.PodWatch(cluster, claims.namespace, "bad-records")
     assert apply(cluster, claims.namespace, manifest).returncode == 0
     ftj = wait_until("the job to fail", lambda: (f := get(cluster, claims.namespace, "ftj", "bad-records")) and
                      f.get("status", {}).get("phase") == "Failed" and f, timeout=300)
+    reports.check("invalid-input", watch.stop())
     failed = condition(ftj, "Failed")
     assert failed["reason"] == "InvalidInput", failed
     assert "kubetune-invalid-input" in failed["message"] and "messages" in failed["message"], failed
@@ -41,6 +46,7 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
     manifest["metadata"]["name"] = "deleted-pod"
     manifest["spec"]["training"]["maxSteps"] = 200
     manifest["spec"]["checkpointIntervalSteps"] = 10
+    watch = reports.PodWatch(cluster, claims.namespace, "deleted-pod")
     assert apply(cluster, claims.namespace, manifest).returncode == 0
     output = wait_until("the output claim bound", lambda: _bound_folder(cluster, claims), timeout=180)
     log = output / "train_log.jsonl"
@@ -51,6 +57,7 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
     cluster.kubectl_ok("delete", "pod", "-n", claims.namespace, victim["metadata"]["name"], "--wait=false")
     ftj = wait_until("the job to succeed", lambda: (f := get(cluster, claims.namespace, "ftj", "deleted-pod")) and
                      f.get("status", {}).get("phase") in ("Succeeded", "Failed") and f, timeout=600)
+    reports.check("deleted-pod", watch.stop())
     assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
     assert [a["reason"] for a in ftj["status"]["attempts"]] in (["WorkerLost"], ["WorkerFailed"]), ftj["status"]
     assert ftj["status"]["attempts"][0]["action"] == "restarted from the newest checkpoint"
@@ -63,6 +70,66 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
     assert second[0] - 1 == (first[-1] // 10) * 10 or second[0] - 1 == (first[-1] // 10 - 1) * 10, (first, second)
     assert second == list(range(second[0], 201)), second
     assert first == list(range(1, first[-1] + 1))
+
+
+def test_a_gpu_out_of_memory_replans_and_the_new_plan_resumes_from_the_checkpoint(
+        cluster: LocalCluster, node_operator: Operator, claims: Claims) -> None:
+    """Rank 1 raises torch's real OutOfMemoryError after step 50 (contract.INJECT_FAULT_ANNOTATION); the
+    launcher makes it the pod's exit code, the operator replans to a plan predicted to need less memory, and
+    that plan's run resumes from the newest checkpoint on the claim, its loss going on where the first left."""
+    manifest = example("tiny-lora")
+    manifest["metadata"]["name"] = "gpu-oom"
+    manifest["metadata"]["annotations"] = {contract.INJECT_FAULT_ANNOTATION: "gpu-oom:50:1"}
+    manifest["spec"]["checkpointIntervalSteps"] = 20
+    watch = reports.PodWatch(cluster, claims.namespace, "gpu-oom")
+    assert apply(cluster, claims.namespace, manifest).returncode == 0
+    ftj = wait_until("the job to end", lambda: (f := get(cluster, claims.namespace, "ftj", "gpu-oom")) and
+                     f.get("status", {}).get("phase") in ("Succeeded", "Failed") and f, timeout=540)
+    reports.check("gpu-oom", watch.stop())
+    status = ftj["status"]
+    assert status["phase"] == "Succeeded", status
+    [first_attempt] = status["attempts"]
+    assert first_attempt["reason"] == "GPUOutOfMemory" and "kubetune-oom" in first_attempt["message"], first_attempt
+    assert first_attempt["action"].startswith("replanned for"), first_attempt
+    assert condition(ftj, "Planned")["reason"] == "Replanned"
+    assert status["plan"]["predictedPeakBytes"] < first_attempt["predictedPeakBytes"]
+    assert status["plan"]["microBatch"] < 4 and (status["plan"]["gpus"], status["plan"]["nodes"]) == (2, 2)
+
+    output = claim_folder(cluster, claims.namespace, claims.output)
+    entries = [json.loads(line) for line in (output / "train_log.jsonl").read_text().splitlines()]
+    steps = [e["step"] for e in entries]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    first, second = entries[:restart], entries[restart:]
+    assert [e["step"] for e in first][-1] in (49, 50)  # rank 0 may log step 50 before its peer's loss stops it
+    assert [e["step"] for e in second] == list(range(41, 121))  # after the newest checkpoint, step 40
+    loss = {e["step"]: e["loss"] for e in first}
+    # The same weights and examples, split into other micro-batches: the curve goes on, not from the start.
+    assert abs(second[0]["loss"] - loss[41]) < 0.05 * loss[41], (second[0], loss[41])
+    assert second[0]["loss"] < 0.8 * loss[1]
+    assert (output / "final" / "adapter_model.safetensors").exists()
+
+
+def test_a_pod_the_kernel_kills_for_its_memory_limit_fails_the_job_once_naming_the_limit(
+        cluster: LocalCluster, node_operator: Operator, claims: Claims) -> None:
+    """Rank 1 allocates host memory after step 5 until the kernel kills it under the pod's limit (its GPUs'
+    share of the node). The plan offloads nothing, so no plan needs less host memory: a clear failure, not a
+    restart of the same plan."""
+    manifest = example("tiny-lora")
+    manifest["metadata"]["name"] = "host-oom"
+    manifest["metadata"]["annotations"] = {contract.INJECT_FAULT_ANNOTATION: "host-oom:5:1"}
+    watch = reports.PodWatch(cluster, claims.namespace, "host-oom")
+    assert apply(cluster, claims.namespace, manifest).returncode == 0
+    ftj = wait_until("the job to end", lambda: (f := get(cluster, claims.namespace, "ftj", "host-oom")) and
+                     f.get("status", {}).get("phase") in ("Succeeded", "Failed") and f, timeout=300)
+    pods = reports.check("host-oom", watch.stop())
+    assert ftj["status"]["phase"] == "Failed", ftj["status"]
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "HostOutOfMemory", failed
+    assert "offloads nothing" in failed["message"] and "GiB" in failed["message"], failed
+    assert [a["reason"] for a in ftj["status"]["attempts"]] == ["HostOutOfMemory"]
+    killed = [s["state"]["terminated"] for p in pods for s in p["status"]["containerStatuses"]
+              if s["state"].get("terminated", {}).get("exitCode") == contract.HOST_OOM_EXIT_CODE]
+    assert killed and killed[0]["message"].startswith("kubetune-host-oom limit_bytes="), pods
 
 
 def _bound_folder(cluster: LocalCluster, claims: Claims):
@@ -79,9 +146,11 @@ def test_workers_the_real_kubelet_cannot_start_fail_the_job_with_its_reason(
     manifest = example("tiny-lora")
     manifest["metadata"]["name"] = "cannot-start"
     manifest["spec"] |= change
+    watch = reports.PodWatch(cluster, claims.namespace, "cannot-start")
     assert apply(cluster, claims.namespace, manifest).returncode == 0
     ftj = wait_until("the job to fail", lambda: (f := get(cluster, claims.namespace, "ftj", "cannot-start")) and
                      f.get("status", {}).get("phase") == "Failed" and f, timeout=240)
+    reports.check(f"cannot-start-{reason}", watch.stop(waiting=reason))
     failed = condition(ftj, "Failed")
     assert failed["reason"] == "InvalidInput" and reason in failed["message"], failed
     # Its Job is suspended, so the kubelet stops retrying what only the user can fix.

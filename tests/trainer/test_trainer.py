@@ -193,7 +193,7 @@ def test_a_gpu_out_of_memory_on_one_rank_is_the_pods_verdict(world: Path, tmp_pa
     config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=8, interval=8, port=19460 + ranks,
                                ranks=ranks)
     process = launch(config, ds, tmp_path, master_port=29660 + ranks, ranks=ranks, launcher=True,
-                     extra_env={contract.INJECT_GPU_OOM_ENV: f"3:{ranks - 1}"})
+                     extra_env={contract.INJECT_FAULT_ENV: f"gpu-oom:3:{ranks - 1}"})
     assert process.wait(timeout=300) == contract.OOM_EXIT_CODE, (tmp_path / "stdout.log").read_text()[-3000:]
     message = (tmp_path / "termination-log").read_text()
     assert contract.parse_oom(message) is not None and "\n" not in message, message

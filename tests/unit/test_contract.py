@@ -1,10 +1,13 @@
 """How a training pod's end is decided from its ranks' verdicts (api/contract.py, trainer/launch.py)."""
 
+import json
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
-from kubetune.api import contract
+from kubetune.api import contract, trainer_config
+from kubetune.trainer import launch
 from kubetune.trainer.launch import verdict_of
 
 OOM = contract.Verdict(rank=3, exit_code=contract.OOM_EXIT_CODE, message=contract.oom_message(23_000, 24_000))
@@ -33,6 +36,59 @@ def test_verdicts_survive_a_half_written_file(tmp_path: Path) -> None:
 
 
 def test_the_fault_injection_setting_is_strict() -> None:
-    assert contract.injected_oom(None) is None and contract.injected_oom("5:1") == (5, 1)
-    with pytest.raises(ValueError, match="STEP:RANK"):
-        contract.injected_oom("step 5")
+    assert contract.injected_fault(None) is None and contract.injected_fault("gpu-oom:5:1") == ("gpu-oom", 5, 1)
+    assert contract.injected_fault("host-oom:2:0") == ("host-oom", 2, 0)
+    for malformed in ("5:1", "gpu-oom:step 5", "disk-full:5:1"):
+        with pytest.raises(ValueError, match="KIND:STEP:RANK"):
+            contract.injected_fault(malformed)
+
+
+def test_a_kernel_kill_for_memory_explains_the_pod_whatever_its_ranks_said() -> None:
+    """A rank killed by SIGKILL writes nothing; its peers' collectives then fail with errors of their own."""
+    code, message = verdict_of(1, [ERROR], killed_for_memory=True, limit_bytes=6 * 1024**3)
+    assert code == contract.HOST_OOM_EXIT_CODE and contract.parse_host_oom(message) == 6 * 1024**3
+    assert "6.0 GiB" in message
+    assert contract.parse_host_oom(contract.host_oom_message(None)) == 0
+
+
+def test_the_launcher_reads_the_kernels_oom_kills_and_limit_from_either_cgroup_version(tmp_path: Path) -> None:
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    v1.mkdir(), v2.mkdir()
+    (v1 / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n")
+    (v1 / "memory.limit_in_bytes").write_text("6442450944\n")
+    (v2 / "memory.events").write_text("low 0\nhigh 0\nmax 7\noom 1\noom_kill 1\n")
+    (v2 / "memory.max").write_text("max\n")
+    assert (launch.oom_kills(v1), launch.memory_limit(v1)) == (2, 6442450944)
+    assert (launch.oom_kills(v2), launch.memory_limit(v2)) == (1, None)
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert launch.memory_limit(v1) is None
+    assert launch.oom_kills(tmp_path) == 0
+
+
+def _config_json(**extra: object) -> dict:
+    from kubetune.api.trainer_config import TrainerConfig
+
+    config = TrainerConfig(job="j", model={"name": "m"}, dataset={"source": "d"}, training={}, output={},
+                           checkpoint_interval_steps=1, method="lora", gradient_checkpointing=False,
+                           attention="sdpa", precision="bf16")
+    return {**json.loads(config.model_dump_json(by_alias=True, exclude_none=True)), **extra}
+
+
+def test_fields_an_older_trainer_does_not_know_are_ignored_and_named() -> None:
+    raw = _config_json(newReport=True)
+    raw["training"]["newHint"] = 3
+    config, ignored = trainer_config.parse(json.dumps(raw))
+    assert config.job == "j" and sorted(ignored) == ["newReport", "training.newHint"]
+
+
+def test_a_config_of_another_contract_version_names_both() -> None:
+    for version, side in ((trainer_config.VERSION + 1, "newer"), (0, "older"), (None, "older")):
+        with pytest.raises(trainer_config.ContractVersionError,
+                           match=f"contract version {version}, written by an? {side} operator; this trainer image "
+                                 f"speaks version {trainer_config.VERSION}"):
+            trainer_config.parse(json.dumps(_config_json(version=version)))
+
+
+def test_a_wrong_value_is_not_mistaken_for_an_unknown_field() -> None:
+    with pytest.raises(ValidationError):
+        trainer_config.parse(json.dumps(_config_json(method="qlora", newReport=1)))

@@ -65,10 +65,12 @@ def test_pinned_pods_fit_only_where_enough_gpus_are_free() -> None:
 
 def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
     decision = planning.decide(tiny_spec(), node_groups([real_node(cpu="2", memory="8Gi")], []))
-    requests = children.job("tiny", tiny_spec(), decision.plan, decision.group)[
-        "spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
-    assert requests["cpu"] == "500m"  # a quarter of the node's 2 cores: one of its 4 GPUs
-    assert requests["memory"] == f"{8 * 1024 // 4}Mi"
+    resources = children.job("tiny", tiny_spec(), decision.plan, decision.group)[
+        "spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"]["cpu"] == "500m"  # a quarter of the node's 2 cores: one of its 4 GPUs
+    assert resources["requests"]["memory"] == f"{8 * 1024 // 4}Mi"
+    # The share is also the limit: a pod that outgrows it is killed instead of starving its neighbours.
+    assert resources["limits"]["memory"] == f"{8 * 1024 // 4}Mi"
 
 
 def test_training_pods_meet_the_restricted_pod_security_profile_and_can_write_root_owned_claims() -> None:
@@ -142,11 +144,11 @@ def test_only_pods_of_simulated_gpus_may_run_on_the_cpu() -> None:
 
 def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None:
     decision = planning.decide(tiny_spec(), node_groups([real_node()], []))
-    annotations = {"testing.kubetune.io/inject-gpu-oom": "5:1"}
+    annotations = {"testing.kubetune.io/inject-fault": "gpu-oom:5:1"}
 
     def env(attempt: int) -> list[dict]:
         return children.job("t", tiny_spec(), decision.plan, decision.group, attempt, annotations)[
             "spec"]["template"]["spec"]["containers"][0]["env"]
 
-    assert {"name": "KUBETUNE_TESTING_INJECT_GPU_OOM", "value": "5:1"} in env(1)
-    assert all(e["name"] != "KUBETUNE_TESTING_INJECT_GPU_OOM" for e in env(2))
+    assert {"name": "KUBETUNE_TESTING_INJECT_FAULT", "value": "gpu-oom:5:1"} in env(1)
+    assert all(e["name"] != "KUBETUNE_TESTING_INJECT_FAULT" for e in env(2))

@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict
 # Exit codes: distinct from a crash (1) and from the kernel's OOM kill (137).
 OOM_EXIT_CODE = 86  # the GPU ran out of memory: the operator may replan on a more frugal plan
 INVALID_INPUT_EXIT_CODE = 87  # input no retry can fix: the job fails at once, without spending restarts
+# The kernel killed a training process for the container's memory limit (the launcher reads the cgroup's OOM
+# kill count: the kill may hit a worker, not the container's PID 1, so the runtime alone may not say so).
+HOST_OOM_EXIT_CODE = 137
 ERROR_EXIT_CODE = 1
 
 CONFIG_DIR = "/etc/kubetune"  # trainer.json and ds_config.json, from the job's ConfigMap
@@ -28,15 +31,18 @@ VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
 # Set on pods of nodes whose GPUs are simulated: only then may the trainer run on the CPU. Elsewhere a pod
 # that sees no GPU (a driver not mounted) fails at once instead of crawling on the CPU for days.
 SIMULATED_GPUS_ENV = "KUBETUNE_SIMULATED_GPUS"
-# Fault injection, for tests on real pods only: a FineTuneJob annotated "STEP:RANK" has its first attempt's
-# rank RANK raise torch's real OutOfMemoryError after optimizer step STEP (later attempts run clean, as a
-# replanned run would). Off unless the annotation is set; nothing else reads it.
-INJECT_GPU_OOM_ANNOTATION = "testing.kubetune.io/inject-gpu-oom"
-INJECT_GPU_OOM_ENV = "KUBETUNE_TESTING_INJECT_GPU_OOM"
+# Fault injection, for tests on real pods only: a FineTuneJob annotated "KIND:STEP:RANK" has its first
+# attempt's rank RANK fail after optimizer step STEP (later attempts run clean, as a replanned run would):
+# gpu-oom raises torch's real OutOfMemoryError, host-oom allocates host memory until the kernel kills it.
+# Off unless the annotation is set; nothing else reads it.
+INJECT_FAULT_ANNOTATION = "testing.kubetune.io/inject-fault"
+INJECT_FAULT_ENV = "KUBETUNE_TESTING_INJECT_FAULT"
+FAULTS = ("gpu-oom", "host-oom")
 TERMINATION_LOG = Path("/dev/termination-log")
 MAX_MESSAGE = 4000  # the kubelet keeps 4096 bytes of a termination message
 
 _OOM = re.compile(r"kubetune-oom peak_allocated_bytes=(\d+) device_total_bytes=(\d+)")
+_HOST_OOM = re.compile(r"kubetune-host-oom limit_bytes=(\d+)")
 # Which rank's verdict explains a pod's end: an out-of-memory error or bad input explains its peers' failures
 # (their collectives break after it), a plain error comes last.
 _PRIORITY = {OOM_EXIT_CODE: 0, INVALID_INPUT_EXIT_CODE: 1}
@@ -60,6 +66,18 @@ def parse_oom(message: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+def host_oom_message(limit_bytes: int | None) -> str:
+    limit = f"its memory limit ({limit_bytes / 1024**3:.1f} GiB)" if limit_bytes else "the node's memory"
+    return (f"kubetune-host-oom limit_bytes={limit_bytes or 0} the kernel killed a training process: the "
+            f"container's processes needed more host memory than {limit}")
+
+
+def parse_host_oom(message: str) -> int | None:
+    """The memory limit (bytes; 0 when the container had none) from a host out-of-memory termination message."""
+    match = _HOST_OOM.search(message)
+    return int(match.group(1)) if match else None
+
+
 def write_verdict(folder: Path, verdict: Verdict) -> None:
     (folder / f"rank-{verdict.rank}.json").write_text(verdict.model_dump_json())
 
@@ -79,11 +97,13 @@ def most_telling(verdicts: list[Verdict]) -> Verdict | None:
     return min(failed, key=lambda v: (_PRIORITY.get(v.exit_code, 2), v.rank)) if failed else None
 
 
-def injected_oom(value: str | None) -> tuple[int, int] | None:
-    """(step, rank) of an INJECT_GPU_OOM setting; None when unset. A malformed one is an error, not ignored."""
+def injected_fault(value: str | None) -> tuple[str, int, int] | None:
+    """(kind, step, rank) of an INJECT_FAULT setting; None when unset. A malformed one is an error, not ignored."""
     if not value:
         return None
-    step, _, rank = value.partition(":")
-    if not (step.isdigit() and rank.isdigit()):
-        raise ValueError(f"{INJECT_GPU_OOM_ENV}={value!r}: expected STEP:RANK, e.g. 5:1")
-    return int(step), int(rank)
+    kind, _, where = value.partition(":")
+    step, _, rank = where.partition(":")
+    if kind not in FAULTS or not (step.isdigit() and rank.isdigit()):
+        raise ValueError(f"{INJECT_FAULT_ENV}={value!r}: expected KIND:STEP:RANK with KIND one of "
+                         f"{', '.join(FAULTS)}, e.g. gpu-oom:5:1")
+    return kind, int(step), int(rank)

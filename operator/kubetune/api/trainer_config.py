@@ -1,10 +1,16 @@
 """The contract between the operator and the trainer: the trainer.json the operator mounts into every
-training pod. One pydantic model, written by controller/children.py and read by kubetune.trainer; `version`
-changes whenever a field changes meaning, and the trainer refuses versions it does not know."""
+training pod. One pydantic model, written by controller/children.py and read by kubetune.trainer (`parse`).
 
-from typing import Literal
+Versioning: a field added that an older trainer may safely ignore (a report, a hint) keeps VERSION, and a
+trainer that meets a field it does not know ignores it and says so; a field added or changed that alters
+what is trained (an older trainer ignoring it would train something else) bumps VERSION, and a trainer
+refuses every version but its own with a message naming both, so the operator fails the job as bad input
+instead of restarting it."""
 
-from pydantic import BaseModel, ConfigDict, Field
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from kubetune.api import v1alpha1 as api
@@ -40,3 +46,34 @@ class TrainerConfig(BaseModel):
     metrics_port: int = Field(default=9400, gt=0, lt=65536)
     # The prediction travels with the run, so the trainer reports predicted against measured memory.
     plan: api.Plan | None = None
+
+
+class ContractVersionError(ValueError):
+    """trainer.json was written for another version of the contract than this trainer's."""
+
+
+def parse(text: str) -> tuple[TrainerConfig, list[str]]:
+    """trainer.json -> the config and the fields this trainer did not know and ignored."""
+    raw = json.loads(text)
+    version = raw.get("version") if isinstance(raw, dict) else None
+    if version != VERSION:
+        side = "a newer" if isinstance(version, int) and version > VERSION else "an older"
+        raise ContractVersionError(
+            f"trainer.json is contract version {version}, written by {side} operator; this trainer image speaks "
+            f"version {VERSION}: run the trainer image of the operator's release (unset spec.images.trainer, or "
+            "set it to that release's image)")
+    try:
+        return TrainerConfig.model_validate(raw), []
+    except ValidationError as error:
+        unknown = [e["loc"] for e in error.errors() if e["type"] == "extra_forbidden"]
+        if len(unknown) < error.error_count():
+            raise
+    for loc in unknown:
+        _drop(raw, loc)
+    return TrainerConfig.model_validate(raw), [".".join(str(part) for part in loc) for loc in unknown]
+
+
+def _drop(raw: Any, loc: tuple[str | int, ...]) -> None:
+    for part in loc[:-1]:
+        raw = raw[part]
+    del raw[loc[-1]]

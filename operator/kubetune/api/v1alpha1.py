@@ -219,7 +219,8 @@ class Recovery(_Model):
     max_restarts: int = Field(default=3, ge=0, le=100, description="maxRestarts after a worker is lost (pod "
                               "deleted or evicted, node lost, preempted) or fails with an error a retry may fix.")
     max_out_of_memory_replans: int = Field(default=3, ge=0, le=10, description="maxOutOfMemoryReplans: after a GPU "
-                                           "runs out of memory the run restarts on a more memory-frugal plan, at most "
+                                           "runs out of memory the run restarts on a more memory-frugal plan (after "
+                                           "the kernel kills it for host memory, on one that offloads less), at most "
                                            "this many times.")
 
 
@@ -350,7 +351,8 @@ class Attempt(_Model):
     """One run of the training Job that ended without finishing, and what the operator did about it."""
 
     number: int = Field(description="number of the attempt, from 1.")
-    reason: str = Field(max_length=64, description="reason it ended: GPUOutOfMemory, WorkerLost or WorkerFailed.")
+    reason: str = Field(max_length=64, description="reason it ended: GPUOutOfMemory, "
+                        "HostOutOfMemory, InvalidInput, WorkerLost or WorkerFailed.")
     message: str = Field(max_length=4096, description="message from the failed worker or the Job.")
     plan_summary: str = Field(max_length=512, description="planSummary of the plan the attempt ran.")
     predicted_peak_bytes: int = Field(description="predictedPeakBytes of that plan, per GPU.")
@@ -378,4 +380,5 @@ class FineTuneJobStatus(_Model):
                                     "without finishing, oldest first.")
     memory_scale: str | None = Field(default=None, max_length=16, description="memoryScale is the measured over "
                                      "predicted memory the current plan was made with, after an out-of-memory "
-                                     "failure (a decimal string).")
+                                     "failure (a decimal string), for all but the CUDA context and NCCL's "
+                                     "buffers, which no plan shrinks.")

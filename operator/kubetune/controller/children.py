@@ -100,17 +100,21 @@ def _pod_metadata(name: str, spec: api.FineTuneJobSpec, attempt: int) -> dict[st
     return metadata
 
 
-def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int]:
+def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int, int | None]:
     """CPU (millicores) and host memory (bytes) per pod: what the plan wants, but never more than the pod's share
-    of its node (its GPUs' share), or a node with fewer cores than that per GPU could never run it."""
+    of its node (its GPUs' share), or a node with fewer cores than that per GPU could never run it; and the
+    memory limit: that share, so a pod that outgrows it is killed (and recognised as such: recovery.py) instead
+    of starving the pods of the node's other GPUs, which the kubelet would then evict."""
     share = plan.gpus_per_node / group.gpus_per_node
     cpu = CPU_MILLIS_PER_GPU * plan.gpus_per_node
     memory = plan.memory.host_per_node + HOST_MEMORY_PER_GPU * plan.gpus_per_node
+    limit = None
     if group.cpu_millis is not None:
         cpu = min(cpu, int(group.cpu_millis * share))
     if group.host_memory_bytes is not None:
-        memory = max(plan.memory.host_per_node, min(memory, int(group.host_memory_bytes * share)))
-    return max(cpu, 100), memory
+        limit = max(plan.memory.host_per_node, int(group.host_memory_bytes * share))
+        memory = min(memory, limit)
+    return max(cpu, 100), memory, limit
 
 
 def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1,
@@ -131,9 +135,9 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     ]
     if group.simulated:
         env.append({"name": contract.SIMULATED_GPUS_ENV, "value": "1"})
-    inject = (annotations or {}).get(contract.INJECT_GPU_OOM_ANNOTATION)
+    inject = (annotations or {}).get(contract.INJECT_FAULT_ANNOTATION)
     if inject and attempt == 1:
-        env.append({"name": contract.INJECT_GPU_OOM_ENV, "value": inject})
+        env.append({"name": contract.INJECT_FAULT_ENV, "value": inject})
     if spec.hub_token_secret_ref is not None:
         ref = spec.hub_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
@@ -150,7 +154,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     if spec.dataset.claim_name:
         volumes.append({"name": "data", "persistentVolumeClaim": {"claimName": spec.dataset.claim_name, "readOnly": True}})
         mounts.append({"name": "data", "mountPath": str(contract.DATA_MOUNT), "readOnly": True})
-    cpu_millis, host_memory = _requests(plan, group)
+    cpu_millis, host_memory, memory_limit = _requests(plan, group)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": child["service"],
@@ -171,7 +175,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
                       *({"name": "metrics" if i == 0 else f"metrics-{i}", "containerPort": contract.METRICS_PORT + i}
                         for i in range(plan.gpus_per_node))],
             "resources": {
-                "limits": {GPU_RESOURCE: str(plan.gpus_per_node)},
+                "limits": {GPU_RESOURCE: str(plan.gpus_per_node),
+                           **({"memory": f"{memory_limit // 1024**2}Mi"} if memory_limit is not None else {})},
                 "requests": {GPU_RESOURCE: str(plan.gpus_per_node), "cpu": f"{cpu_millis}m",
                              "memory": f"{host_memory // 1024**2}Mi"},
             },

@@ -4,6 +4,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED = "Planned", "Admitted", "Running", "Succeeded", "Failed"
+# Whether what the job trains outlives its pods: False (with a Warning Event) when output.claimName is unset.
+OUTPUT_DURABLE = "OutputDurable"
 
 # Reasons, one CamelCase word each.
 REASON_PLANNED = "Planned"
@@ -18,6 +20,8 @@ REASON_COMPLETED = "JobCompleted"
 REASON_NAME_CONFLICT = "NameConflict"
 REASON_REPLANNED = "Replanned"
 REASON_RESTARTING = "Restarting"
+REASON_OUTPUT_ON_CLAIM = "OutputOnClaim"
+REASON_EPHEMERAL_OUTPUT = "EphemeralOutput"
 
 
 def now() -> str:

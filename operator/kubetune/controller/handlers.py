@@ -107,6 +107,7 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
     except ValidationError as error:
         conds.set(c.FAILED, True, "InvalidSpec", str(error))
         return _write(body, patch, conds, status)
+    _output_durability(job_spec.output, conds)
     plan = api.Plan.model_validate(status["plan"]) if status.get("plan") else None
     if plan is None:
         plan = await _plan(job_spec, memo.capacity, conds, patch)
@@ -142,6 +143,19 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
         await _observe(body, name, namespace, job_spec, plan, attempt, job, memo.kube, memo.capacity, memo.progress,
                        conds, patch, status)
     _write(body, patch, conds, status)
+
+
+def _output_durability(output: api.Output, conds: c.Conditions) -> None:
+    """Say, in status and once as a Warning Event, when the model and checkpoints die with the pods: the
+    user may have meant it (a quick experiment) but must not find out after hours of GPU time."""
+    if output.claim_name:
+        conds.set(c.OUTPUT_DURABLE, True, c.REASON_OUTPUT_ON_CLAIM,
+                  f"checkpoints and the model are written to claim {output.claim_name} at {output.path}")
+    else:
+        conds.set(c.OUTPUT_DURABLE, False, c.REASON_EPHEMERAL_OUTPUT,
+                  "spec.output.claimName is not set: checkpoints and the model are written to an emptyDir and are "
+                  "lost when the pods end, and a restart starts from step 0; set it to a PersistentVolumeClaim to "
+                  "keep them")
 
 
 async def _workers_left(kube: Kube, namespace: str, name: str) -> bool:
@@ -324,23 +338,32 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     if failure is None:
         failure = recovery.classify(await _trainer_pods(kube, namespace, name, attempt), job_message)
     attempts = [api.Attempt.model_validate(a) for a in status.get("attempts", [])]
-    todo = recovery.action(failure, attempts, spec.recovery)
+    todo = recovery.action(failure, attempts, spec.recovery, plan)
     scale = float(status.get("memoryScale") or 1)
     new_plan, how = None, ""
-    if todo is recovery.Action.REPLAN:
+    if todo is recovery.Action.REPLAN and failure.kind is recovery.Kind.HOST_OUT_OF_MEMORY:
+        most = recovery.less_offload(plan)
+        decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale, resuming=plan,
+                                   max_offload=most)
+        if decision.plan is None:
+            todo, how = recovery.Action.GIVE_UP, f"no plan fits with offload at most {most}: {decision.message}"
+        else:
+            new_plan = decision.plan
+            how = f"replanned with offload at most {most} (less host memory): {_summary(new_plan)}"
+    elif todo is recovery.Action.REPLAN:
         scale = recovery.memory_scale(failure, plan, scale)
         decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale, resuming=plan)
         if decision.plan is None:
-            todo, how = recovery.Action.GIVE_UP, f"no plan fits {scale:.2f}x the predicted memory: {decision.message}"
+            todo, how = recovery.Action.GIVE_UP, (f"no plan fits {scale:.2f}x the predicted memory (all but the CUDA "
+                                                  f"context): {decision.message}")
         else:
             new_plan = decision.plan
-            how = f"replanned for {scale:.2f}x the predicted memory: {_summary(new_plan)}"
+            how = f"replanned for {scale:.2f}x the predicted memory (all but the CUDA context): {_summary(new_plan)}"
     elif todo is recovery.Action.RESTART:
         how = "restarted from the newest checkpoint" if spec.output.claim_name else \
             "restarted from the start (the output is not on a claim, so no checkpoint survives)"
     else:
-        how = {recovery.Kind.INVALID_INPUT: "gave up: retrying cannot fix the input"}.get(
-            failure.kind, f"gave up after {len(attempts) + 1} attempts (spec.recovery)")
+        how = recovery.why_not_retried(failure, plan, attempts)
     record = api.Attempt(number=attempt, reason=failure.kind.value, message=failure.message[:4096],
                          plan_summary=_summary(plan)[:512], predicted_peak_bytes=plan.predicted_peak_bytes,
                          measured_peak_bytes=failure.measured_peak_bytes, action=how[:512], finished_at=c.now())
@@ -359,12 +382,12 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
 
 
 def _worth_an_event(condition: dict[str, Any]) -> bool:
-    """Events for what a user acts on: the plan, queueing and suspension, the end. The Running condition's
-    comings and goings stay in status (restarts have their own Warning): at 1,000 jobs an Event per transition
-    was a third of the operator's apiserver writes."""
+    """Events for what a user acts on: the plan, queueing and suspension, output that will be lost, the end. The
+    Running condition's comings and goings stay in status (restarts have their own Warning): at 1,000 jobs an
+    Event per transition was a third of the operator's apiserver writes."""
     if condition["type"] == c.RUNNING:
         return False
-    if condition["type"] == c.ADMITTED:
+    if condition["type"] in (c.ADMITTED, c.OUTPUT_DURABLE):
         return condition["status"] == "False"
     return condition["type"] == c.PLANNED or condition["status"] == "True"
 
@@ -375,7 +398,8 @@ def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf
             m.failures.labels(body["metadata"]["namespace"], condition["reason"]).inc()
         if not _worth_an_event(condition):
             continue
-        kind = "Warning" if condition["type"] == c.FAILED or condition["reason"] == c.REASON_UNSCHEDULABLE else "Normal"
+        kind = "Warning" if condition["type"] in (c.FAILED, c.OUTPUT_DURABLE) or \
+            condition["reason"] == c.REASON_UNSCHEDULABLE else "Normal"
         kopf.event(body, type=kind, reason=condition["reason"], message=f"{condition['type']}={condition['status']}: "
                    f"{condition['message']}")
     if conds.changed:

@@ -97,10 +97,11 @@ def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
 
 
 def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None,
-           memory_scale: float = 1.0, resuming: api.Plan | None = None) -> Decision:
+           memory_scale: float = 1.0, resuming: api.Plan | None = None, max_offload: Offload = Offload.ALL) -> Decision:
     """The plan for a spec on the cluster's GPU groups; `prices` (USD per GPU-hour by GPU id) replace the
     catalog's list prices where the platform team knows its own; `memory_scale` > 1 after a run needed more
-    memory than predicted (recovery.memory_scale).
+    memory than predicted (recovery.memory_scale); `max_offload` < all after the kernel killed a run for host
+    memory (recovery.less_offload).
 
     `resuming` is the plan of a run whose checkpoints the new plan's run continues from (a replan): it keeps
     that method (a LoRA checkpoint holds no full weights, a full one no adapters) and precision (DeepSpeed
@@ -134,7 +135,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         if group.gpu.id not in by_type or _free(group, spec.resources) > _free(by_type[group.gpu.id], spec.resources):
             by_type[group.gpu.id] = group
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
-    update: dict[str, object] = {"memory_scale": memory_scale}
+    update: dict[str, object] = {"memory_scale": memory_scale, "max_offload": max_offload}
     if resuming is not None:
         update |= {"method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
                    "precision": Precision(resuming.precision), "min_zero_stage": ZeroStage(resuming.zero_stage)}

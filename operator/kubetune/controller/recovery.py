@@ -1,5 +1,6 @@
-"""What to do when the training Job fails: read why from its pods, then replan after an out-of-memory error,
-restart after a lost or failed worker, or give up when no retry can help or the budget is spent.
+"""What to do when the training Job fails: read why from its pods, then replan after an out-of-memory error
+(of a GPU: a plan predicted to need less GPU memory; of the host: a plan that offloads less), restart after a
+lost or failed worker, or give up when no retry can help or the budget is spent.
 
 A restart is of the whole gang (every worker): torchrun's static rendezvous cannot take one replaced worker
 back, and the survivors of a lost peer fail their collectives anyway. The trainer resumes from the newest
@@ -11,12 +12,14 @@ from typing import Any
 
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
+from kubetune.planner.settings import Offload
 
 # Each replan asks for this much more than the failed run showed it needs.
 REPLAN_MARGIN = 1.05
 
 
 class Kind(StrEnum):
+    HOST_OUT_OF_MEMORY = "HostOutOfMemory"
     OUT_OF_MEMORY = "GPUOutOfMemory"
     INVALID_INPUT = "InvalidInput"
     WORKER_FAILED = "WorkerFailed"
@@ -49,8 +52,13 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
             if not terminated or terminated.get("exitCode", 0) == 0:
                 continue
             code, text = terminated["exitCode"], terminated.get("message", "").strip()
-            message = f"pod {name} exited with code {code} ({terminated.get('reason', 'Error')}): {text}"
-            if code == contract.OOM_EXIT_CODE:
+            reason = terminated.get("reason", "Error")
+            message = f"pod {name} exited with code {code} ({reason}): {text}"
+            # The runtime says OOMKilled when the kernel killed for the container's limit; the launcher says so
+            # itself (its own exit code and line), also when the runtime does not.
+            if reason == "OOMKilled" or (code == contract.HOST_OOM_EXIT_CODE and contract.parse_host_oom(text) is not None):
+                failures.append(Failure(Kind.HOST_OUT_OF_MEMORY, message))
+            elif code == contract.OOM_EXIT_CODE:
                 measured = contract.parse_oom(text)
                 failures.append(Failure(Kind.OUT_OF_MEMORY, message, *measured) if measured
                                 else Failure(Kind.OUT_OF_MEMORY, message))
@@ -63,7 +71,7 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
         if disrupted:
             failures.append(Failure(Kind.WORKER_LOST, f"pod {name} was disrupted ({disrupted[0].get('reason')}): "
                                                       f"{disrupted[0].get('message', '')}".strip()))
-    order = [Kind.OUT_OF_MEMORY, Kind.INVALID_INPUT, Kind.WORKER_FAILED, Kind.WORKER_LOST]
+    order = [Kind.HOST_OUT_OF_MEMORY, Kind.OUT_OF_MEMORY, Kind.INVALID_INPUT, Kind.WORKER_FAILED, Kind.WORKER_LOST]
     if failures:
         return min(failures, key=lambda f: order.index(f.kind))
     return Failure(Kind.WORKER_LOST, f"a worker disappeared (pod deleted, node lost or preempted): {job_message}")
@@ -88,20 +96,45 @@ def blocked(pods: list[dict[str, Any]]) -> Failure | None:
     return None
 
 
-def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery) -> Action:
+MEMORY_KINDS = (Kind.OUT_OF_MEMORY, Kind.HOST_OUT_OF_MEMORY)
+
+
+def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery, plan: api.Plan) -> Action:
+    """Out-of-memory failures of either kind share the replan budget, the others the restart budget. A plan
+    that offloads nothing has no host memory to give back: the same plan would be killed again."""
     if failure.kind is Kind.INVALID_INPUT:
         return Action.GIVE_UP
-    if failure.kind is Kind.OUT_OF_MEMORY:
-        replans = sum(1 for a in attempts if a.reason == Kind.OUT_OF_MEMORY)
+    if failure.kind in MEMORY_KINDS:
+        if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload == "none":
+            return Action.GIVE_UP
+        replans = sum(1 for a in attempts if a.reason in MEMORY_KINDS)
         return Action.REPLAN if replans < recovery.max_out_of_memory_replans else Action.GIVE_UP
-    restarts = sum(1 for a in attempts if a.reason != Kind.OUT_OF_MEMORY)
+    restarts = sum(1 for a in attempts if a.reason not in MEMORY_KINDS)
     return Action.RESTART if restarts < recovery.max_restarts else Action.GIVE_UP
 
 
+def why_not_retried(failure: Failure, plan: api.Plan, attempts: list[api.Attempt]) -> str:
+    if failure.kind is Kind.INVALID_INPUT:
+        return "gave up: retrying cannot fix the input"
+    if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload == "none":
+        return ("gave up: the plan offloads nothing to the host, so no plan needs less host memory; the limit is the "
+                "pod's GPUs' share of its node's memory: use nodes with more memory per GPU")
+    return f"gave up after {len(attempts) + 1} attempts (spec.recovery)"
+
+
+def less_offload(plan: api.Plan) -> Offload:
+    """The most offload a replan after a host out-of-memory kill may keep: one step less than the plan's."""
+    order = list(Offload)
+    return order[max(order.index(Offload(plan.offload)) - 1, 0)]
+
+
 def memory_scale(failure: Failure, plan: api.Plan, current: float) -> float:
-    """How much more memory than predicted the failed plan needed: at least the whole device it ran out of
-    (so the same plan can never be chosen again), or what it had allocated when it did; never less than what
-    an earlier failure showed."""
+    """How much more memory than predicted the failed plan needed, for the part that depends on the
+    configuration (the planner scales that part alone: the CUDA context and NCCL's buffers are the same for
+    every plan, and scaling them would rule out every plan of a small model): at least the whole device it
+    ran out of (so the same plan can never be chosen again), or what it had allocated when it did; never less
+    than what an earlier failure showed."""
+    fixed = plan.memory.overhead
     device = max(plan.memory.gpu_memory, failure.device_total_bytes or 0)
-    needed = max(device, failure.measured_peak_bytes or 0) / plan.predicted_peak_bytes
+    needed = (max(device, failure.measured_peak_bytes or 0) - fixed) / max(plan.predicted_peak_bytes - fixed, 1)
     return max(current, needed) * REPLAN_MARGIN

@@ -64,6 +64,8 @@ class Request(BaseModel):
     # A replan whose run resumes from checkpoints DeepSpeed can load only at this stage or above.
     min_zero_stage: ZeroStage = ZeroStage.DISABLED
     offload: Offload | None = None
+    # A replan after the kernel killed a run for host memory: no more offload than this.
+    max_offload: Offload = Offload.ALL
     gradient_checkpointing: bool | None = None
     attention: Attention | None = None
     precision: Precision | None = None
@@ -72,8 +74,9 @@ class Request(BaseModel):
     num_gpus: int | None = Field(default=None, gt=0)
     num_nodes: int | None = Field(default=None, gt=0)
     objective: Objective = Objective.CHEAPEST
-    # Measured over predicted peak from a run that ran out of memory: every prediction is scaled by it before
-    # the fit check, so a replan picks only configurations that would have fitted the memory really needed.
+    # Measured over predicted memory from a run that ran out of memory, for what depends on the configuration
+    # (all but the CUDA context and NCCL's buffers, which no setting shrinks): that part of every prediction is
+    # scaled by it before the fit check, so a replan picks only configurations that would have fitted.
     memory_scale: float = Field(default=1.0, ge=1.0)
 
 
@@ -170,11 +173,14 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
     methods = [request.method] if request.method else [Method.LORA, Method.FULL]
     checkpointing = ([request.gradient_checkpointing] if request.gradient_checkpointing is not None
                      else [False, True])
+    frugality = list(Offload)  # none < optimizer < all
     zero = [(s, o) for s, o in ZERO_CHOICES
             if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
-            and (request.offload is None or o == request.offload)]
-    if request.zero_stage is not None and not zero:
-        zero = [(request.zero_stage, request.offload or Offload.NONE)]
+            and (request.offload is None or o == request.offload)
+            and frugality.index(o) <= frugality.index(request.max_offload)]
+    fallback = request.offload or Offload.NONE
+    if request.zero_stage is not None and not zero and frugality.index(fallback) <= frugality.index(request.max_offload):
+        zero = [(request.zero_stage, fallback)]
     return [precision], [attention], methods, checkpointing, zero
 
 
@@ -183,9 +189,10 @@ def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings, mem
     capacity = pool.gpu.memory_bytes
     usable = int(capacity * (1 - memory.coefficients().fit_headroom_fraction))
     reasons = []
-    if estimate.total * memory_scale > usable:
-        scaled = f" (x{memory_scale:.2f}, as measured)" if memory_scale > 1 else ""
-        reasons.append(f"needs {estimate.total * memory_scale / GIB:.1f} GiB per GPU{scaled}, more than "
+    needed = estimate.overhead + (estimate.total - estimate.overhead) * memory_scale
+    if needed > usable:
+        scaled = f" (all but the CUDA context x{memory_scale:.2f}, as measured)" if memory_scale > 1 else ""
+        reasons.append(f"needs {needed / GIB:.1f} GiB per GPU{scaled}, more than "
                        f"{usable / GIB:.1f} GiB usable of {capacity / GIB:.1f} GiB on {pool.gpu.id}")
     if pool.host_memory_bytes is not None and estimate.cpu_bytes_per_node > pool.host_memory_bytes:
         reasons.append(f"offload needs {estimate.cpu_bytes_per_node / GIB:.0f} GiB of host memory per node, "

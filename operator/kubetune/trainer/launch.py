@@ -3,7 +3,9 @@
 Runs torchrun with a verdict folder for its ranks (api/contract.py), passes the kubelet's SIGTERM on to it, and
 when it fails exits with the most telling rank's exit code, that rank's line as the pod's termination message:
 torchrun alone exits 1 whatever its workers did, and several ranks of one pod would otherwise race for one
-termination log. Imports no torch, so it starts at once.
+termination log. A rank the kernel killed for the container's memory limit writes nothing (SIGKILL), and its
+peers then fail their collectives with errors of their own; so the container's cgroup is asked first whether
+the kernel killed anything, which explains them all. Imports no torch, so it starts at once.
 """
 
 import os
@@ -15,11 +17,47 @@ from pathlib import Path
 
 from kubetune.api import contract
 
+# The container's own memory cgroup, as the runtime mounts it (v1, then v2): the OOM kill count and the limit.
+CGROUP_MEMORY = (Path("/sys/fs/cgroup/memory"), Path("/sys/fs/cgroup"))
+_NO_LIMIT = 1 << 62  # cgroup v1 writes "no limit" as a page-rounded 2**63 - 1
 
-def verdict_of(returncode: int, verdicts: list[contract.Verdict]) -> tuple[int, str | None]:
+
+def oom_kills(cgroup: Path) -> int:
+    """How many processes the kernel killed for the cgroup's memory limit (0 when the cgroup does not say)."""
+    for name in ("memory.oom_control", "memory.events"):  # v1, v2
+        try:
+            lines = (cgroup / name).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            key, _, value = line.partition(" ")
+            if key == "oom_kill":
+                return int(value)
+    return 0
+
+
+def memory_limit(cgroup: Path) -> int | None:
+    for name in ("memory.limit_in_bytes", "memory.max"):  # v1, v2
+        try:
+            value = (cgroup / name).read_text().strip()
+        except OSError:
+            continue
+        return int(value) if value.isdigit() and int(value) < _NO_LIMIT else None
+    return None
+
+
+def memory_cgroup() -> Path:
+    return next((path for path in CGROUP_MEMORY if (path / "memory.oom_control").exists() or
+                 (path / "memory.events").exists()), CGROUP_MEMORY[0])
+
+
+def verdict_of(returncode: int, verdicts: list[contract.Verdict], killed_for_memory: bool = False,
+               limit_bytes: int | None = None) -> tuple[int, str | None]:
     """The container's exit code and termination message after torchrun exited with `returncode`."""
     if returncode == 0:
         return 0, None
+    if killed_for_memory:
+        return contract.HOST_OOM_EXIT_CODE, contract.host_oom_message(limit_bytes)
     telling = contract.most_telling(verdicts)
     if telling is not None:
         return telling.exit_code, telling.message
@@ -41,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     # As the container's PID 1, signals without a handler would be ignored; installed first, so none is lost.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
+    cgroup = memory_cgroup()
+    kills_before = oom_kills(cgroup)
     with tempfile.TemporaryDirectory(prefix="kubetune-verdicts-") as folder:
         # torchrun's module, whatever the image's layout puts its script.
         process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
@@ -48,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         if stopping:
             process.send_signal(stopping[0])
         returncode = process.wait()
-        code, message = verdict_of(returncode, contract.read_verdicts(Path(folder)))
+        code, message = verdict_of(returncode, contract.read_verdicts(Path(folder)),
+                                   oom_kills(cgroup) > kills_before, memory_limit(cgroup))
     if message is not None:
         termination_log = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
         try:

@@ -21,12 +21,12 @@ import torch.distributed as dist
 from pydantic import ValidationError
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
 
-from kubetune.api import contract
+from kubetune.api import contract, trainer_config
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, throughput
 from kubetune.planner.settings import TrainingSettings
-from kubetune.trainer import checkpoints, data
+from kubetune.trainer import checkpoints, data, launch
 from kubetune.trainer.metrics import TrainerMetrics
 
 INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError, UnicodeDecodeError)
@@ -141,7 +141,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
             print(f"resumed from checkpoint {resume.tag} at step {step}", flush=True)
     resumed_at = step
     log = (Path(config.output.path) / "train_log.jsonl").open("a") if rank == 0 else None
-    fault = contract.injected_oom(os.environ.get(contract.INJECT_GPU_OOM_ENV))
+    fault = contract.injected_fault(os.environ.get(contract.INJECT_FAULT_ENV))
     accumulation = ds["gradient_accumulation_steps"]
     device = engine.device
     while step < steps:
@@ -154,8 +154,8 @@ def train(config: TrainerConfig, ds: dict) -> None:
             engine.step()
             losses.append(loss.item())
         step += 1
-        if fault == (step, rank):
-            raise torch.OutOfMemoryError(f"injected by {contract.INJECT_GPU_OOM_ENV} after step {step} on rank {rank}")
+        if fault is not None and fault[1:] == (step, rank):
+            _inject(fault[0], step, rank)
         seconds = time.perf_counter() - started
         samples = accumulation * ds["train_micro_batch_size_per_gpu"]
         mean_loss = sum(losses) / len(losses)
@@ -183,6 +183,18 @@ def train(config: TrainerConfig, ds: dict) -> None:
     if rank == 0:
         print(f"saved the {'adapter' if config.method == 'lora' else 'model'} to {Path(config.output.path) / 'final'}",
               flush=True)
+
+
+def _inject(kind: str, step: int, rank: int) -> None:
+    """A fault for tests on real pods (contract.INJECT_FAULT_ENV), as the real thing shows itself."""
+    if kind == "gpu-oom":
+        raise torch.OutOfMemoryError(f"injected by {contract.INJECT_FAULT_ENV} after step {step} on rank {rank}")
+    if launch.memory_limit(launch.memory_cgroup()) is None:
+        raise RuntimeError(f"{contract.INJECT_FAULT_ENV}=host-oom needs a container memory limit to hit")
+    print(f"allocating host memory until the kernel stops this rank ({contract.INJECT_FAULT_ENV})", flush=True)
+    hog = []
+    while True:
+        hog.append(b"\x01" * (256 << 20))  # written, so the pages are really taken
 
 
 def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> float | None:
@@ -240,7 +252,9 @@ def main() -> None:
     parser.add_argument("--deepspeed", type=Path, required=True)
     args = parser.parse_args()
     try:
-        config = TrainerConfig.model_validate_json(args.config.read_text())
+        config, ignored = trainer_config.parse(args.config.read_text())
+        if ignored and int(os.environ.get("RANK", "0")) == 0:
+            print(f"trainer.json: ignoring fields this trainer does not know: {', '.join(ignored)}", flush=True)
         if not torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu":
             raise RuntimeError(f"no GPU is visible to torch (is the NVIDIA driver mounted?); runs on the CPU only "
                                f"on simulated GPUs ({contract.SIMULATED_GPUS_ENV}=1) or with DS_ACCELERATOR=cpu")
@@ -255,7 +269,13 @@ def main() -> None:
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
         _terminate(contract.oom_message(peak, total), contract.OOM_EXIT_CODE)
-    except (ValidationError, InvalidInputError) as error:
+    except trainer_config.ContractVersionError as error:
+        _terminate(f"kubetune-invalid-input {error}", contract.INVALID_INPUT_EXIT_CODE)
+    except ValidationError as error:
+        first = error.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        _terminate(f"kubetune-invalid-input {error.title} {where}: {first['msg']}", contract.INVALID_INPUT_EXIT_CODE)
+    except InvalidInputError as error:
         traceback.print_exc()
         _terminate(f"kubetune-invalid-input {error}".splitlines()[0], contract.INVALID_INPUT_EXIT_CODE)
     except Exception as error:  # the last word of any failure goes to the termination message

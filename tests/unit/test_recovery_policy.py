@@ -1,0 +1,113 @@
+"""What the operator does after a failed attempt (controller/recovery.py), as pure decisions: which plan an
+out-of-memory error of the GPU or of the host leads to, which budget each failure spends, and when giving
+up is the only honest answer."""
+
+import pytest
+
+from kubetune.api import v1alpha1 as api
+from kubetune.controller import planning, recovery
+from kubetune.controller.cluster_gpus import node_groups
+from kubetune.controller.recovery import Action, Failure, Kind
+from tests.unit.test_real_node import real_node, tiny_spec
+
+GIB = 1024**3
+
+
+def first_plan(spec: api.FineTuneJobSpec) -> tuple[api.Plan, list]:
+    groups = node_groups([real_node()], [])
+    decision = planning.decide(spec, groups)
+    assert decision.plan is not None
+    return decision.plan, groups
+
+
+@pytest.mark.parametrize("peak", [0, 3 * GIB, 30 * GIB], ids=["no-peak-reported", "peak-below-device", "peak-above"])
+def test_a_gpu_oom_of_a_small_model_replans_to_a_more_frugal_plan_and_never_the_same(peak: int) -> None:
+    """The demo's model is almost all CUDA context: scaling that too would leave no plan at all, so the scale
+    applies to what the configuration changes, and the replan is predicted to need less of it."""
+    plan, groups = first_plan(tiny_spec())
+    failure = Failure(Kind.OUT_OF_MEMORY, "oom", measured_peak_bytes=peak, device_total_bytes=0)
+    scale = recovery.memory_scale(failure, plan, 1.0)
+    replan = planning.decide(tiny_spec(), groups, memory_scale=scale, resuming=plan).plan
+    assert replan is not None
+    fixed = plan.memory.overhead
+    assert replan.predicted_peak_bytes - fixed < (plan.predicted_peak_bytes - fixed) / recovery.REPLAN_MARGIN
+    # The failed plan would have needed more than its whole GPU at this scale.
+    assert fixed + (plan.predicted_peak_bytes - fixed) * scale > plan.memory.gpu_memory
+    # What the checkpoints need stays (same method, precision, no lower ZeRO stage); the pins hold.
+    assert (replan.method, replan.precision, replan.gpus, replan.nodes) == (plan.method, plan.precision, 2, 2)
+    assert replan.zero_stage >= plan.zero_stage
+
+
+def test_the_scale_never_falls_below_what_an_earlier_failure_showed() -> None:
+    plan, _ = first_plan(tiny_spec())
+    small = Failure(Kind.OUT_OF_MEMORY, "oom")
+    assert recovery.memory_scale(small, plan, 50_000.0) == pytest.approx(50_000 * recovery.REPLAN_MARGIN)
+
+
+def test_no_plan_fits_when_the_model_is_already_at_its_most_frugal() -> None:
+    spec = tiny_spec(gpus=None, nodes=None)
+    frugal = spec.model_copy(update={"method": spec.method.model_copy(update={
+        "micro_batch": 1, "gradient_checkpointing": api.Toggle.ENABLED, "zero_stage": 3,
+        "offload": api.OffloadType.ALL})})
+    plan, groups = first_plan(frugal)
+    scale = recovery.memory_scale(Failure(Kind.OUT_OF_MEMORY, "oom"), plan, 1.0)
+    decision = planning.decide(frugal, groups, memory_scale=scale, resuming=plan)
+    assert decision.plan is None and "as measured" in decision.message
+
+
+def offloading(plan: api.Plan, offload: str) -> api.Plan:
+    return plan.model_copy(update={"offload": offload, "zero_stage": 3})
+
+
+@pytest.mark.parametrize(("offload", "most"), [("all", "optimizer"), ("optimizer", "none")])
+def test_a_host_oom_replans_with_less_offload(offload: str, most: str) -> None:
+    plan, groups = first_plan(tiny_spec())
+    failed = offloading(plan, offload)
+    assert recovery.action(Failure(Kind.HOST_OUT_OF_MEMORY, "killed"), [], api.Recovery(), failed) is Action.REPLAN
+    assert recovery.less_offload(failed) == most
+    replan = planning.decide(tiny_spec(), groups, resuming=failed, max_offload=recovery.less_offload(failed)).plan
+    assert replan is not None and replan.offload in (["none", "optimizer"] if most == "optimizer" else ["none"])
+
+
+def test_a_host_oom_of_a_pinned_offload_has_no_plan_that_offloads_less() -> None:
+    spec = tiny_spec()
+    spec = spec.model_copy(update={"method": spec.method.model_copy(update={"offload": api.OffloadType.ALL,
+                                                                            "zero_stage": 3})})
+    plan, groups = first_plan(spec)
+    assert plan.offload == "all"
+    decision = planning.decide(spec, groups, resuming=plan, max_offload=recovery.less_offload(plan))
+    assert decision.plan is None
+
+
+def attempt(reason: Kind) -> api.Attempt:
+    return api.Attempt(number=1, reason=reason.value, message="", plan_summary="", predicted_peak_bytes=1,
+                       action="", finished_at="2026-12-02T00:00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("kind", "offload", "earlier", "expected"),
+    [
+        (Kind.OUT_OF_MEMORY, "none", [], Action.REPLAN),
+        (Kind.OUT_OF_MEMORY, "none", [Kind.WORKER_FAILED] * 3, Action.REPLAN),  # restarts are another budget
+        (Kind.OUT_OF_MEMORY, "none", [Kind.OUT_OF_MEMORY, Kind.HOST_OUT_OF_MEMORY, Kind.OUT_OF_MEMORY], Action.GIVE_UP),
+        (Kind.HOST_OUT_OF_MEMORY, "optimizer", [], Action.REPLAN),
+        (Kind.HOST_OUT_OF_MEMORY, "none", [], Action.GIVE_UP),  # nothing on the host to give back
+        (Kind.INVALID_INPUT, "none", [], Action.GIVE_UP),
+        (Kind.WORKER_FAILED, "none", [Kind.OUT_OF_MEMORY] * 3, Action.RESTART),
+        (Kind.WORKER_LOST, "none", [Kind.WORKER_FAILED, Kind.WORKER_LOST], Action.RESTART),
+        (Kind.WORKER_LOST, "none", [Kind.WORKER_FAILED, Kind.WORKER_LOST, Kind.WORKER_LOST], Action.GIVE_UP),
+    ],
+)
+def test_each_failure_spends_its_own_budget(kind: Kind, offload: str, earlier: list[Kind], expected: Action) -> None:
+    plan, _ = first_plan(tiny_spec())
+    failed = offloading(plan, offload) if offload != "none" else plan
+    assert recovery.action(Failure(kind, "x"), [attempt(k) for k in earlier], api.Recovery(), failed) is expected
+
+
+def test_giving_up_says_why_in_words_a_user_acts_on() -> None:
+    plan, _ = first_plan(tiny_spec())
+    host = recovery.why_not_retried(Failure(Kind.HOST_OUT_OF_MEMORY, "killed"), plan, [])
+    assert "offloads nothing" in host and "more memory per GPU" in host
+    assert recovery.why_not_retried(Failure(Kind.INVALID_INPUT, "bad"), plan, []) == \
+        "gave up: retrying cannot fix the input"
+    assert "after 4 attempts" in recovery.why_not_retried(Failure(Kind.WORKER_FAILED, "x"), plan, [attempt(Kind.WORKER_FAILED)] * 3)
