@@ -55,7 +55,7 @@ def _merge(base: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
 
 def manifest(case: dict[str, Any]) -> dict[str, Any]:
     job = copy.deepcopy(example("minimal"))
-    job["metadata"] = {"name": case["name"], **case.get("metadata", {})}
+    job["metadata"] = {"name": case["name"], **_expand(case.get("metadata", {}))}
     job["spec"] = _merge(job["spec"], _expand(case.get("spec", {})))
     for path in case.get("remove", []):
         *parents, leaf = path.split(".")

@@ -1,6 +1,7 @@
 """Architectures parsed from Hugging Face configs count the parameters their model cards publish."""
 
 import json
+import re
 
 import pytest
 
@@ -59,3 +60,25 @@ def test_unknown_model_lists_the_catalog() -> None:
 def test_unsupported_model_type_is_a_clear_error() -> None:
     with pytest.raises(architecture.UnsupportedArchitectureError, match="'bert'.*llama"):
         architecture.from_hf_config({"model_type": "bert"})
+
+
+TINY = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "intermediate_size": 128, "vocab_size": 100}
+
+
+@pytest.mark.parametrize(("change", "says"), [
+    ({"hidden_size": 66}, "hidden_size (66) must be a multiple of num_attention_heads (4)"),
+    ({"num_key_value_heads": 8}, "num_attention_heads (4) must be a multiple of num_key_value_heads (8)"),
+    ({"num_key_value_heads": 3}, "num_attention_heads (4) must be a multiple of num_key_value_heads (3)"),
+    ({"hidden_size": 60}, "the head dimension (15) must be even"),
+])
+def test_configs_transformers_cannot_build_are_refused_before_any_gpu_is_held(change: dict, says: str) -> None:
+    """Each of these fails in transformers (at build, or at the first step), checked by hand on 2026-12-02."""
+    with pytest.raises(ValueError, match=re.escape(says)):
+        architecture.from_hf_config(TINY | change)
+
+
+def test_an_explicit_head_dim_may_differ_from_hidden_over_heads() -> None:
+    """Gemma's 7B: 16 heads of 256 over a hidden size of 3072."""
+    arch = architecture.from_hf_config(TINY | {"hidden_size": 72, "head_dim": 32})
+    assert arch.q_size == 128 and arch.hidden_size == 72

@@ -68,3 +68,14 @@ def test_a_replan_keeps_what_the_checkpoints_it_resumes_from_can_be_loaded_into(
                                               "precision": "fp16"})
     replan = planning.decide(spec, groups, memory_scale=1.3, resuming=failed).plan
     assert replan is not None and (replan.method, replan.zero_stage, replan.precision) == ("Full", 3, "fp16")
+
+
+def test_lora_targets_that_match_no_module_are_refused_before_any_pod_starts() -> None:
+    """PEFT would refuse them only once the GPUs are held, and ignores one misspelt among good ones."""
+    spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"},
+                                               "method": {"loraTargets": ["q_proj", "qv_proj"]}})
+    decision = planning.decide(spec, node_groups(nodes_with_taint(), []))
+    assert decision.plan is None and decision.reason == "InvalidSpec"
+    assert "qv_proj match no linear module" in decision.message and "gate_proj" in decision.message
+    full = spec.model_copy(update={"method": spec.method.model_copy(update={"type": api.MethodType.FULL})})
+    assert planning.decide(full, node_groups(nodes_with_taint(), [])).plan is not None

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.api import crd
+from kubetune.api import crd, v1alpha1
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,3 +40,18 @@ def test_schema_is_structural() -> None:
     text = yaml.safe_dump(crd.crd())
     assert "$ref" not in text and "anyOf" not in text
     assert not re.search(r"^\s*title:", text, re.M)
+
+
+@pytest.mark.parametrize(("name", "problem"), [
+    ("llama-8b-lora", None),
+    ("a" * 53, None),
+    ("a" * 54, "at most 53 characters"),
+    ("team.llama", "no dots"),
+    ("7b-lora", "start with a letter"),
+    ("lora-", "end with a letter or digit"),
+])
+def test_names_that_cannot_name_the_children_are_refused(name: str, problem: str | None) -> None:
+    """The longest name still gives the last pod of the most nodes allowed a hostname of 63 characters."""
+    found = v1alpha1.name_problem(name)
+    assert (found is None) if problem is None else (problem in found)
+    assert len(f"{'a' * v1alpha1.MAX_NAME_LENGTH}-train-{v1alpha1.MAX_NODES - 1}") == 63

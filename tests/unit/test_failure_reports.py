@@ -11,8 +11,8 @@ from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.controller import recovery
 from kubetune.controller.recovery import Action, Kind
-from tests.unit.test_recovery_policy import first_plan
 from tests.unit.test_real_node import tiny_spec
+from tests.unit.test_recovery_policy import first_plan
 
 REPORTS = Path(__file__).parent / "reports"
 

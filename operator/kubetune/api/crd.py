@@ -93,6 +93,7 @@ def crd() -> dict[str, Any]:
                     "description": "FineTuneJob fine-tunes a language model on the cluster's GPUs: kubetune plans "
                                    "the configuration from predicted memory and runs it with DeepSpeed.",
                     "required": ["spec"],
+                    "x-kubernetes-validations": v1alpha1.NAME_RULES,
                     "properties": {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},

@@ -6,11 +6,14 @@ Conventions (Kubernetes API conventions): camelCase names, no floats in spec (th
 decimal string), CamelCase enum values, units in names, every list and string bounded.
 """
 
+import re
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from kubetune.api import contract
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -18,6 +21,31 @@ KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 
 NAME = Annotated[str, Field(min_length=1, max_length=253)]
+MAX_NODES = 512
+# A FineTuneJob's name starts its children's (controller/children.py): the Service `<name>-workers` must be a
+# DNS-1035 label (a letter first, no dots) and the pods' hostnames `<name>-train-<index>` DNS labels of at most
+# 63 characters, with up to MAX_NODES - 1 as the index.
+MAX_NAME_LENGTH = 63 - len("-train-") - len(str(MAX_NODES - 1))
+NAME_PATTERN = "^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_TOO_LONG = (f"metadata.name must be at most {MAX_NAME_LENGTH} characters: the training pods' hostnames "
+                 "(<name>-train-<index>) must fit in 63")
+NAME_NOT_A_LABEL = ("metadata.name must be lowercase letters, digits and '-', start with a letter and end with a "
+                    "letter or digit (no dots): it names the job's Service, which must be a DNS-1035 label")
+NAME_RULES = [{"rule": f"self.metadata.name.size() <= {MAX_NAME_LENGTH}", "message": NAME_TOO_LONG},
+              {"rule": f"self.metadata.name.matches('{NAME_PATTERN}')", "message": NAME_NOT_A_LABEL}]
+
+
+# The output volume may not be mounted over these (or under them): the image's system folders and Python
+# (/opt/venv), and what kubetune itself mounts (contract.DATA_MOUNT, CONFIG_DIR under /etc, /dev/shm).
+SYSTEM_DIRECTORIES = ["/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/opt", "/proc", "/run", "/sbin", "/sys",
+                      "/usr", "/var", str(contract.DATA_MOUNT)]
+
+
+def name_problem(name: str) -> str | None:
+    """What NAME_RULES say of a name, for objects the apiserver accepted before they existed."""
+    if len(name) > MAX_NAME_LENGTH:
+        return NAME_TOO_LONG
+    return None if re.fullmatch(NAME_PATTERN, name) else NAME_NOT_A_LABEL
 
 
 class _Model(BaseModel):
@@ -148,8 +176,14 @@ class Training(_Model):
     epochs: int | None = Field(default=None, ge=1, le=1000, description="epochs over the dataset (1 when "
                                "neither this nor `maxSteps` is set).")
     max_steps: int | None = Field(default=None, ge=1, description="maxSteps is the number of optimizer steps.")
-    learning_rate: str = Field(default="0.0002", pattern=r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]+)?$", max_length=32,
-                               description="learningRate as a decimal string (quoted in YAML), e.g. '0.0002' or '2e-4'.")
+    # At most a two-digit exponent: every value the pattern admits is a finite double.
+    learning_rate: str = Field(default="0.0002", pattern=r"^[0-9]+(\.[0-9]+)?([eE]-?[0-9]{1,2})?$", max_length=32,
+                               description="learningRate as a decimal string (quoted in YAML), e.g. '0.0002' or '2e-4'; "
+                               "more than 0 and at most 1.",
+                               json_schema_extra=rules(
+                                   ("double(self) > 0.0", "`learningRate` must be more than 0: nothing would be learned"),
+                                   ("double(self) <= 1.0", "`learningRate` above 1 makes any optimizer diverge at once; "
+                                    "fine-tuning rates are around 1e-5 to 1e-3 (LoRA up to about 1e-2)")))
     global_batch: int = Field(default=32, ge=1, le=65536, description="globalBatch is sequences per optimizer "
                               "step, across all GPUs.")
     seq_len: int = Field(default=2048, ge=16, le=1048576, description="seqLen is the (padded or packed) "
@@ -173,10 +207,10 @@ class Resources(_Model):
         "labels (NVIDIA-H100-80GB-HBM3) or kubetune ids (H100-SXM-80GB); default: any.")
     max_gpus: int | None = Field(default=None, ge=1, le=4096, alias="maxGPUs",
                                  description="maxGPUs caps the GPUs used.")
-    max_nodes: int | None = Field(default=None, ge=1, le=512, description="maxNodes caps the nodes used.")
+    max_nodes: int | None = Field(default=None, ge=1, le=MAX_NODES, description="maxNodes caps the nodes used.")
     gpus: int | None = Field(default=None, ge=1, le=4096, description="gpus pins the number of GPUs in all "
                              "(e.g. exactly 16); the planner chooses everything else around it.")
-    nodes: int | None = Field(default=None, ge=1, le=512, description="nodes pins the number of training pods "
+    nodes: int | None = Field(default=None, ge=1, le=MAX_NODES, description="nodes pins the number of training pods "
                               "(torchrun nodes). With `gpus`, each pod gets gpus/nodes GPUs and pods may share a "
                               "machine that has them free; alone, each pod takes a whole node's GPUs.")
     objective: ObjectiveType = Field(default=ObjectiveType.CHEAPEST, description="objective is what the planner "
@@ -188,7 +222,14 @@ class Output(_Model):
 
     claim_name: str | None = Field(default=None, max_length=253, description="claimName is the "
                                    "PersistentVolumeClaim the model and checkpoints are written to.")
-    path: str = Field(default="/output", max_length=1024, description="path inside the output volume.")
+    path: str = Field(default="/output", max_length=1024, description="path in the training container where the "
+                      "output volume is mounted: absolute, and not a system directory of the image or one kubetune "
+                      "mounts (/data, /etc/kubetune, /dev/shm).", json_schema_extra=rules(
+                          ("self.startsWith('/')", "`output.path` must be an absolute path, such as /output"),
+                          ("!self.matches('(^|/)[.][.]?(/|$)')", "`output.path` may not contain '.' or '..' segments"),
+                          (f"self != '/' && !{SYSTEM_DIRECTORIES}.exists(d, self == d || self.startsWith(d + '/'))",
+                           "`output.path` would hide a directory the trainer needs (the image's system directories, "
+                           "its Python under /opt, or the dataset at /data): use a path such as /output")))
     save: SaveType = Field(default=SaveType.ADAPTER, description="save the LoRA Adapter alone or the Merged "
                            "model.")
     keep_checkpoints: int = Field(default=2, ge=1, le=1000, description="keepCheckpoints is how many of the "

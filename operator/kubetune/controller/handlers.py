@@ -107,6 +107,9 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
     except ValidationError as error:
         conds.set(c.FAILED, True, "InvalidSpec", str(error))
         return _write(body, patch, conds, status)
+    if (problem := api.name_problem(name)) is not None:
+        conds.set(c.FAILED, True, c.REASON_INVALID_NAME, problem)
+        return _write(body, patch, conds, status)
     _output_durability(job_spec.output, conds)
     plan = api.Plan.model_validate(status["plan"]) if status.get("plan") else None
     if plan is None:

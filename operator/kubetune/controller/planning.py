@@ -96,6 +96,13 @@ def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
     return architecture.load(spec.model.name)
 
 
+def unknown_lora_targets(spec: api.FineTuneJobSpec, arch: architecture.Architecture) -> list[str]:
+    """Targets PEFT would find no module for: it refuses them only at start, after the GPUs were held, and
+    ignores one misspelt among good ones."""
+    targets = (spec.method.lora_targets or []) if spec.method.type is not api.MethodType.FULL else []
+    return [t for t in targets if t not in arch.lora_modules(tuple(targets))]
+
+
 def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[str, float] | None = None,
            memory_scale: float = 1.0, resuming: api.Plan | None = None, max_offload: Offload = Offload.ALL) -> Decision:
     """The plan for a spec on the cluster's GPU groups; `prices` (USD per GPU-hour by GPU id) replace the
@@ -115,6 +122,10 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         return Decision(None, None, None, str(error).strip("'\""), "ModelUnknown")
     except ValueError as error:
         return Decision(None, None, None, str(error), "InvalidModelConfig")
+    if (unknown := unknown_lora_targets(spec, arch)):
+        return Decision(None, None, None, f"method.loraTargets {', '.join(unknown)} match no linear module of "
+                        f"{arch.name} (its modules: {', '.join(arch.lora_modules(ALL_LINEAR))})",
+                        "InvalidSpec")
     per_pod = gpus_per_pod(spec.resources)
     typed = [g for g in groups if allowed(g, spec.resources.gpu_types)]
     largest = max((g.gpus_per_node for g in typed), default=0)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class MlpType(StrEnum):
@@ -53,6 +53,17 @@ class Architecture(BaseModel):
     qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k
     num_experts: int = Field(default=1, ge=1)
     experts_per_token: int = Field(default=1, ge=1)
+
+    @model_validator(mode="after")
+    def _buildable(self) -> "Architecture":
+        """What transformers refuses when it builds the model (or breaks on at the first step), refused here
+        first, before any GPU is held."""
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_attention_heads ({self.num_heads}) must be a multiple of num_key_value_heads "
+                             f"({self.num_kv_heads}): each key/value head serves a whole group of query heads")
+        if self.head_dim % 2:
+            raise ValueError(f"the head dimension ({self.head_dim}) must be even: rotary embeddings rotate pairs")
+        return self
 
     @property
     def q_size(self) -> int:
@@ -167,6 +178,9 @@ def _tied(config: dict[str, Any]) -> bool:
 
 def _gated_llama_like(name: str, config: dict[str, Any], **extra: Any) -> Architecture:
     heads = config["num_attention_heads"]
+    if not config.get("head_dim") and config["hidden_size"] % heads:
+        raise ValueError(f"the model config's hidden_size ({config['hidden_size']}) must be a multiple of "
+                         f"num_attention_heads ({heads}) unless it sets head_dim")
     return Architecture(
         name=name,
         model_type=config["model_type"],
@@ -222,8 +236,10 @@ def from_hf_config(config: dict[str, Any], name: str = "custom") -> Architecture
                          "has") from None
     except ValidationError as error:
         first = error.errors()[0]
-        raise ValueError(f"the model config is not a valid '{config.get('model_type')}' config.json: "
-                         f"{'.'.join(map(str, first['loc']))} {first['msg'].lower()}") from None
+        # A field's error names the field; a whole-model check's is its own sentence.
+        what = (f"{'.'.join(map(str, first['loc']))} {first['msg'].lower()}" if first["loc"]
+                else str(first.get("ctx", {}).get("error", first["msg"])))
+        raise ValueError(f"the model config is not a valid '{config.get('model_type')}' config.json: {what}") from None
     except (TypeError, ZeroDivisionError) as error:
         raise ValueError(f"the model config is not a valid '{config.get('model_type')}' config.json: "
                          f"{error}") from None
