@@ -32,7 +32,7 @@ class Operator:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig), KUBETUNE_RECONCILE_SECONDS="1", **self.env)
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "KUBETUNE_RECONCILE_SECONDS": "1", **self.env}
         self.process = subprocess.Popen([KUBETUNE, "run-operator", *self.args], env=env, stdout=self.log.open("a"),
                                         stderr=subprocess.STDOUT)
 

@@ -18,6 +18,7 @@ from tests.integration.ftj import (
     Operator,
     apply,
     condition,
+    events,
     example,
     get,
     in_phase,
@@ -82,7 +83,7 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
 def test_the_corpus_is_large_and_names_are_unique() -> None:
     names = [case["name"] for case in CORPUS]
     assert len(names) >= 50 and len(set(names)) == len(names)
-    assert all(("refused" in case) != ("failed" in case) for case in CORPUS)
+    assert all(sum(outcome in case for outcome in ("refused", "failed", "waiting")) == 1 for case in CORPUS)
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[case["name"] for case in CORPUS])
@@ -97,6 +98,15 @@ def test_bad_input_is_refused_or_fails_with_a_clear_reason(cluster: LocalCluster
         assert get(cluster, namespace, "ftj", manifest(case)["metadata"]["name"]) is None
         return
     assert result.returncode == 0, result.stderr
+    if "waiting" in case:
+        reason, text = case["waiting"]
+        ftj = wait_until(f"{case['name']} to wait", lambda: (f := get(cluster, namespace, "ftj", case["name"])) and
+                         any(c["type"] == "Running" and c["reason"] == reason for c in f.get("status", {})
+                             .get("conditions", [])) and f, timeout=60)
+        assert text in condition(ftj, "Running")["message"]
+        assert get(cluster, namespace, "job", f"{case['name']}-train") is None  # nothing started that cannot run
+        assert any(e["type"] == "Warning" and e["reason"] == reason for e in events(cluster, namespace, case["name"]))
+        return
     reason, text = case["failed"]
     # Workers that cannot start are looked at once their Job is 20 s old (recovery.BLOCKED_AFTER_SECONDS).
     ftj = wait_until(f"{case['name']} to fail", in_phase(cluster, namespace, case["name"], "Failed", "Unschedulable",

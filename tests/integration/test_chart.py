@@ -62,6 +62,9 @@ def test_install_establishes_the_crd_and_schedules_the_operator_on_a_cpu_node(cl
         ("patch", "finetunejobs.kubetune.io/status", True),
         ("create", "events", True),
         ("get", "secrets", False),
+        ("get", "persistentvolumeclaims", True),  # to say when a job's claim is missing
+        ("get", "priorityclasses.scheduling.k8s.io", True),
+        ("create", "persistentvolumeclaims", False),
         ("list", "secrets", False),
         ("delete", "nodes", False),
         ("delete", "jobs.batch", True),  # to replace a failed attempt's Job

@@ -10,7 +10,7 @@ import re
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from kubetune.api import contract
@@ -245,12 +245,34 @@ class Images(_Model):
     trainer: str | None = Field(default=None, max_length=1024, description="trainer image override.")
 
 
+# Kubernetes' syntax for label values, and for label and annotation keys (an optional DNS-subdomain prefix and
+# '/', then a name of at most 63 characters).
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+_KEY_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_KEY_PREFIX = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+
+
+def _qualified_names(keys: dict[str, str] | None) -> dict[str, str] | None:
+    """Keys the apiserver would refuse in the pods' metadata, refused before the Job is created. (Checked here,
+    not by CEL: a CRD schema cannot bound a map key's length, so a rule over keys would exceed CEL's cost budget.)"""
+    for key in keys or {}:
+        prefix, _, name = key.rpartition("/")
+        if (len(name) > 63 or not _KEY_NAME.fullmatch(name) or
+                (prefix and (len(prefix) > 253 or not _KEY_PREFIX.fullmatch(prefix))) or (not prefix and "/" in key)):
+            raise ValueError(f"'{key}' is not a valid label or annotation key: an optional DNS subdomain prefix and "
+                             "'/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter "
+                             "or digit")
+    return keys
+
+
 class PodMetadata(_Model):
     """podMetadata is added to the training pods (e.g. cost labels, sidecar annotations)."""
 
-    labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63, pattern=LABEL_VALUE)]] | None,
+                      AfterValidator(_qualified_names)] = Field(
         default=None, description="labels added to the training pods.", json_schema_extra={"maxProperties": 64})
-    annotations: dict[str, Annotated[str, Field(max_length=4096)]] | None = Field(
+    annotations: Annotated[dict[str, Annotated[str, Field(max_length=4096)]] | None,
+                           AfterValidator(_qualified_names)] = Field(
         default=None, description="annotations added to the training pods.", json_schema_extra={"maxProperties": 64})
 
 

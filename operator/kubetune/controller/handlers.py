@@ -14,10 +14,11 @@ from pydantic import ValidationError
 
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning, progress, recovery
+from kubetune.controller import children, planning, progress, recovery, refusals
 from kubetune.controller import conditions as c
 from kubetune.controller import metrics as m
-from kubetune.controller.kube import Kube
+from kubetune.controller.kube import Kube, Refused
+from kubetune.controller.serial import Serial
 from kubetune.controller.snapshot import CapacitySnapshot
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
@@ -44,6 +45,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.capacity = CapacitySnapshot(memo.kube)
     memo.series = m.JobSeries()
     memo.progress = progress.ProgressReader()
+    memo.serial = Serial()
 
 
 @kopf.on.cleanup()
@@ -51,22 +53,34 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
 
 
+def _unfinished(status: kopf.Status, **_: Any) -> bool:
+    """A finished job needs no timer: kopf stops it when this stops matching."""
+    return not any(cond.get("type") in (c.SUCCEEDED, c.FAILED) and cond.get("status") == "True"
+                   for cond in status.get("conditions", []))
+
+
 @kopf.on.create(*RESOURCE)
 @kopf.on.resume(*RESOURCE)
 @kopf.on.update(*RESOURCE, field="spec")
-@kopf.timer(*RESOURCE, interval=RECONCILE_SECONDS, initial_delay=RECONCILE_SECONDS)
+@kopf.timer(*RESOURCE, interval=RECONCILE_SECONDS, initial_delay=RECONCILE_SECONDS, when=_unfinished)
 async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
                     patch: kopf.Patch, memo: kopf.Memo, retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
-    started = time.perf_counter()
-    if retry:
-        m.reconcile_retries.inc()
-    try:
-        await _reconcile(body, spec, status, name, namespace, patch, memo, trainer_jobs)
-    except Exception as error:
-        m.reconcile_errors.labels(type(error).__name__).inc()
-        raise
-    finally:
-        m.reconcile_seconds.observe(time.perf_counter() - started)
+    key = (namespace, name)
+    async with memo.serial.turn(key):
+        if memo.serial.stale(key, dict(status)):
+            m.reconcile_stale_skips.inc()
+            return
+        started = time.perf_counter()
+        if retry:
+            m.reconcile_retries.inc()
+        try:
+            await _reconcile(body, spec, status, name, namespace, patch, memo, trainer_jobs)
+        except Exception as error:
+            m.reconcile_errors.labels(type(error).__name__).inc()
+            raise
+        finally:
+            m.reconcile_seconds.observe(time.perf_counter() - started)
+            memo.serial.wrote(key, copy.deepcopy(dict(patch.status)))
     plan = patch.status.get("plan") or status.get("plan")
     memo.series.observe(namespace, name, patch.status.get("phase") or status.get("phase") or "Pending",
                         api.Plan.model_validate(plan) if plan else None)
@@ -92,6 +106,7 @@ def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, s
 @kopf.on.delete(*RESOURCE, optional=True)
 async def forget(name: str, namespace: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     memo.series.forget(namespace, name)
+    memo.serial.forget((namespace, name))
     for attempt in range(1, len(status.get("attempts", [])) + 2):
         memo.progress.forget((namespace, name, attempt))
 
@@ -134,12 +149,24 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
             conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt}: waiting for the previous "
                       "attempt's workers to stop")
             return _write(body, patch, conds, status)
-        # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
-        # goes last, so once it exists its ConfigMap and Service do too and steady state reads only the index.
-        foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube, memo.capacity,
-                                         patch)
-        if foreign:
-            conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, foreign)
+        missing = [ref for ref in refusals.references(job_spec) if not await memo.kube.exists(namespace, *ref)]
+        outcome = refusals.missing_references(missing, _seconds_since(body["metadata"]["creationTimestamp"]))
+        if outcome is None:
+            # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
+            # goes last, so once it exists its ConfigMap and Service do too and steady state reads only the index.
+            try:
+                foreign = await _ensure_children(body, name, namespace, job_spec, plan, attempt, memo.kube,
+                                                 memo.capacity, patch)
+            except Refused as refused:
+                outcome = refusals.child_refused(refused)
+            else:
+                if foreign:
+                    conds.set(c.FAILED, True, c.REASON_NAME_CONFLICT, foreign)
+        if outcome is not None:
+            conds.set(c.RUNNING, False, outcome.reason, outcome.message)
+            if outcome.failed:
+                conds.set(c.FAILED, True, outcome.reason, outcome.message)
+                patch.status["completionTime"] = c.now()
         # The new Job reaches the trainer_jobs index through the watch; the next reconcile observes it.
         return _write(body, patch, conds, status)
     if job is not None:
@@ -389,7 +416,7 @@ def _worth_an_event(condition: dict[str, Any]) -> bool:
     Running condition's comings and goings stay in status (restarts have their own Warning): at 1,000 jobs an
     Event per transition was a third of the operator's apiserver writes."""
     if condition["type"] == c.RUNNING:
-        return False
+        return condition["reason"] in refusals.WAITING
     if condition["type"] in (c.ADMITTED, c.OUTPUT_DURABLE):
         return condition["status"] == "False"
     return condition["type"] == c.PLANNED or condition["status"] == "True"
@@ -402,7 +429,7 @@ def _write(body: kopf.Body, patch: kopf.Patch, conds: c.Conditions, status: kopf
         if not _worth_an_event(condition):
             continue
         kind = "Warning" if condition["type"] in (c.FAILED, c.OUTPUT_DURABLE) or \
-            condition["reason"] == c.REASON_UNSCHEDULABLE else "Normal"
+            condition["reason"] in (c.REASON_UNSCHEDULABLE, *refusals.WAITING) else "Normal"
         kopf.event(body, type=kind, reason=condition["reason"], message=f"{condition['type']}={condition['status']}: "
                    f"{condition['message']}")
     if conds.changed:

@@ -9,12 +9,22 @@ from kubernetes_asyncio.client.exceptions import ApiException
 CONFLICT, NOT_FOUND = 409, 404
 
 
+class Refused(Exception):
+    """The apiserver refused to create an object: invalid (400, 422) or forbidden (403: RBAC, a quota, an
+    admission webhook). Retrying the same request gets the same answer; other errors may pass."""
+
+    def __init__(self, kind: str, name: str, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.code, self.reason, self.message = kind, name, code, reason, message
+
+
 class Kube:
     def __init__(self, api: client.ApiClient) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
+        self.scheduling = client.SchedulingV1Api(api)
 
     @classmethod
     async def connect(cls) -> "Kube":
@@ -57,6 +67,27 @@ class Kube:
         # Not deserialised into client models: at 1,000 jobs that alone was 5% of the operator's time.
         response = await create(namespace, manifest, _preload_content=False)
         if response.status == CONFLICT:
+            return False
+        if response.status in (400, 403, 422):
+            text = await response.text()
+            try:
+                status = json.loads(text)
+            except ValueError:
+                status = {}
+            raise Refused(kind, manifest["metadata"]["name"], response.status, status.get("reason", ""),
+                          status.get("message", text))
+        await self._json(response)
+        return True
+
+    async def exists(self, namespace: str, kind: str, name: str) -> bool:
+        """Whether an object a training pod refers to exists (a PriorityClass is cluster-wide)."""
+        if kind == "PriorityClass":
+            response = await self.scheduling.read_priority_class(name, _preload_content=False)
+        elif kind == "PersistentVolumeClaim":
+            response = await self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
+        else:
+            raise ValueError(f"no existence check for {kind}")
+        if response.status == NOT_FOUND:
             return False
         await self._json(response)
         return True

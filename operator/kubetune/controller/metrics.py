@@ -41,6 +41,12 @@ reconcile_seconds = Histogram("kubetune_reconcile_duration_seconds", "Wall time 
 reconcile_errors = Counter("kubetune_reconcile_errors_total",
                            "Reconciles that raised (kopf retries them), by exception type.", ("reason",),
                            registry=registry)
+reconcile_waits = Counter("kubetune_reconcile_waits_total",
+                          "Reconciles that waited for another of the same FineTuneJob to finish (a timer tick "
+                          "meeting a change): they run one at a time.", registry=registry)
+reconcile_stale_skips = Counter("kubetune_reconcile_stale_skips_total",
+                                "Reconciles skipped because the previous one's status write had not reached their "
+                                "view of the FineTuneJob yet.", registry=registry)
 reconcile_retries = Counter("kubetune_reconcile_retries_total", "Reconciles that were retries of a failed one.",
                             registry=registry)
 

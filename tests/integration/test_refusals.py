@@ -1,0 +1,74 @@
+"""Children the real apiserver refuses: the job says so in status with the apiserver's own message, never a
+silent retry loop. A quota may be lifted, so the job waits and then runs; an admission policy's denial is the
+user's to fix, so the job fails naming it."""
+
+import json
+
+import pytest
+
+from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.ftj import Operator, apply, condition, events, example, get, in_phase
+from tests.integration.waiting import wait_until
+
+pytestmark = pytest.mark.cluster
+
+
+def running_reason(cluster: LocalCluster, namespace: str, name: str, reason: str):
+    def check() -> dict | None:
+        ftj = get(cluster, namespace, "ftj", name)
+        conditions = (ftj or {}).get("status", {}).get("conditions", [])
+        return ftj if any(c["type"] == "Running" and c["reason"] == reason for c in conditions) else None
+    return check
+
+
+def test_a_job_over_its_namespaces_quota_waits_saying_so_and_runs_once_it_is_lifted(
+        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
+             "spec": {"hard": {"count/jobs.batch": "0"}}}
+    cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(quota))
+    apply(cluster, namespace, example("minimal"))
+    ftj = wait_until("the job to say it is over quota", running_reason(cluster, namespace, "minimal", "QuotaExceeded"))
+    message = condition(ftj, "Running")["message"]
+    assert "Job minimal-train (403 Forbidden)" in message and "exceeded quota: no-jobs" in message, message
+    assert ftj["status"]["phase"] not in ("Failed", "Succeeded")
+    assert any(e["type"] == "Warning" and e["reason"] == "QuotaExceeded" for e in events(cluster, namespace, "minimal"))
+    cluster.kubectl_ok("delete", "resourcequota", "no-jobs", "-n", namespace)
+    wait_until("the job to run once the quota is gone", in_phase(cluster, namespace, "minimal", "Succeeded"))
+
+
+@pytest.fixture
+def jobs_denied(cluster: LocalCluster, namespace: str):
+    """An admission policy (the apiserver's own CEL, Deny) that refuses every Job in the test's namespace."""
+    policy = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+              "metadata": {"name": f"deny-jobs-{namespace}"},
+              "spec": {"failurePolicy": "Fail",
+                       "matchConstraints": {"resourceRules": [{"apiGroups": ["batch"], "apiVersions": ["v1"],
+                                                               "resources": ["jobs"], "operations": ["CREATE"]}]},
+                       "validations": [{"expression": "false", "message": "training Jobs are not allowed here"}]}}
+    binding = {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+               "metadata": {"name": f"deny-jobs-{namespace}"},
+               "spec": {"policyName": f"deny-jobs-{namespace}", "validationActions": ["Deny"],
+                        "matchResources": {"namespaceSelector": {"matchLabels": {
+                            "kubernetes.io/metadata.name": namespace}}}}}
+    cluster.kubectl_ok("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
+                                                             "items": [policy, binding]}))
+    probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"},
+             "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}
+    wait_until("the policy to take effect", lambda: "not allowed here" in cluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(probe)).stderr)
+    yield
+    cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", f"deny-jobs-{namespace}")
+
+
+def test_a_child_an_admission_policy_denies_fails_the_job_with_the_policys_message(
+        cluster: LocalCluster, operator: Operator, namespace: str, jobs_denied: None) -> None:
+    apply(cluster, namespace, example("minimal"))
+    ftj = wait_until("the job to fail", in_phase(cluster, namespace, "minimal", "Failed"))
+    failed = condition(ftj, "Failed")
+    assert failed["reason"] == "ChildRefused", failed
+    assert "Job minimal-train (422 Invalid)" in failed["message"], failed
+    assert "training Jobs are not allowed here" in failed["message"], failed
+    assert get(cluster, namespace, "job", "minimal-train") is None
+    # The ConfigMap and Service it needed were made first; they stay the job's (garbage-collected with it).
+    assert get(cluster, namespace, "configmap", "minimal-config") is not None
+    assert "Traceback" not in operator.log.read_text()
