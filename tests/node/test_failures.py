@@ -139,10 +139,14 @@ def _bound_folder(cluster: LocalCluster, claims: Claims):
 
 @pytest.mark.parametrize(("change", "reason"), [
     ({"hubTokenSecretRef": {"name": "no-such-secret"}}, "CreateContainerConfigError"),
+    ({"hubTokenSecretRef": {"name": "hub-token", "key": "no-such-key"}}, "CreateContainerConfigError"),
     ({"images": {"trainer": "localhost/kubetune/trainer:no-such-tag"}}, "ImagePullBackOff"),
-])
+    ({"images": {"trainer": "localhost/Kubetune/Trainer:x"}}, "InvalidImageName"),
+], ids=["missing-secret", "missing-secret-key", "unpullable-image", "malformed-image"])
 def test_workers_the_real_kubelet_cannot_start_fail_the_job_with_its_reason(
-        cluster: LocalCluster, node_operator: Operator, claims: Claims, change: dict, reason: str) -> None:
+        cluster: LocalCluster, node_operator: Operator, claims: Claims, change: dict, reason: str,
+        request: pytest.FixtureRequest) -> None:
+    cluster.kubectl_ok("create", "secret", "generic", "hub-token", "--from-literal=token=hf_x", "-n", claims.namespace)
     manifest = example("tiny-lora")
     manifest["metadata"]["name"] = "cannot-start"
     manifest["spec"] |= change
@@ -150,7 +154,7 @@ def test_workers_the_real_kubelet_cannot_start_fail_the_job_with_its_reason(
     assert apply(cluster, claims.namespace, manifest).returncode == 0
     ftj = wait_until("the job to fail", lambda: (f := get(cluster, claims.namespace, "ftj", "cannot-start")) and
                      f.get("status", {}).get("phase") == "Failed" and f, timeout=240)
-    reports.check(f"cannot-start-{reason}", watch.stop(waiting=reason))
+    reports.check(f"cannot-start-{request.node.callspec.id}", watch.stop(waiting=reason))
     failed = condition(ftj, "Failed")
     assert failed["reason"] == "InvalidInput" and reason in failed["message"], failed
     # Its Job is suspended, so the kubelet stops retrying what only the user can fix.

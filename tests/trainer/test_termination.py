@@ -35,32 +35,32 @@ def test_out_of_memory_exits_with_the_dedicated_code_and_the_peak(monkeypatch, t
     assert (tmp_path / "termination-log").read_text().startswith("kubetune-oom peak_allocated_bytes=")
 
 
-def test_a_config_of_a_newer_contract_is_refused_naming_both_versions(monkeypatch, tmp_path) -> None:
-    """An older trainer image given a newer operator's config: bad input (no restart), both versions named."""
+def _end_with_config(monkeypatch, tmp_path, text: str) -> tuple[int, str]:
+    """The exit code and termination message of the trainer given this trainer.json."""
     config = tmp_path / "trainer.json"
-    config.write_text(f'{{"version": {trainer_config.VERSION + 1}, "job": "j"}}')
+    config.write_text(text)
     (tmp_path / "ds.json").write_text("{}")
     monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
     monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
     with pytest.raises(SystemExit) as exit_info:
         run.main()
-    assert exit_info.value.code == contract.INVALID_INPUT_EXIT_CODE
-    message = (tmp_path / "termination-log").read_text()
-    assert message.startswith(f"kubetune-invalid-input trainer.json is contract version {trainer_config.VERSION + 1}"
-                              ", written by a newer operator")
+    return exit_info.value.code, (tmp_path / "termination-log").read_text()
+
+
+def test_a_config_of_a_newer_contract_is_refused_naming_both_versions(monkeypatch, tmp_path) -> None:
+    """An older trainer image given a newer operator's config: bad input (no restart), both versions named."""
+    newer = trainer_config.VERSION + 1
+    code, message = _end_with_config(monkeypatch, tmp_path, f'{{"version": {newer}, "job": "j"}}')
+    assert code == contract.INVALID_INPUT_EXIT_CODE
+    assert message.startswith(f"kubetune-invalid-input trainer.json is contract version {newer}, written by a "
+                              "newer operator")
     assert f"speaks version {trainer_config.VERSION}" in message and "\n" not in message
 
 
 def test_a_config_that_breaks_the_schema_names_the_field(monkeypatch, tmp_path) -> None:
-    config = tmp_path / "trainer.json"
-    config.write_text(f'{{"version": {trainer_config.VERSION}, "job": "j"}}')
-    (tmp_path / "ds.json").write_text("{}")
-    monkeypatch.setattr(run, "TERMINATION_LOG", tmp_path / "termination-log")
-    monkeypatch.setattr(sys, "argv", ["trainer", f"--config={config}", f"--deepspeed={tmp_path / 'ds.json'}"])
-    with pytest.raises(SystemExit) as exit_info:
-        run.main()
-    assert exit_info.value.code == contract.INVALID_INPUT_EXIT_CODE
-    assert (tmp_path / "termination-log").read_text() == "kubetune-invalid-input TrainerConfig model: Field required"
+    code, message = _end_with_config(monkeypatch, tmp_path, f'{{"version": {trainer_config.VERSION}, "job": "j"}}')
+    assert (code, message) == (contract.INVALID_INPUT_EXIT_CODE,
+                               "kubetune-invalid-input TrainerConfig model: Field required")
 
 
 def test_a_pod_that_sees_no_gpu_fails_at_once_unless_its_gpus_are_simulated(monkeypatch, tmp_path) -> None:

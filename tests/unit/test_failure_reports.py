@@ -53,7 +53,13 @@ def test_a_deleted_pod_restarts_the_gang() -> None:
     assert recovery.action(failure, [], api.Recovery(), plan) is Action.RESTART
 
 
-@pytest.mark.parametrize("reason", ["CreateContainerConfigError", "ImagePullBackOff"])
-def test_workers_that_cannot_start_are_bad_input(reason: str) -> None:
-    blocked = recovery.blocked(pods(f"cannot-start-{reason}"))
-    assert blocked is not None and blocked.kind is Kind.INVALID_INPUT and reason in blocked.message
+@pytest.mark.parametrize(("report", "reason", "says"), [
+    ("missing-secret", "CreateContainerConfigError", "no-such-secret"),
+    ("missing-secret-key", "CreateContainerConfigError", "no-such-key"),
+    ("unpullable-image", "ImagePullBackOff", "no-such-tag"),
+    ("malformed-image", "InvalidImageName", "Kubetune/Trainer"),
+])
+def test_workers_that_cannot_start_are_bad_input_named_by_the_kubelet(report: str, reason: str, says: str) -> None:
+    blocked = recovery.blocked(pods(f"cannot-start-{report}"))
+    assert blocked is not None and blocked.kind is Kind.INVALID_INPUT
+    assert reason in blocked.message and says in blocked.message, blocked.message
