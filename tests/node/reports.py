@@ -7,6 +7,8 @@ changes shape, the test says so; `KUBETUNE_CAPTURE_REPORTS=1` writes the capture
 import json
 import os
 import subprocess
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +26,20 @@ class PodWatch:
             [str(binaries.kubectl()), "--kubeconfig", str(cluster.kubeconfig), "get", "pods", "-n", namespace, "-l",
              f"kubetune.io/finetunejob={name}", "--watch", "-o", "json"],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        # Read as it comes: a pipe holds 64 KiB, a few versions of a pod, and kubectl would block on the rest.
+        self.chunks: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.chunks.extend(iter(self.process.stdout.readline, "")),
+                                       daemon=True)
+        self.reader.start()
 
     def stop(self, waiting: str | None = None) -> list[dict[str, Any]]:
         """The last version of each pod; with `waiting`, the first in which a container waits for that reason
         (the kubelet goes on changing such pods, e.g. ErrImagePull and ImagePullBackOff in turn)."""
+        time.sleep(1)  # the watch's last events, a moment behind the status the test has just read
         self.process.terminate()
-        text, _ = self.process.communicate(timeout=30)
+        self.process.wait(timeout=30)
+        self.reader.join(timeout=30)
+        text = "".join(self.chunks)
         chosen: dict[str, dict[str, Any]] = {}
         decoder, position = json.JSONDecoder(), 0
         while (position := _skip_space(text, position)) < len(text):

@@ -51,6 +51,14 @@ def test_a_kernel_kill_for_memory_explains_the_pod_whatever_its_ranks_said() -> 
     assert contract.parse_host_oom(contract.host_oom_message(None)) == 0
 
 
+def test_a_container_stopped_from_outside_says_so_whatever_its_ranks_said() -> None:
+    """The kubelet's SIGTERM (pod deleted, evicted, preempted, its Job ended): torchrun then exits 1 and its
+    ranks die with errors of their own; a kill for memory still comes first."""
+    code, message = verdict_of(1, [ERROR], stopped_by=15)
+    assert code == 143 and message.startswith("kubetune-stopped") and "deleted, evicted or preempted" in message
+    assert verdict_of(1, [], killed_for_memory=True, stopped_by=15)[0] == contract.HOST_OOM_EXIT_CODE
+
+
 def test_the_launcher_reads_the_kernels_oom_kills_and_limit_from_either_cgroup_version(tmp_path: Path) -> None:
     v1, v2 = tmp_path / "v1", tmp_path / "v2"
     v1.mkdir(), v2.mkdir()

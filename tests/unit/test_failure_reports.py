@@ -46,10 +46,10 @@ def test_the_host_oom_report_names_the_limit_the_pod_had() -> None:
     assert killed and contract.parse_host_oom(killed[0]["message"]) > 0
 
 
-def test_a_deleted_pod_restarts_the_gang() -> None:
+def test_a_deleted_pod_is_a_lost_worker_not_its_peers_broken_collectives() -> None:
     failure = recovery.classify(pods("deleted-pod"), job_message="")
     plan, _ = first_plan(tiny_spec())
-    assert failure.kind in (Kind.WORKER_LOST, Kind.WORKER_FAILED)
+    assert failure.kind is Kind.WORKER_LOST and "kubetune-stopped" in failure.message, failure
     assert recovery.action(failure, [], api.Recovery(), plan) is Action.RESTART
 
 

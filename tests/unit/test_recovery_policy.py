@@ -111,3 +111,25 @@ def test_giving_up_says_why_in_words_a_user_acts_on() -> None:
     assert recovery.why_not_retried(Failure(Kind.INVALID_INPUT, "bad"), plan, []) == \
         "gave up: retrying cannot fix the input"
     assert "after 4 attempts" in recovery.why_not_retried(Failure(Kind.WORKER_FAILED, "x"), plan, [attempt(Kind.WORKER_FAILED)] * 3)
+
+
+def pod(name: str, code: int, message: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"containerStatuses": [
+        {"name": "trainer", "state": {"terminated": {"exitCode": code, "reason": "Error", "message": message}}}]}}
+
+
+PEER_LOST = "kubetune-error RuntimeError: [pair.cc:561] Connection closed by peer [10.244.0.15]:38046."
+STOPPED = "kubetune-stopped the container was asked to stop (signal 15): its pod was deleted"
+
+
+@pytest.mark.parametrize(("pods", "kind", "names"), [
+    # A crash ends the Job, which then stops the other pod: the crash explains it.
+    ([pod("p-0", 1, "kubetune-error ValueError: nan loss"), pod("p-1", 143, STOPPED)], Kind.WORKER_FAILED, "p-0"),
+    # A pod stopped from outside leaves its peer's collectives broken: the stop explains them.
+    ([pod("p-0", 1, PEER_LOST), pod("p-1", 143, STOPPED)], Kind.WORKER_LOST, "p-1"),
+    # Only broken collectives: still a failure, named as the worker said it.
+    ([pod("p-0", 1, PEER_LOST)], Kind.WORKER_FAILED, "p-0"),
+])
+def test_the_failure_that_explains_the_others_is_the_one_reported(pods: list, kind: Kind, names: str) -> None:
+    failure = recovery.classify(pods, job_message="")
+    assert failure.kind is kind and failure.message.startswith(f"pod {names} "), failure

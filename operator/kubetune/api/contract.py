@@ -66,6 +66,20 @@ def parse_oom(message: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
+# What a rank's collectives say when a peer is gone (gloo, NCCL): a consequence, explained by the peer's own end.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote process exited",
+              "NCCL communicator was aborted")
+
+
+def peer_lost(message: str) -> bool:
+    return any(sign in message for sign in _PEER_LOST)
+
+
+def stopped_message(signum: int) -> str:
+    return (f"kubetune-stopped the container was asked to stop (signal {signum}): its pod was deleted, evicted or "
+            "preempted, or its Job ended")
+
+
 def host_oom_message(limit_bytes: int | None) -> str:
     limit = f"its memory limit ({limit_bytes / 1024**3:.1f} GiB)" if limit_bytes else "the node's memory"
     return (f"kubetune-host-oom limit_bytes={limit_bytes or 0} the kernel killed a training process: the "

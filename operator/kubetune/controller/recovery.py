@@ -38,12 +38,15 @@ class Failure:
     message: str
     measured_peak_bytes: int | None = None
     device_total_bytes: int | None = None
+    consequence: bool = False  # a worker whose collectives failed because a peer was gone: the peer explains it
 
 
 def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
     """The most telling failure among the attempt's pods: an out-of-memory error or bad input explains the
-    others (their peers fail their collectives after it), a worker's own error comes next, and a Job that
-    failed with no failed container lost a worker (pod deleted or evicted, node gone, preempted)."""
+    others (their peers fail their collectives after it), a worker's own error comes next, then a worker
+    stopped from outside (its launcher says so) or disrupted, then the collective errors of the workers left
+    behind; a Job that failed with no failed container lost a worker (pod deleted or evicted, node gone,
+    preempted)."""
     failures: list[Failure] = []
     for pod in pods:
         name = pod["metadata"]["name"]
@@ -64,8 +67,10 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
                                 else Failure(Kind.OUT_OF_MEMORY, message))
             elif code == contract.INVALID_INPUT_EXIT_CODE:
                 failures.append(Failure(Kind.INVALID_INPUT, message))
+            elif text.startswith("kubetune-stopped"):
+                failures.append(Failure(Kind.WORKER_LOST, message))
             else:
-                failures.append(Failure(Kind.WORKER_FAILED, message))
+                failures.append(Failure(Kind.WORKER_FAILED, message, consequence=contract.peer_lost(text)))
         disrupted = [c for c in pod.get("status", {}).get("conditions", [])
                      if c["type"] == "DisruptionTarget" and c["status"] == "True"]
         if disrupted:
@@ -73,7 +78,9 @@ def classify(pods: list[dict[str, Any]], job_message: str) -> Failure:
                                                       f"{disrupted[0].get('message', '')}".strip()))
     order = [Kind.HOST_OUT_OF_MEMORY, Kind.OUT_OF_MEMORY, Kind.INVALID_INPUT, Kind.WORKER_FAILED, Kind.WORKER_LOST]
     if failures:
-        return min(failures, key=lambda f: order.index(f.kind))
+        # A worker's own error explains a stopped peer (the Job ends the others after it), a stopped or
+        # disrupted worker explains the collective errors of those left behind.
+        return min(failures, key=lambda f: (f.consequence, order.index(f.kind)))
     return Failure(Kind.WORKER_LOST, f"a worker disappeared (pod deleted, node lost or preempted): {job_message}")
 
 

@@ -52,12 +52,15 @@ def memory_cgroup() -> Path:
 
 
 def verdict_of(returncode: int, verdicts: list[contract.Verdict], killed_for_memory: bool = False,
-               limit_bytes: int | None = None) -> tuple[int, str | None]:
-    """The container's exit code and termination message after torchrun exited with `returncode`."""
+               limit_bytes: int | None = None, stopped_by: int | None = None) -> tuple[int, str | None]:
+    """The container's exit code and termination message after torchrun exited with `returncode`: a kill for
+    memory explains everything after it, a stop from outside (the kubelet's SIGTERM) the ranks' own ends."""
     if returncode == 0:
         return 0, None
     if killed_for_memory:
         return contract.HOST_OOM_EXIT_CODE, contract.host_oom_message(limit_bytes)
+    if stopped_by is not None:
+        return 128 + stopped_by, contract.stopped_message(stopped_by)
     telling = contract.most_telling(verdicts)
     if telling is not None:
         return telling.exit_code, telling.message
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             process.send_signal(stopping[0])
         returncode = process.wait()
         code, message = verdict_of(returncode, contract.read_verdicts(Path(folder)),
-                                   oom_kills(cgroup) > kills_before, memory_limit(cgroup))
+                                   oom_kills(cgroup) > kills_before, memory_limit(cgroup),
+                                   stopping[0] if stopping else None)
     if message is not None:
         termination_log = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
         try:
