@@ -50,8 +50,9 @@ class Conditions:
         return self.items.get(kind, {}).get("status") == "True"
 
     def as_list(self) -> list[dict[str, Any]]:
-        order = (PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED)
-        return [self.items[k] for k in order if k in self.items]
+        """Every condition, in the order of the job's life (what `kubectl describe` lists)."""
+        order = (PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED, OUTPUT_DURABLE)
+        return sorted(self.items.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
 
     def phase(self) -> str:
         if self.true(SUCCEEDED):

@@ -178,8 +178,11 @@ def _tied(config: dict[str, Any]) -> bool:
 
 def _gated_llama_like(name: str, config: dict[str, Any], **extra: Any) -> Architecture:
     heads = config["num_attention_heads"]
-    if not config.get("head_dim") and config["hidden_size"] % heads:
-        raise ValueError(f"the model config's hidden_size ({config['hidden_size']}) must be a multiple of "
+    hidden = config["hidden_size"]
+    if isinstance(heads, int) and heads <= 0:
+        raise ValueError(f"the model config's num_attention_heads ({heads}) must be more than 0")
+    if isinstance(hidden, int) and isinstance(heads, int) and not config.get("head_dim") and hidden % heads:
+        raise ValueError(f"the model config's hidden_size ({hidden}) must be a multiple of "
                          f"num_attention_heads ({heads}) unless it sets head_dim")
     return Architecture(
         name=name,
