@@ -44,6 +44,7 @@ def claim_folder(cluster: LocalCluster, namespace: str, claim: str) -> Path:
 
 @pytest.fixture
 def claims(cluster: LocalCluster, image: str, tmp_path: Path) -> Iterator[Claims]:
+    cluster.node.recycle_volumes()  # the earlier tests' claims are gone: their volumes serve again
     with temporary_namespace(cluster, "node") as namespace:
         cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(
             [seed.claim("demo-data", namespace), seed.claim("demo-output", namespace)]))

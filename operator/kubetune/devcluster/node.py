@@ -13,6 +13,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -253,6 +254,24 @@ class RealNode:
                 },
             })
         return manifests
+
+    def recycle_volumes(self) -> int:
+        """Make the node's Released volumes Available again, emptied (what a provisioner's Delete policy would
+        give): there is no provisioner, and each claim of a test or demo run otherwise keeps one for good.
+        Returns how many."""
+        volumes = json.loads(self._kubectl_ok("get", "pv", "-o", "json"))["items"]
+        recycled = 0
+        for volume in volumes:
+            folder = Path(volume["spec"].get("local", {}).get("path", "/"))
+            if volume["status"].get("phase") != "Released" or folder.parent != self.paths.volumes:
+                continue
+            shutil.rmtree(folder)
+            folder.mkdir()
+            folder.chmod(0o755)
+            self._kubectl_ok("patch", "pv", volume["metadata"]["name"], "--type=json",
+                             "-p", '[{"op": "remove", "path": "/spec/claimRef"}]')
+            recycled += 1
+        return recycled
 
     # Down ------------------------------------------------------------------------------------------------------
 
