@@ -16,6 +16,8 @@ POLICY = "jobs.batch \"j-train\" is forbidden: ValidatingAdmissionPolicy 'no-job
 
 @pytest.mark.parametrize(("code", "reason", "message", "failed", "says"), [
     (403, "Forbidden", QUOTA, False, refusals.QUOTA_EXCEEDED),
+    (403, "Forbidden", 'jobs.batch "j-train" is forbidden: status unknown for quota: no-jobs, resource: '
+                       'count/jobs.batch', False, refusals.QUOTA_EXCEEDED),
     (403, "Forbidden", RBAC, False, refusals.CHILD_FORBIDDEN),
     (403, "Forbidden", WEBHOOK, True, refusals.CHILD_REFUSED),
     (422, "Invalid", POLICY, True, refusals.CHILD_REFUSED),

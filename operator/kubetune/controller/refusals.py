@@ -28,7 +28,8 @@ class Outcome:
 def child_refused(refused: Refused) -> Outcome:
     what = (f"the apiserver refused to create {refused.kind} {refused.name} ({refused.code} {refused.reason}): "
             f"{refused.message}")
-    if refused.code == 403 and "exceeded quota" in refused.message:
+    # "exceeded quota: ...", or "status unknown for quota: ..." until the quota controller has counted.
+    if refused.code == 403 and "quota" in refused.message:
         return Outcome(False, QUOTA_EXCEEDED, f"{what}; trying again until the namespace's quota allows it")
     if refused.code == 403 and "admission webhook" not in refused.message:
         return Outcome(False, CHILD_FORBIDDEN, f"{what}; the operator's ServiceAccount needs that permission (the "
