@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 OOM_EXIT_CODE = 86  # the GPU ran out of memory: the operator may replan on a more frugal plan
 INVALID_INPUT_EXIT_CODE = 87  # input no retry can fix: the job fails at once, without spending restarts
 # The kernel killed a training process for the container's memory limit (the launcher reads the cgroup's OOM
-# kill count: the kill may hit a worker, not the container's PID 1, so the runtime alone may not say so).
+# kill count: the kill hits a worker, not the container's PID 1, which would otherwise exit with torchrun's 1).
 HOST_OOM_EXIT_CODE = 137
 ERROR_EXIT_CODE = 1
 

@@ -20,6 +20,7 @@ from kubetune.controller import metrics as m
 from kubetune.controller.kube import Kube, Refused
 from kubetune.controller.serial import Serial
 from kubetune.controller.snapshot import CapacitySnapshot
+from kubetune.planner.settings import Offload
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
 RECONCILE_SECONDS = float(os.environ.get("KUBETUNE_RECONCILE_SECONDS", "10"))
@@ -149,7 +150,7 @@ async def _reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name
             conds.set(c.RUNNING, False, c.REASON_RESTARTING, f"attempt {attempt}: waiting for the previous "
                       "attempt's workers to stop")
             return _write(body, patch, conds, status)
-        missing = [ref for ref in refusals.references(job_spec) if not await memo.kube.exists(namespace, *ref)]
+        missing = [ref for ref in refusals.references(job_spec) if await memo.kube.read(namespace, *ref) is None]
         outcome = refusals.missing_references(missing, _seconds_since(body["metadata"]["creationTimestamp"]))
         if outcome is None:
             # Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe; the Job
@@ -371,24 +372,22 @@ async def _recover(body: kopf.Body, name: str, namespace: str, spec: api.FineTun
     todo = recovery.action(failure, attempts, spec.recovery, plan)
     scale = float(status.get("memoryScale") or 1)
     new_plan, how = None, ""
-    if todo is recovery.Action.REPLAN and failure.kind is recovery.Kind.HOST_OUT_OF_MEMORY:
-        most = recovery.less_offload(plan)
+    if todo is recovery.Action.REPLAN:
+        # The host's memory: less offload at the same scale; the GPU's: the same offload bound at a larger scale.
+        if failure.kind is recovery.Kind.HOST_OUT_OF_MEMORY:
+            most = recovery.less_offload(plan)
+            fits, replanned = f"with offload at most {most}", f"with offload at most {most} (less host memory)"
+        else:
+            most, scale = Offload.ALL, recovery.memory_scale(failure, plan, scale)
+            fits = f"{scale:.2f}x the predicted memory (all but the CUDA context)"
+            replanned = f"for {fits}"
         decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale, resuming=plan,
                                    max_offload=most)
         if decision.plan is None:
-            todo, how = recovery.Action.GIVE_UP, f"no plan fits with offload at most {most}: {decision.message}"
+            todo, how = recovery.Action.GIVE_UP, f"no plan fits {fits}: {decision.message}"
         else:
             new_plan = decision.plan
-            how = f"replanned with offload at most {most} (less host memory): {_summary(new_plan)}"
-    elif todo is recovery.Action.REPLAN:
-        scale = recovery.memory_scale(failure, plan, scale)
-        decision = planning.decide(spec, await capacity.groups(), GPU_PRICES, memory_scale=scale, resuming=plan)
-        if decision.plan is None:
-            todo, how = recovery.Action.GIVE_UP, (f"no plan fits {scale:.2f}x the predicted memory (all but the CUDA "
-                                                  f"context): {decision.message}")
-        else:
-            new_plan = decision.plan
-            how = f"replanned for {scale:.2f}x the predicted memory (all but the CUDA context): {_summary(new_plan)}"
+            how = f"replanned {replanned}: {_summary(new_plan)}"
     elif todo is recovery.Action.RESTART:
         how = "restarted from the newest checkpoint" if spec.output.claim_name else \
             "restarted from the start (the output is not on a claim, so no checkpoint survives)"

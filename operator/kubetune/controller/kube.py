@@ -79,22 +79,12 @@ class Kube:
         await self._json(response)
         return True
 
-    async def exists(self, namespace: str, kind: str, name: str) -> bool:
-        """Whether an object a training pod refers to exists (a PriorityClass is cluster-wide)."""
-        if kind == "PriorityClass":
-            response = await self.scheduling.read_priority_class(name, _preload_content=False)
-        elif kind == "PersistentVolumeClaim":
-            response = await self.core.read_namespaced_persistent_volume_claim(name, namespace, _preload_content=False)
-        else:
-            raise ValueError(f"no existence check for {kind}")
-        if response.status == NOT_FOUND:
-            return False
-        await self._json(response)
-        return True
-
     async def read(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
         read = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
-                "Job": self.batch.read_namespaced_job, "Lease": self.coordination.read_namespaced_lease}[kind]
+                "Job": self.batch.read_namespaced_job, "Lease": self.coordination.read_namespaced_lease,
+                "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
+                # Cluster-wide: the namespace is not the API's to know.
+                "PriorityClass": lambda name, _namespace, **kw: self.scheduling.read_priority_class(name, **kw)}[kind]
         # Without preloading, the client hands back error responses instead of raising.
         response = await read(name, namespace, _preload_content=False)
         if response.status == NOT_FOUND:

@@ -173,13 +173,16 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
     methods = [request.method] if request.method else [Method.LORA, Method.FULL]
     checkpointing = ([request.gradient_checkpointing] if request.gradient_checkpointing is not None
                      else [False, True])
-    frugality = list(Offload)  # none < optimizer < all
+    order = list(Offload)  # none < optimizer < all
+
+    def within_bound(offload: Offload) -> bool:
+        return order.index(offload) <= order.index(request.max_offload)
+
     zero = [(s, o) for s, o in ZERO_CHOICES
             if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
-            and (request.offload is None or o == request.offload)
-            and frugality.index(o) <= frugality.index(request.max_offload)]
+            and (request.offload is None or o == request.offload) and within_bound(o)]
     fallback = request.offload or Offload.NONE
-    if request.zero_stage is not None and not zero and frugality.index(fallback) <= frugality.index(request.max_offload):
+    if request.zero_stage is not None and not zero and within_bound(fallback):
         zero = [(request.zero_stage, fallback)]
     return [precision], [attention], methods, checkpointing, zero
 
