@@ -1,7 +1,9 @@
 """What GPUs the cluster has, from Node objects labelled by GPU Feature Discovery, less what pods hold."""
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from kubetune.catalog import gpus
@@ -31,24 +33,43 @@ class GpuNodeGroup:
         return sum(free // gpus_per_pod for free in self.free_gpus)
 
 
-def _cpu_millis(value: str) -> int | None:
-    try:
-        return int(value[:-1]) if value.endswith("m") else int(float(value) * 1000)
-    except ValueError:
+# A Quantity as the API server accepts it (k8s.io/apimachinery resource.ParseQuantity): a signed decimal number
+# and one suffix, binary (Ki..Ei), decimal SI (n, u, m, k..E) or a decimal exponent (e3, E-2). kubernetes_asyncio
+# has no Quantity parser (its 36.x releases ship none) and the official `kubernetes` client, which has one, is a
+# second client with its own transport stack; the grammar is this one expression.
+_QUANTITY = re.compile(r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:([KMGTPE]i)|([numkMGTPE])|[eE]([+-]?[0-9]+))?")
+_BINARY = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+# Node allocatable never comes near this; an exponent past it is a typo, not a size worth building an int for.
+_MAX_EXPONENT = 30
+
+
+def parse_quantity(value: str) -> Decimal | None:
+    """A Quantity's exact value; None for a string the API server would not accept."""
+    match = _QUANTITY.fullmatch(value)
+    if match is None:
         return None
+    number, binary, decimal, exponent = match.groups()
+    if binary:
+        return Decimal(number) * 2 ** _BINARY[binary]
+    power = _DECIMAL[decimal] if decimal else int(exponent or 0)
+    return Decimal(number).scaleb(power) if abs(power) <= _MAX_EXPONENT else None
+
+
+def _rounded_up(value: str, scale: int = 0) -> int | None:
+    """A Quantity times 10**scale as an int, rounded up as Kubernetes' Value() and MilliValue() round."""
+    quantity = parse_quantity(value)
+    return None if quantity is None else int(quantity.scaleb(scale).to_integral_value(rounding=ROUND_CEILING))
+
+
+def _cpu_millis(value: str) -> int | None:
+    """A CPU Quantity in millicores; None for a value that is not a Quantity."""
+    return _rounded_up(value, 3)
 
 
 def _quantity_bytes(value: str) -> int | None:
-    """A memory Quantity in bytes; None for forms a node's allocatable memory does not use."""
-    units = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3, "Ti": 1024**4, "k": 1000, "M": 1000**2, "G": 1000**3,
-             "T": 1000**4}
-    for suffix, factor in units.items():
-        if value.endswith(suffix):
-            try:
-                return int(float(value[: -len(suffix)]) * factor)
-            except ValueError:
-                return None
-    return int(value) if value.isdigit() else None
+    """A memory Quantity in bytes; None for a value that is not a Quantity."""
+    return _rounded_up(value)
 
 
 def requested_gpus(pods: list[dict[str, Any]]) -> dict[str, int]:

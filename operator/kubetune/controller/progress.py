@@ -8,36 +8,42 @@ growing pause, so a thousand simulated jobs cost a few failed connections a seco
 """
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass
 
 import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubetune.api import v1alpha1 as api
 
 TIMEOUT = aiohttp.ClientTimeout(total=3, connect=1)
 EVERY_SECONDS = 2.0
 MAX_PAUSE_SECONDS = 300.0
+# The trainer's series (kubetune.trainer.metrics) that progress is read from, by sample name.
+SERIES = ("kubetune_trainer_step", "kubetune_trainer_total_steps", "kubetune_trainer_step_duration_seconds_sum",
+          "kubetune_trainer_step_duration_seconds_count")
 
 
 def parse(text: str) -> api.Progress | None:
-    """Progress from a metrics page: the step, the total, and an ETA from the mean step time so far."""
+    """Progress from a metrics page: the step, the total, and an ETA from the mean step time so far. None for a
+    page without the step or one that is not Prometheus text. A value that is not a finite number (NaN, +Inf)
+    counts as absent; of several series of one name, the last on the page counts."""
     values: dict[str, float] = {}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        name, _, value = line.rpartition(" ")
-        key = name.split("{", 1)[0]
-        if key in ("kubetune_trainer_step", "kubetune_trainer_total_steps", "kubetune_trainer_step_duration_seconds_sum",
-                   "kubetune_trainer_step_duration_seconds_count"):
-            values[key] = float(value)
+    try:
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name in SERIES and math.isfinite(sample.value):
+                    values[sample.name] = sample.value
+    except ValueError:  # the parser's answer to a line that is not Prometheus text
+        return None
     if "kubetune_trainer_step" not in values:
         return None
     step = int(values["kubetune_trainer_step"])
     total = int(values["kubetune_trainer_total_steps"]) if "kubetune_trainer_total_steps" in values else None
     count = values.get("kubetune_trainer_step_duration_seconds_count", 0)
     eta = None
-    if total is not None and count:
+    if total is not None and count and "kubetune_trainer_step_duration_seconds_sum" in values:
         eta = int(values["kubetune_trainer_step_duration_seconds_sum"] / count * max(0, total - step))
     return api.Progress(step=step, total_steps=total, eta_seconds=eta,
                         summary=f"{step}/{total}" if total is not None else str(step))

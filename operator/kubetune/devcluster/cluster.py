@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from kubetune.devcluster import binaries, host
@@ -202,9 +203,8 @@ class LocalCluster:
         `down` still stops it."""
         pid_file = self.cluster_dir / "pids" / "kube-apiserver.pid"
         pid = int(pid_file.read_text().strip())
-        proc = Path(f"/proc/{pid}")
-        argv = [arg.decode() for arg in (proc / "cmdline").read_bytes().split(b"\0") if arg]
-        cwd = os.readlink(proc / "cwd")
+        apiserver = psutil.Process(pid)
+        argv, cwd = apiserver.cmdline(), apiserver.cwd()
         os.kill(pid, signal.SIGKILL)
         self._wait_for("kube-apiserver to exit", lambda: not host.alive(pid), timeout=30)
         time.sleep(down_seconds)

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import psutil
+
 CGROUP_V1 = Path("/sys/fs/cgroup")
 # Chains the kubelet makes in each table to notice a flush of its rules.
 KUBELET_CANARY = "KUBE-KUBELET-CANARY"
@@ -51,16 +53,16 @@ def start(name: str, argv: Sequence[str], pids: Path, logs: Path, env: dict[str,
 def alive(pid: int) -> bool:
     """True while the process exists and is not a zombie waiting to be reaped."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, ValueError):  # gone, or not a pid at all (psutil refuses one below 0)
         return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def cmdline(pid: int) -> str:
+    """The process's arguments joined by spaces; empty for one that is gone or a zombie."""
     try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
+        return " ".join(psutil.Process(pid).cmdline())
+    except (psutil.Error, ValueError):
         return ""
 
 
@@ -100,11 +102,7 @@ def _signal(pid: int, sig: signal.Signals) -> None:
 
 def processes_naming(marker: str) -> list[int]:
     """Pids whose command line names `marker`: containerd's shims, which outlive containerd by design."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid() and marker in cmdline(int(entry.name)):
-            found.append(int(entry.name))
-    return found
+    return [pid for pid in psutil.pids() if pid != os.getpid() and marker in cmdline(pid)]
 
 
 # Cgroups (v1) --------------------------------------------------------------------------------------------------
@@ -167,14 +165,14 @@ def _rmdir(folder: Path) -> None:
 # Mounts --------------------------------------------------------------------------------------------------------
 
 def mounts_under(folders: Sequence[Path]) -> list[Path]:
-    """Mount points at or below any of `folders`, deepest first."""
+    """Mount points at or below any of `folders`, deepest first. all=True lists every mount of this mount
+    namespace, bind mounts, stacked mounts and pseudo filesystems included: the kernel's /proc/self/mounts,
+    which psutil reads through /etc/mtab where that exists (systemd and Debian's images make it a link there;
+    a stale regular file in its place would mislead this)."""
     prefixes = [str(f.resolve()) for f in folders]
-    found = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].encode().decode("unicode_escape")
-        if any(point == p or point.startswith(p + "/") for p in prefixes):
-            found.append(Path(point))
-    return sorted(set(found), key=lambda p: len(p.parts), reverse=True)
+    found = {Path(part.mountpoint) for part in psutil.disk_partitions(all=True)
+             if any(part.mountpoint == p or part.mountpoint.startswith(p + "/") for p in prefixes)}
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
 
 
 def unmount_under(folders: Sequence[Path]) -> None:
@@ -222,12 +220,8 @@ def links_on_bridge(bridge: str) -> list[str]:
 
 def remove_kubelet_chains() -> None:
     """The kubelet's canary chains, unless another kubelet on this host (another cluster's node) still uses them."""
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and (entry / "comm").read_text().strip() == "kubelet":
-                return
-        except OSError:
-            continue
+    if any(process.info["name"] == "kubelet" for process in psutil.process_iter(["name"])):
+        return
     for tool in ("iptables", "ip6tables"):
         for table in ("mangle", "nat", "filter"):
             if run(tool, "-t", table, "-n", "-L", KUBELET_CANARY, check=False).returncode == 0:

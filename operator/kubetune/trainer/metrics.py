@@ -9,6 +9,7 @@ import resource
 import socket
 import time
 
+import psutil
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -74,8 +75,7 @@ class TrainerMetrics:
             self.memory_peak.set(torch.cuda.max_memory_allocated())
             self.memory_total.set(torch.cuda.get_device_properties(0).total_memory)
         else:
-            with open("/proc/self/statm") as statm:
-                resident = int(statm.read().split()[1]) * _PAGE
+            resident = psutil.Process().memory_info().rss
             self.memory_allocated.set(resident)
             self.memory_reserved.set(resident)
             self.memory_peak.set(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
