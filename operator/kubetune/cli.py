@@ -11,11 +11,12 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetune.api import crd
+from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Precision, ZeroStage
 from kubetune.catalog import gpus
 from kubetune.devcluster import profile as profiles
 from kubetune.devcluster.cluster import ClusterError, LocalCluster
 from kubetune.planner import architecture, report, search
-from kubetune.planner.settings import ALL_LINEAR, Attention, Lora, Method, Offload, Optimizer, Precision, ZeroStage
+from kubetune.planner.settings import ALL_LINEAR, Lora, Optimizer
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Plan and run distributed LLM fine-tuning on Kubernetes.")
 dev_cluster = typer.Typer(no_args_is_help=True, help="A local control plane with simulated GPU nodes (kwok).")
@@ -56,16 +57,17 @@ def plan_command(
     max_nodes: int = typer.Option(4, min=1, help="Most nodes the planner may use when --nodes is not given."),
     global_batch: int = typer.Option(32, min=1, help="Sequences per optimizer step."),
     micro_batch: int | None = typer.Option(None, min=1, help="Sequences per GPU per micro-step (pinned)."),
-    method: Method | None = typer.Option(None, help="full or lora (pinned)."),
+    method: Method | None = typer.Option(None, case_sensitive=False, help="Full or LoRA (pinned)."),
     lora_rank: int = typer.Option(16, min=1, help="LoRA rank."),
     lora_target: list[str] = typer.Option(list(ALL_LINEAR), help="LoRA target modules; repeat it."),
     zero_stage: int | None = typer.Option(None, min=0, max=3, help="DeepSpeed ZeRO stage (pinned)."),
-    offload: Offload | None = typer.Option(None, help="none, optimizer or all (pinned)."),
+    offload: Offload | None = typer.Option(None, case_sensitive=False, help="None, Optimizer or All (pinned)."),
     gradient_checkpointing: str | None = typer.Option(None, help="on or off (pinned)."),
-    attention: Attention | None = typer.Option(None, help="eager, sdpa or flash_attention_2 (pinned)."),
-    precision: Precision | None = typer.Option(None, help="bf16, fp16 or fp32 (pinned)."),
+    attention: Attention | None = typer.Option(None, case_sensitive=False,
+                                               help="Eager, SDPA or FlashAttention2 (pinned)."),
+    precision: Precision | None = typer.Option(None, case_sensitive=False, help="BF16, FP16 or FP32 (pinned)."),
     optimizer: Optimizer = typer.Option(Optimizer.ADAMW, help="adamw or sgd."),
-    objective: search.Objective = typer.Option(search.Objective.CHEAPEST, help="What to optimise."),
+    objective: Objective = typer.Option(Objective.CHEAPEST, case_sensitive=False, help="What to optimise."),
     prices: Path | None = typer.Option(None, exists=True, help="YAML map of GPU id to USD per GPU-hour."),
     host_memory_gib: int | None = typer.Option(None, min=1, help="Allocatable host memory per node, GiB."),
     chart: Path | None = typer.Option(None, help="Write an SVG chart of the memory breakdown here."),
@@ -111,55 +113,19 @@ def run_operator(
         None, help="Elect a leader among replicas on a Lease in this namespace; only the leader reconciles."),
     lease_name: str = typer.Option("kubetune-operator", help="Name of the leader election Lease."),
 ) -> None:
-    """Run the operator against the cluster of the current kubeconfig (or in-cluster)."""
-    import asyncio
+    """Run the operator against the cluster of the current kubeconfig (or in-cluster). The chart's values
+    arrive as KUBETUNE_RECONCILE_SECONDS, KUBETUNE_GPU_PRICES (JSON) and KUBETUNE_TRAINER_IMAGE."""
+    from kubetune.config import ConfigError, load
+    from kubetune.controller import runtime
 
-    import kopf
-
-    from kubetune.controller import (
-        handlers,  # noqa: F401  (registers the handlers)
-        metrics,
-    )
-
-    kopf.configure(verbose=False)  # kopf's log format and INFO level, as `kopf run` sets them
-    if metrics_port is not None:
-        metrics.serve(metrics_port)
-    options = {"clusterwide": not namespace, "namespaces": namespace, "standalone": True,
-               "liveness_endpoint": liveness}
-    if leader_election_namespace is None:
-        kopf.run(**options)
-        return
-    if not asyncio.run(_lead(leader_election_namespace, lease_name, options)):
-        raise typer.Exit(1)
-
-
-async def _lead(namespace: str, lease_name: str, options: dict) -> bool:
-    """Run kopf while this replica holds the Lease; False when the lease was lost (the pod then restarts and
-    waits as a standby), True after a clean shutdown, which hands the Lease over."""
-    import asyncio
-    import socket
-
-    import kopf
-
-    from kubetune.controller.kube import Kube
-    from kubetune.controller.leader import Lease
-
-    kube = await Kube.connect()
-    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    lease = Lease(kube, namespace, lease_name, identity)
     try:
-        await lease.acquire()
-        lost = asyncio.Event()
-        keeper = asyncio.create_task(lease.keep(lost))
-        try:
-            await kopf.operator(**options, stop_flag=lost)
-        finally:
-            keeper.cancel()
-        if not lost.is_set():
-            await lease.release()
-        return not lost.is_set()
-    finally:
-        await kube.close()
+        config = load(os.environ, namespaces=tuple(namespace), liveness_endpoint=liveness, metrics_port=metrics_port,
+                      leader_election_namespace=leader_election_namespace, lease_name=lease_name)
+    except ConfigError as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    if not runtime.run(config):
+        raise typer.Exit(1)
 
 
 @app.command("dashboards")

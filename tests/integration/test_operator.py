@@ -7,6 +7,7 @@ import time
 
 import pytest
 
+from kubetune.api.conditions import TRACKED
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import (
     ROOT,
@@ -38,8 +39,11 @@ def test_example_is_planned_scheduled_on_the_planned_gpus_and_succeeds(
     assert apply(cluster, namespace, example(name)).returncode == 0
     ftj = wait_until("the job to succeed", in_phase(cluster, namespace, name, "Succeeded", "Failed", "Unschedulable"))
     assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
+    # Every condition is there and decided by the end; none is left Unknown.
+    states = {c["type"]: c["status"] for c in ftj["status"]["conditions"]}
+    assert set(TRACKED) <= states.keys() and "Unknown" not in states.values(), states
     plan = ftj["status"]["plan"]
-    assert plan["memory"]["total"] == plan["predictedPeakBytes"] < plan["memory"]["gpuMemory"]
+    assert plan["memory"]["totalBytes"] == plan["predictedPeakBytes"] < plan["gpuMemoryBytes"]
     assert plan["explanation"] and plan["gpus"] == plan["nodes"] * plan["gpusPerNode"]
 
     job = get(cluster, namespace, "job", ftj["status"]["children"]["job"])
@@ -128,6 +132,10 @@ def test_immutable_fields_cannot_change(cluster: LocalCluster, operator: Operato
     result = cluster.kubectl("patch", "ftj", "minimal", "-n", namespace, "--type=merge",
                              "-p", '{"spec":{"model":{"name":"meta-llama/Llama-3.1-8B"}}}')
     assert result.returncode != 0 and "`model` is immutable" in result.stderr
+    # Moving the output would silently restart the run from step 0, away from its checkpoints.
+    result = cluster.kubectl("patch", "ftj", "minimal", "-n", namespace, "--type=merge",
+                             "-p", '{"spec":{"output":{"path":"/elsewhere"}}}')
+    assert result.returncode != 0 and "`output` is immutable" in result.stderr
 
 
 def test_a_failed_pod_surfaces_its_reason_and_message(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
@@ -156,10 +164,13 @@ def test_suspend_stops_the_job_and_resume_runs_it(cluster: LocalCluster, operato
     manifest = example("minimal")
     manifest["spec"]["suspend"] = True
     apply(cluster, namespace, manifest)
-    wait_until("the job to be suspended", in_phase(cluster, namespace, "minimal", "Suspended"))
+    ftj = wait_until("the job to be suspended", in_phase(cluster, namespace, "minimal", "Suspended"))
+    assert (condition(ftj, "Suspended")["status"], condition(ftj, "Suspended")["reason"]) == ("True", "SuspendedBySpec")
+    assert condition(ftj, "Running")["status"] == "False"
     assert get(cluster, namespace, "job", "minimal-train")["spec"]["suspend"] is True
     cluster.kubectl_ok("patch", "ftj", "minimal", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    wait_until("the resumed job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    ftj = wait_until("the resumed job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    assert condition(ftj, "Suspended")["status"] == "False"
 
 
 def test_a_queue_name_waits_for_kueue_admission(cluster: LocalCluster, operator: Operator, namespace: str) -> None:

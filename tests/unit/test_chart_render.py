@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from kubetune.devcluster import binaries
+from kubetune.resources import names
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
 
@@ -62,8 +63,7 @@ def by_kind(docs: list[dict], kind: str) -> list[dict]:
 
 
 def test_monitoring_pieces_are_off_by_default_and_scrape_what_the_operator_and_trainers_serve() -> None:
-    from kubetune.controller import children
-
+    
     assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & {doc["kind"] for doc in render()}
     docs = render("monitoring.serviceMonitor.enabled=true", "monitoring.podMonitor.enabled=true",
                   "monitoring.prometheusRule.enabled=true", "monitoring.labels.release=prom")
@@ -80,7 +80,7 @@ def test_monitoring_pieces_are_off_by_default_and_scrape_what_the_operator_and_t
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics" and monitor["spec"]["endpoints"][0]["honorLabels"]
 
     pods = by_kind(docs, "PodMonitor")[0]["spec"]
-    assert pods["selector"]["matchLabels"].items() <= children.labels("any", "trainer").items()
+    assert pods["selector"]["matchLabels"].items() <= names.labels("any", "trainer").items()
     keep = pods["podMetricsEndpoints"][0]["relabelings"][0]
     ports = [f"metrics-{i}" for i in range(1, 8)] + ["metrics"]
     assert all(re.fullmatch(keep["regex"], port) for port in ports) and not re.fullmatch(keep["regex"], "rendezvous")

@@ -1,9 +1,12 @@
 """Reading the cluster's GPUs from Node objects and pods, and building the training Job from a plan."""
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning
-from kubetune.controller.cluster_gpus import node_groups
+from kubetune.api.vocabulary import Method, Precision, ZeroStage
+from kubetune.catalog.cluster_gpus import node_groups
+from kubetune.config import DEFAULT_TRAINER_IMAGE
 from kubetune.devcluster import profile
+from kubetune.planner.decision import decide, settings_from_plan
+from kubetune.resources.job import job as job_manifest
 
 
 def nodes_with_taint() -> list[dict]:
@@ -31,9 +34,9 @@ def test_job_tolerates_the_gpu_nodes_taints_and_selects_the_planned_product() ->
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Llama-3.1-70B"}, "dataset": {"source": "d"},
                                                "resources": {"gpuTypes": ["H100-SXM-80GB"], "maxNodes": 1}})
     groups = node_groups(nodes_with_taint(), [])
-    decision = planning.decide(spec, groups)
+    decision = decide(spec, groups)
     assert decision.plan is not None and decision.plan.gpu_product == "NVIDIA-H100-80GB-HBM3"
-    job = children.job("big", spec, decision.plan, decision.group)
+    job = job_manifest("big", spec, decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)
     pod = job["spec"]["template"]["spec"]
     assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
@@ -43,15 +46,15 @@ def test_job_tolerates_the_gpu_nodes_taints_and_selects_the_planned_product() ->
 
 def test_settings_rebuilt_from_a_stored_plan_give_the_same_deepspeed_config() -> None:
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"}})
-    decision = planning.decide(spec, node_groups(nodes_with_taint(), []))
-    rebuilt = planning.settings_from_plan(spec, api.Plan.model_validate(decision.plan.model_dump()))
+    decision = decide(spec, node_groups(nodes_with_taint(), []))
+    rebuilt = settings_from_plan(spec, api.Plan.model_validate(decision.plan.model_dump()))
     assert rebuilt == decision.candidate.settings
 
 
 def test_nothing_allowed_explains_what_the_cluster_has() -> None:
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"},
                                                "resources": {"gpuTypes": ["B200-180GB"]}})
-    decision = planning.decide(spec, node_groups(nodes_with_taint(), []))
+    decision = decide(spec, node_groups(nodes_with_taint(), []))
     assert decision.plan is None
     assert "B200-180GB" in decision.message and "NVIDIA-H100-80GB-HBM3" in decision.message
 
@@ -59,23 +62,23 @@ def test_nothing_allowed_explains_what_the_cluster_has() -> None:
 def test_a_replan_keeps_what_the_checkpoints_it_resumes_from_can_be_loaded_into() -> None:
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"}})
     groups = node_groups(nodes_with_taint(), [])
-    unconstrained = planning.decide(spec, groups, memory_scale=1.3).plan
+    unconstrained = decide(spec, groups, memory_scale=1.3).plan
     assert unconstrained is not None
-    assert (unconstrained.method, unconstrained.zero_stage, unconstrained.precision) == ("LoRA", 2, "bf16")
+    assert (unconstrained.method, unconstrained.zero_stage, unconstrained.precision) == (Method.LORA, 2, Precision.BF16)
     # The run that ran out of memory trained every weight under ZeRO-3 in fp16: its checkpoints hold full
     # fp16-run ZeRO-3 partitions, which neither a LoRA run, a bf16 one nor ZeRO-1/2 can resume from.
-    failed = unconstrained.model_copy(update={"method": "Full", "lora_rank": None, "zero_stage": 3,
-                                              "precision": "fp16"})
-    replan = planning.decide(spec, groups, memory_scale=1.3, resuming=failed).plan
-    assert replan is not None and (replan.method, replan.zero_stage, replan.precision) == ("Full", 3, "fp16")
+    failed = unconstrained.model_copy(update={"method": Method.FULL, "lora_rank": None,
+                                              "zero_stage": ZeroStage.PARAMETERS, "precision": Precision.FP16})
+    replan = decide(spec, groups, memory_scale=1.3, resuming=failed).plan
+    assert replan is not None and (replan.method, replan.zero_stage, replan.precision) == (Method.FULL, 3, Precision.FP16)
 
 
 def test_lora_targets_that_match_no_module_are_refused_before_any_pod_starts() -> None:
     """PEFT would refuse them only once the GPUs are held, and ignores one misspelt among good ones."""
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen2.5-7B"}, "dataset": {"source": "d"},
                                                "method": {"loraTargets": ["q_proj", "qv_proj"]}})
-    decision = planning.decide(spec, node_groups(nodes_with_taint(), []))
+    decision = decide(spec, node_groups(nodes_with_taint(), []))
     assert decision.plan is None and decision.reason == "InvalidSpec"
     assert "qv_proj match no linear module" in decision.message and "gate_proj" in decision.message
     full = spec.model_copy(update={"method": spec.method.model_copy(update={"type": api.MethodType.FULL})})
-    assert planning.decide(full, node_groups(nodes_with_taint(), [])).plan is not None
+    assert decide(full, node_groups(nodes_with_taint(), [])).plan is not None

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from kubetune.api import contract, trainer_config
+from kubetune.api.vocabulary import Attention, Method, Precision
 from kubetune.trainer import launch
 from kubetune.trainer.launch import verdict_of
 
@@ -77,8 +78,8 @@ def _config_json(**extra: object) -> dict:
     from kubetune.api.trainer_config import TrainerConfig
 
     config = TrainerConfig(job="j", model={"name": "m"}, dataset={"source": "d"}, training={}, output={},
-                           checkpoint_interval_steps=1, method="lora", gradient_checkpointing=False,
-                           attention="sdpa", precision="bf16")
+                           checkpoint_interval_steps=1, method=Method.LORA, gradient_checkpointing=False,
+                           attention=Attention.SDPA, precision=Precision.BF16)
     return {**json.loads(config.model_dump_json(by_alias=True, exclude_none=True)), **extra}
 
 

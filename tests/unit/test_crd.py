@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from kubetune.api import crd, v1alpha1
+from kubetune.api import crd, v1alpha1, vocabulary
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -25,15 +25,38 @@ def walk(schema: dict, path: str = ""):
         yield from walk(schema["items"], f"{path}[]")
 
 
-def test_every_spec_field_is_described_and_bounded() -> None:
-    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    for path, node in walk(spec, "spec"):
+@pytest.mark.parametrize("part", ["spec", "status"])
+def test_every_field_is_described_and_bounded(part: str) -> None:
+    schema = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][part]
+    for path, node in walk(schema, part):
         if not path.endswith("[]"):
             assert node.get("description"), f"{path} has no description for kubectl explain"
-        if node.get("type") == "string" and "enum" not in node:
+        if node.get("type") == "string" and "enum" not in node and node.get("format") != "date-time":
             assert "maxLength" in node or "pattern" in node, f"{path} is an unbounded string"
         if node.get("type") == "array":
             assert "maxItems" in node, f"{path} is an unbounded list"
+
+
+def test_byte_fields_say_so_in_their_names() -> None:
+    """A number of bytes named without its unit reads as GiB to half of the users (API conventions)."""
+    status = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    sizes = [path for path, node in walk(status, "status") if node.get("type") == "integer" and (
+        path.startswith("status.plan.memory.") or any(word in path.rsplit(".", 1)[-1].lower()
+                                                      for word in ("memory", "peak", "host")))]
+    assert "status.plan.memory.weightsBytes" in sizes and "status.plan.gpuMemoryBytes" in sizes
+    assert [path for path in sizes if "Bytes" not in path.rsplit(".", 1)[-1]] == []
+
+
+def test_the_spec_hints_speak_the_status_vocabulary() -> None:
+    """What a user pins in the spec reads the same in the plan the operator writes."""
+    assert {v.value for v in v1alpha1.MethodType} - {"Auto"} == {v.value for v in vocabulary.Method}
+    assert {v.value for v in v1alpha1.AttentionType} - {"Auto"} == {v.value for v in vocabulary.Attention}
+    status = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["status"]
+    plan = status["properties"]["plan"]["properties"]
+    spec = crd.crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert set(plan["offload"]["enum"]) == set(spec["method"]["properties"]["offload"]["enum"])
+    assert set(plan["method"]["enum"]) | {"Auto"} == set(spec["method"]["properties"]["type"]["enum"])
+    assert set(plan["attention"]["enum"]) | {"Auto"} == set(spec["method"]["properties"]["attention"]["enum"])
 
 
 def test_schema_is_structural() -> None:

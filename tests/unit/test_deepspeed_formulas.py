@@ -18,9 +18,10 @@ elements), so its fp32 gradients are at most 4 x sub_group_size: the model match
 
 import pytest
 
+from kubetune.api.vocabulary import Method, Offload, ZeroStage
 from kubetune.planner import architecture
 from kubetune.planner.model_states import model_states, trainable_params
-from kubetune.planner.settings import Buckets, Method, Offload, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Buckets, TrainingSettings
 
 MODEL = architecture.load("Llama-3.1-8B")
 P = MODEL.total_params

@@ -1,7 +1,8 @@
 """The generated DeepSpeed config carries exactly the settings the memory model assumed."""
 
+from kubetune.api.vocabulary import Offload, Precision, ZeroStage
 from kubetune.planner.ds_config import ds_config
-from kubetune.planner.settings import Buckets, Offload, Precision, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Buckets, TrainingSettings
 
 
 def test_zero3_with_full_offload_and_model_sized_buckets() -> None:

@@ -5,6 +5,7 @@ operator's per-job series follow a job's phase and disappear with it."""
 import pytest
 
 from kubetune.api import v1alpha1 as api
+from kubetune.api.vocabulary import Attention, Method, Offload, Phase, Precision, ZeroStage
 from kubetune.controller import metrics
 from kubetune.observability import dashboards
 from tests.conftest import ROOT
@@ -31,12 +32,13 @@ def test_every_panel_has_a_unit_a_templated_datasource_and_queries(name: str) ->
 
 
 def _plan() -> api.Plan:
-    memory = api.MemoryBreakdown(weights=1, gradients=1, optimizer_states=1, activations=1, logits=1, buffers=1,
-                                 overhead=1, allocator_margin=1, total=8, gpu_memory=80, peak_phase="step",
-                                 host_per_node=0)
-    return api.Plan(gpu_type="L4-24GB", gpu_product="NVIDIA-L4", nodes=1, gpus_per_node=2, gpus=2,
-                    peak_summary="x", method="LoRA", zero_stage=2, offload="none", gradient_checkpointing=True,
-                    attention="sdpa", precision="bf16", micro_batch=1, gradient_accumulation=1,
+    memory = api.MemoryBreakdown(weights_bytes=1, gradients_bytes=1, optimizer_states_bytes=1, activations_bytes=1,
+                                 logits_bytes=1, buffers_bytes=1, overhead_bytes=1, allocator_margin_bytes=1,
+                                 total_bytes=8, peak_phase=Phase.OPTIMIZER_STEP, host_bytes_per_node=0)
+    return api.Plan(gpu_type="L4-24GB", gpu_product="NVIDIA-L4", gpu_memory_bytes=80, nodes=1, gpus_per_node=2,
+                    gpus=2, peak_summary="x", method=Method.LORA, zero_stage=ZeroStage.GRADIENTS, offload=Offload.NONE,
+                    gradient_checkpointing=True, attention=Attention.SDPA, precision=Precision.BF16, micro_batch=1,
+                    gradient_accumulation=1,
                     predicted_peak_bytes=8, memory=memory, predicted_step_milliseconds=1,
                     predicted_tokens_per_second=100, explanation=[])
 

@@ -9,7 +9,8 @@ from xml.etree import ElementTree
 import pytest
 
 KUBETUNE = [str(Path(sys.executable).parent / "kubetune")]
-MEMORY_KEYS = {"weights", "gradients", "optimizer_states", "activations", "logits", "buffers", "overhead", "total"}
+MEMORY_KEYS = {"weights_bytes", "gradients_bytes", "optimizer_states_bytes", "activations_bytes", "logits_bytes",
+               "buffers_bytes", "overhead_bytes", "total_bytes"}
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
@@ -27,9 +28,9 @@ def test_json_has_the_chosen_configuration_and_a_memory_breakdown() -> None:
         assert field in chosen
     assert chosen["num_gpus"] == 8
     assert MEMORY_KEYS <= plan["memory"].keys()
-    parts = sum(plan["memory"][k] for k in MEMORY_KEYS - {"total"}) + plan["memory"]["allocator_margin"]
-    assert parts == plan["memory"]["total"]
-    assert plan["memory"]["total"] < plan["memory"]["capacity"]
+    parts = sum(plan["memory"][k] for k in MEMORY_KEYS - {"total_bytes"}) + plan["memory"]["allocator_margin_bytes"]
+    assert parts == plan["memory"]["total_bytes"]
+    assert plan["memory"]["total_bytes"] < plan["memory"]["capacity_bytes"]
     assert plan["step_time_seconds"] > 0 and plan["tokens_per_second"] > 0
     assert plan["reasons"] and plan["runners_up"]
 
@@ -40,7 +41,7 @@ def test_pinned_options_come_back_as_given() -> None:
                  "--attention", "sdpa", "--json")
     chosen = json.loads(result.stdout)["chosen"]
     assert (chosen["method"], chosen["zero_stage"], chosen["gradient_checkpointing"], chosen["micro_batch"],
-            chosen["attention"], chosen["gpu"]) == ("full", 3, True, 2, "sdpa", "A100-SXM4-80GB")
+            chosen["attention"], chosen["gpu"]) == ("Full", 3, True, 2, "SDPA", "A100-SXM4-80GB")
 
 
 def test_unknown_model_lists_the_known_ones_without_a_traceback() -> None:
@@ -61,7 +62,7 @@ def test_nothing_fits_names_the_smallest_need_and_exits_non_zero() -> None:
     assert result.returncode == 1
     plan = json.loads(result.stdout)
     assert plan["fits"] is False
-    assert plan["smallest_need"]["memory"]["total"] > plan["smallest_need"]["memory"]["capacity"]
+    assert plan["smallest_need"]["memory"]["total_bytes"] > plan["smallest_need"]["memory"]["capacity_bytes"]
     assert any("smallest need" in reason for reason in plan["reasons"])
 
 

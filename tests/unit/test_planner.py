@@ -2,12 +2,12 @@
 
 import pytest
 
+from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Precision, ZeroStage
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, search
-from kubetune.planner.settings import Attention, Method, Offload, ZeroStage
 
 
-def plan(model: str, gpu: str, **request) -> search.Plan:
+def plan(model: str, gpu: str, **request) -> search.SearchResult:
     pool = search.GpuPool(gpu=gpus.by_id(gpu), gpus_per_node=8, nodes=request.pop("nodes", 1))
     return search.plan(architecture.load(model), search.Request(**request), [pool])
 
@@ -31,7 +31,7 @@ def test_flash_attention_2_only_on_compute_capability_8_or_newer() -> None:
     assert plan("Qwen2.5-7B", "A100-SXM4-80GB", seq_len=2048).chosen.settings.attention is Attention.FLASH_ATTENTION_2
     v100 = plan("Qwen2.5-7B", "V100-SXM2-32GB", seq_len=2048, num_gpus=8)
     assert v100.chosen.settings.attention is Attention.SDPA
-    assert v100.chosen.settings.precision == "fp16"  # no bf16 before Ampere
+    assert v100.chosen.settings.precision is Precision.FP16  # no bf16 before Ampere
     assert any("FlashAttention-2 is unavailable" in line for line in v100.explanation)
 
 
@@ -60,7 +60,7 @@ def test_a_pinned_choice_that_cannot_fit_says_so_with_the_smallest_need() -> Non
                   offload=Offload.NONE)
     assert result.chosen is None
     assert result.smallest_need is not None
-    assert result.smallest_need.memory.total > gpus.by_id("L4-24GB").memory_bytes
+    assert result.smallest_need.memory.total_bytes > gpus.by_id("L4-24GB").memory_bytes
     assert "Nothing fits. The smallest need is" in result.explanation[-1]
 
 
@@ -72,8 +72,8 @@ def test_more_memory_per_gpu_never_makes_a_fitting_plan_stop_fitting() -> None:
 
 
 def test_objectives_change_the_choice() -> None:
-    fastest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective="fastest").chosen
-    fewest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective="fewest-gpus").chosen
+    fastest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective=Objective.FASTEST).chosen
+    fewest = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, nodes=2, objective=Objective.FEWEST_GPUS).chosen
     assert fastest.settings.num_gpus == 16
     assert fewest.settings.num_gpus == 1
 
@@ -94,7 +94,7 @@ def test_deepspeed_bucket_settings_change_the_prediction() -> None:
                  zero_stage=ZeroStage.GRADIENTS, micro_batch=1,
                  buckets=Buckets(reduce_bucket_elements=500_000_000, overlap_comm=True)).chosen
     # 500M elements, double-buffered, in bf16 is 2 GB; 50M single-buffered is 100 MB.
-    assert large.memory.buffers - small.memory.buffers == 2 * 2 * 500_000_000 - 2 * 50_000_000
+    assert large.memory.buffers_bytes - small.memory.buffers_bytes == 2 * 2 * 500_000_000 - 2 * 50_000_000
 
 
 def test_zero_0_only_when_pinned() -> None:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from kubetune.controller.cluster_gpus import _cpu_millis, _quantity_bytes, node_groups, parse_quantity
+from kubetune.catalog.cluster_gpus import _cpu_millis, _quantity_bytes, node_groups, parse_quantity
 from kubetune.devcluster import profile
 
 

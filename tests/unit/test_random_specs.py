@@ -9,9 +9,12 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning
-from kubetune.controller.cluster_gpus import node_groups
+from kubetune.catalog.cluster_gpus import node_groups
+from kubetune.config import DEFAULT_TRAINER_IMAGE
 from kubetune.devcluster import profile
+from kubetune.planner.decision import decide, settings_from_plan
+from kubetune.resources.config_map import config_map
+from kubetune.resources.job import job as job_manifest
 
 GROUPS = node_groups(profile.load("default").node_manifests(), [])
 MODELS = ["Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.1-8B", "meta-llama/Llama-3.1-70B", "mistralai/Mixtral-8x7B-v0.1",
@@ -76,19 +79,19 @@ def test_random_specs_are_refused_planned_or_explained_never_a_crash(raw: dict) 
     except ValidationError:
         event("refused by validation")
         return
-    decision = planning.decide(spec, GROUPS)
+    decision = decide(spec, GROUPS)
     event(f"planned: {decision.plan is not None}")
     if decision.plan is None:
         assert decision.reason in ("ModelUnknown", "InvalidModelConfig", "InvalidSpec", "Unschedulable")
         assert decision.message
         return
     plan = decision.plan
-    assert 0 < plan.predicted_peak_bytes <= plan.memory.gpu_memory
+    assert 0 < plan.predicted_peak_bytes <= plan.gpu_memory_bytes
     assert plan.gpus == plan.nodes * plan.gpus_per_node
     assert plan.micro_batch * plan.gradient_accumulation * plan.gpus == spec.training.global_batch
-    config_map = children.config_map("job", spec, plan, planning.settings_from_plan(spec, plan))
-    json.loads(config_map["data"]["trainer.json"])
-    json.loads(config_map["data"]["ds_config.json"])
-    job = children.job("job", spec, plan, decision.group)
+    configs = config_map("job", spec, plan, settings_from_plan(spec, plan))
+    json.loads(configs["data"]["trainer.json"])
+    json.loads(configs["data"]["ds_config.json"])
+    job = job_manifest("job", spec, plan, decision.group, DEFAULT_TRAINER_IMAGE)
     assert job["spec"]["completions"] == plan.nodes
     json.dumps(job)

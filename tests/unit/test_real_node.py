@@ -10,10 +10,13 @@ from pathlib import Path
 import yaml
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import children, planning
-from kubetune.controller.cluster_gpus import node_groups
+from kubetune.catalog.cluster_gpus import node_groups
+from kubetune.config import DEFAULT_TRAINER_IMAGE
 from kubetune.devcluster import node_config, oci, profile, seed
 from kubetune.devcluster.node import SIMULATED_LABEL
+from kubetune.planner.decision import decide
+from kubetune.resources.job import TRAINER_UID
+from kubetune.resources.job import job as job_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,32 +43,32 @@ def held_by(node: str, gpus: int) -> dict:
 def test_simulated_gpus_are_planned_only_for_jobs_that_name_their_type() -> None:
     nodes = [*profile.load("default").node_manifests(), real_node()]
     anywhere = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "d"}})
-    assert planning.decide(anywhere, node_groups(nodes, [])).plan.gpu_type != "A10G-24GB"
-    only = planning.decide(tiny_spec(gpus=None, nodes=None), node_groups([real_node()], []))
+    assert decide(anywhere, node_groups(nodes, [])).plan.gpu_type != "A10G-24GB"
+    only = decide(tiny_spec(gpus=None, nodes=None), node_groups([real_node()], []))
     assert only.plan is not None and only.plan.gpu_type == "A10G-24GB"
-    unnamed = planning.decide(tiny_spec(gpuTypes=None, gpus=None, nodes=None), node_groups([real_node()], []))
+    unnamed = decide(tiny_spec(gpuTypes=None, gpus=None, nodes=None), node_groups([real_node()], []))
     assert unnamed.plan is None and "simulated, only for jobs that name it" in unnamed.message
 
 
 def test_pinned_gpus_and_nodes_give_that_many_pods_which_may_share_a_node() -> None:
-    decision = planning.decide(tiny_spec(), node_groups([real_node()], []))
+    decision = decide(tiny_spec(), node_groups([real_node()], []))
     plan = decision.plan
     assert plan is not None and (plan.gpus, plan.nodes, plan.gpus_per_node) == (2, 2, 1)
-    job = children.job("tiny", tiny_spec(), plan, decision.group)
+    job = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE)
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--nnodes=2" in command and "--nproc_per_node=1" in command and job["spec"]["completions"] == 2
 
 
 def test_pinned_pods_fit_only_where_enough_gpus_are_free() -> None:
-    busy = planning.decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 3)]))
+    busy = decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 3)]))
     assert busy.plan is None and "2 GPUs asked, 1 A10G-24GB available" in busy.message
-    half = planning.decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 2)]))
+    half = decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 2)]))
     assert half.plan is not None and half.plan.nodes == 2
 
 
 def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
-    decision = planning.decide(tiny_spec(), node_groups([real_node(cpu="2", memory="8Gi")], []))
-    resources = children.job("tiny", tiny_spec(), decision.plan, decision.group)[
+    decision = decide(tiny_spec(), node_groups([real_node(cpu="2", memory="8Gi")], []))
+    resources = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)[
         "spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["cpu"] == "500m"  # a quarter of the node's 2 cores: one of its 4 GPUs
     assert resources["requests"]["memory"] == f"{8 * 1024 // 4}Mi"
@@ -74,11 +77,11 @@ def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
 
 
 def test_training_pods_meet_the_restricted_pod_security_profile_and_can_write_root_owned_claims() -> None:
-    decision = planning.decide(tiny_spec(), node_groups([real_node()], []))
-    pod = children.job("tiny", tiny_spec(), decision.plan, decision.group)["spec"]["template"]["spec"]
+    decision = decide(tiny_spec(), node_groups([real_node()], []))
+    pod = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == children.TRAINER_UID
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == TRAINER_UID
     container = pod["containers"][0]["securityContext"]
     assert container == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
@@ -121,33 +124,33 @@ def test_the_demo_world_matches_the_tiny_example() -> None:
 
 
 def test_more_gpus_per_pod_than_any_node_has_says_so() -> None:
-    decision = planning.decide(tiny_spec(gpus=8, nodes=1), node_groups([real_node()], []))
+    decision = decide(tiny_spec(gpus=8, nodes=1), node_groups([real_node()], []))
     assert decision.plan is None and "8 GPUs per node asked (gpus / nodes)" in decision.message
     assert "at most 4" in decision.message
 
 
 def test_pinned_nodes_alone_take_whole_nodes() -> None:
-    decision = planning.decide(tiny_spec(gpus=None, nodes=1), node_groups([real_node()], []))
+    decision = decide(tiny_spec(gpus=None, nodes=1), node_groups([real_node()], []))
     assert decision.plan is not None and (decision.plan.nodes, decision.plan.gpus_per_node) == (1, 4)
 
 
 def test_only_pods_of_simulated_gpus_may_run_on_the_cpu() -> None:
-    simulated = planning.decide(tiny_spec(), node_groups([real_node()], []))
-    env = simulated.group and children.job("t", tiny_spec(), simulated.plan, simulated.group)[
+    simulated = decide(tiny_spec(), node_groups([real_node()], []))
+    env = simulated.group and job_manifest("t", tiny_spec(), simulated.plan, simulated.group, DEFAULT_TRAINER_IMAGE)[
         "spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "KUBETUNE_SIMULATED_GPUS", "value": "1"} in env
     anywhere = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "d"}})
-    real = planning.decide(anywhere, node_groups(profile.load("default").node_manifests(), []))
-    env = children.job("q", anywhere, real.plan, real.group)["spec"]["template"]["spec"]["containers"][0]["env"]
+    real = decide(anywhere, node_groups(profile.load("default").node_manifests(), []))
+    env = job_manifest("q", anywhere, real.plan, real.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert all(e["name"] != "KUBETUNE_SIMULATED_GPUS" for e in env)
 
 
 def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None:
-    decision = planning.decide(tiny_spec(), node_groups([real_node()], []))
+    decision = decide(tiny_spec(), node_groups([real_node()], []))
     annotations = {"testing.kubetune.io/inject-fault": "gpu-oom:5:1"}
 
     def env(attempt: int) -> list[dict]:
-        return children.job("t", tiny_spec(), decision.plan, decision.group, attempt, annotations)[
+        return job_manifest("t", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, attempt, annotations)[
             "spec"]["template"]["spec"]["containers"][0]["env"]
 
     assert {"name": "KUBETUNE_TESTING_INJECT_FAULT", "value": "gpu-oom:5:1"} in env(1)

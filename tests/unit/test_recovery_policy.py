@@ -5,9 +5,12 @@ up is the only honest answer."""
 import pytest
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller import planning, recovery
-from kubetune.controller.cluster_gpus import node_groups
+from kubetune.api.conditions import ConditionType, Reason
+from kubetune.api.vocabulary import Offload, ZeroStage
+from kubetune.catalog.cluster_gpus import node_groups
+from kubetune.controller import recovery
 from kubetune.controller.recovery import Action, Failure, Kind
+from kubetune.planner.decision import decide
 from tests.unit.test_real_node import real_node, tiny_spec
 
 GIB = 1024**3
@@ -15,7 +18,7 @@ GIB = 1024**3
 
 def first_plan(spec: api.FineTuneJobSpec) -> tuple[api.Plan, list]:
     groups = node_groups([real_node()], [])
-    decision = planning.decide(spec, groups)
+    decision = decide(spec, groups)
     assert decision.plan is not None
     return decision.plan, groups
 
@@ -27,12 +30,12 @@ def test_a_gpu_oom_of_a_small_model_replans_to_a_more_frugal_plan_and_never_the_
     plan, groups = first_plan(tiny_spec())
     failure = Failure(Kind.OUT_OF_MEMORY, "oom", measured_peak_bytes=peak, device_total_bytes=0)
     scale = recovery.memory_scale(failure, plan, 1.0)
-    replan = planning.decide(tiny_spec(), groups, memory_scale=scale, resuming=plan).plan
+    replan = decide(tiny_spec(), groups, memory_scale=scale, resuming=plan).plan
     assert replan is not None
-    fixed = plan.memory.overhead
+    fixed = plan.memory.overhead_bytes
     assert replan.predicted_peak_bytes - fixed < (plan.predicted_peak_bytes - fixed) / recovery.REPLAN_MARGIN
     # The failed plan would have needed more than its whole GPU at this scale.
-    assert fixed + (plan.predicted_peak_bytes - fixed) * scale > plan.memory.gpu_memory
+    assert fixed + (plan.predicted_peak_bytes - fixed) * scale > plan.gpu_memory_bytes
     # What the checkpoints need stays (same method, precision, no lower ZeRO stage); the pins hold.
     assert (replan.method, replan.precision, replan.gpus, replan.nodes) == (plan.method, plan.precision, 2, 2)
     assert replan.zero_stage >= plan.zero_stage
@@ -48,34 +51,34 @@ def test_no_plan_fits_when_the_model_is_already_at_its_most_frugal() -> None:
     spec = tiny_spec(gpus=None, nodes=None)
     frugal = spec.model_copy(update={"method": spec.method.model_copy(update={
         "micro_batch": 1, "gradient_checkpointing": api.Toggle.ENABLED, "zero_stage": 3,
-        "offload": api.OffloadType.ALL})})
+        "offload": Offload.ALL})})
     plan, groups = first_plan(frugal)
     scale = recovery.memory_scale(Failure(Kind.OUT_OF_MEMORY, "oom"), plan, 1.0)
-    decision = planning.decide(frugal, groups, memory_scale=scale, resuming=plan)
+    decision = decide(frugal, groups, memory_scale=scale, resuming=plan)
     assert decision.plan is None and "as measured" in decision.message
 
 
-def offloading(plan: api.Plan, offload: str) -> api.Plan:
-    return plan.model_copy(update={"offload": offload, "zero_stage": 3})
+def offloading(plan: api.Plan, offload: Offload) -> api.Plan:
+    return plan.model_copy(update={"offload": offload, "zero_stage": ZeroStage.PARAMETERS})
 
 
-@pytest.mark.parametrize(("offload", "most"), [("all", "optimizer"), ("optimizer", "none")])
-def test_a_host_oom_replans_with_less_offload(offload: str, most: str) -> None:
+@pytest.mark.parametrize(("offload", "most"), [(Offload.ALL, Offload.OPTIMIZER), (Offload.OPTIMIZER, Offload.NONE)])
+def test_a_host_oom_replans_with_less_offload(offload: Offload, most: Offload) -> None:
     plan, groups = first_plan(tiny_spec())
     failed = offloading(plan, offload)
     assert recovery.action(Failure(Kind.HOST_OUT_OF_MEMORY, "killed"), [], api.Recovery(), failed) is Action.REPLAN
     assert recovery.less_offload(failed) == most
-    replan = planning.decide(tiny_spec(), groups, resuming=failed, max_offload=recovery.less_offload(failed)).plan
-    assert replan is not None and replan.offload in (["none", "optimizer"] if most == "optimizer" else ["none"])
+    replan = decide(tiny_spec(), groups, resuming=failed, max_offload=recovery.less_offload(failed)).plan
+    assert replan is not None and replan.offload in ([Offload.NONE, Offload.OPTIMIZER] if most is Offload.OPTIMIZER else [Offload.NONE])
 
 
 def test_a_host_oom_of_a_pinned_offload_has_no_plan_that_offloads_less() -> None:
     spec = tiny_spec()
-    spec = spec.model_copy(update={"method": spec.method.model_copy(update={"offload": api.OffloadType.ALL,
+    spec = spec.model_copy(update={"method": spec.method.model_copy(update={"offload": Offload.ALL,
                                                                             "zero_stage": 3})})
     plan, groups = first_plan(spec)
-    assert plan.offload == "all"
-    decision = planning.decide(spec, groups, resuming=plan, max_offload=recovery.less_offload(plan))
+    assert plan.offload is Offload.ALL
+    decision = decide(spec, groups, resuming=plan, max_offload=recovery.less_offload(plan))
     assert decision.plan is None
 
 
@@ -87,20 +90,20 @@ def attempt(reason: Kind) -> api.Attempt:
 @pytest.mark.parametrize(
     ("kind", "offload", "earlier", "expected"),
     [
-        (Kind.OUT_OF_MEMORY, "none", [], Action.REPLAN),
-        (Kind.OUT_OF_MEMORY, "none", [Kind.WORKER_FAILED] * 3, Action.REPLAN),  # restarts are another budget
-        (Kind.OUT_OF_MEMORY, "none", [Kind.OUT_OF_MEMORY, Kind.HOST_OUT_OF_MEMORY, Kind.OUT_OF_MEMORY], Action.GIVE_UP),
-        (Kind.HOST_OUT_OF_MEMORY, "optimizer", [], Action.REPLAN),
-        (Kind.HOST_OUT_OF_MEMORY, "none", [], Action.GIVE_UP),  # nothing on the host to give back
-        (Kind.INVALID_INPUT, "none", [], Action.GIVE_UP),
-        (Kind.WORKER_FAILED, "none", [Kind.OUT_OF_MEMORY] * 3, Action.RESTART),
-        (Kind.WORKER_LOST, "none", [Kind.WORKER_FAILED, Kind.WORKER_LOST], Action.RESTART),
-        (Kind.WORKER_LOST, "none", [Kind.WORKER_FAILED, Kind.WORKER_LOST, Kind.WORKER_LOST], Action.GIVE_UP),
+        (Kind.OUT_OF_MEMORY, Offload.NONE, [], Action.REPLAN),
+        (Kind.OUT_OF_MEMORY, Offload.NONE, [Kind.WORKER_FAILED] * 3, Action.REPLAN),  # restarts are another budget
+        (Kind.OUT_OF_MEMORY, Offload.NONE, [Kind.OUT_OF_MEMORY, Kind.HOST_OUT_OF_MEMORY, Kind.OUT_OF_MEMORY], Action.GIVE_UP),
+        (Kind.HOST_OUT_OF_MEMORY, Offload.OPTIMIZER, [], Action.REPLAN),
+        (Kind.HOST_OUT_OF_MEMORY, Offload.NONE, [], Action.GIVE_UP),  # nothing on the host to give back
+        (Kind.INVALID_INPUT, Offload.NONE, [], Action.GIVE_UP),
+        (Kind.WORKER_FAILED, Offload.NONE, [Kind.OUT_OF_MEMORY] * 3, Action.RESTART),
+        (Kind.WORKER_LOST, Offload.NONE, [Kind.WORKER_FAILED, Kind.WORKER_LOST], Action.RESTART),
+        (Kind.WORKER_LOST, Offload.NONE, [Kind.WORKER_FAILED, Kind.WORKER_LOST, Kind.WORKER_LOST], Action.GIVE_UP),
     ],
 )
-def test_each_failure_spends_its_own_budget(kind: Kind, offload: str, earlier: list[Kind], expected: Action) -> None:
+def test_each_failure_spends_its_own_budget(kind: Kind, offload: Offload, earlier: list[Kind], expected: Action) -> None:
     plan, _ = first_plan(tiny_spec())
-    failed = offloading(plan, offload) if offload != "none" else plan
+    failed = offloading(plan, offload) if offload is not Offload.NONE else plan
     assert recovery.action(Failure(kind, "x"), [attempt(k) for k in earlier], api.Recovery(), failed) is expected
 
 
@@ -133,3 +136,47 @@ STOPPED = "kubetune-stopped the container was asked to stop (signal 15): its pod
 def test_the_failure_that_explains_the_others_is_the_one_reported(pods: list, kind: Kind, names: str) -> None:
     failure = recovery.classify(pods, job_message="")
     assert failure.kind is kind and failure.message.startswith(f"pod {names} "), failure
+
+
+def test_a_gpu_oom_is_answered_with_a_replan_recorded_with_its_attempt() -> None:
+    plan, groups = first_plan(tiny_spec())
+    failure = Failure(Kind.OUT_OF_MEMORY, "rank 1 ran out", measured_peak_bytes=30 * GIB, device_total_bytes=24 * GIB)
+    response = recovery.respond(failure, 1, [], tiny_spec(), plan, 1.0, groups, {})
+    assert response.plan is not None and not response.gave_up
+    assert response.memory_scale == pytest.approx(recovery.memory_scale(failure, plan, 1.0))
+    assert [(u.type, u.status, u.reason) for u in response.updates] == [
+        (ConditionType.PLANNED, True, Reason.REPLANNED), (ConditionType.RUNNING, False, Reason.RESTARTING)]
+    assert response.record.reason == Reason.GPU_OUT_OF_MEMORY and response.record.number == 1
+    assert response.record.measured_peak_bytes == 30 * GIB and response.record.action.startswith("replanned for")
+    assert response.warning is not None and response.warning[0] is Reason.REPLANNED
+
+
+@pytest.mark.parametrize(("claim", "how"), [("ckpt", "restarted from the newest checkpoint"),
+                                            (None, "restarted from the start")])
+def test_a_lost_worker_restarts_from_what_survives(claim: str | None, how: str) -> None:
+    plan, groups = first_plan(tiny_spec())
+    spec = tiny_spec().model_copy(update={"output": api.Output(claim_name=claim)})
+    response = recovery.respond(Failure(Kind.WORKER_LOST, "node gone"), 2, [attempt(Kind.WORKER_LOST)], spec, plan,
+                                1.0, groups, {})
+    assert response.plan is None and not response.gave_up and response.record.action.startswith(how)
+    assert [(u.type, u.reason) for u in response.updates] == [(ConditionType.RUNNING, Reason.RESTARTING)]
+    assert response.warning is not None and response.warning[0] is Reason.RESTARTING
+
+
+def test_bad_input_fails_the_job_at_once_saying_why() -> None:
+    plan, groups = first_plan(tiny_spec())
+    response = recovery.respond(Failure(Kind.INVALID_INPUT, "dataset has no 'text' field"), 1, [], tiny_spec(), plan,
+                                1.0, groups, {})
+    assert response.gave_up and response.warning is None
+    failed = next(u for u in response.updates if u.type is ConditionType.FAILED)
+    assert failed.status is True and failed.reason is Reason.INVALID_INPUT
+    assert "no 'text' field" in failed.message and "retrying cannot fix the input" in failed.message
+
+
+def test_a_replan_that_finds_nothing_gives_up_naming_the_scale() -> None:
+    spec = tiny_spec(gpus=None, nodes=None)
+    frugal = spec.model_copy(update={"method": spec.method.model_copy(update={
+        "micro_batch": 1, "gradient_checkpointing": api.Toggle.ENABLED, "zero_stage": 3, "offload": Offload.ALL})})
+    plan, groups = first_plan(frugal)
+    response = recovery.respond(Failure(Kind.OUT_OF_MEMORY, "oom"), 1, [], frugal, plan, 1.0, groups, {})
+    assert response.gave_up and response.plan is None and "no plan fits" in response.record.action

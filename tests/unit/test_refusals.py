@@ -3,6 +3,7 @@
 import pytest
 
 from kubetune.api import v1alpha1 as api
+from kubetune.api.conditions import Reason
 from kubetune.controller import refusals
 from kubetune.controller.kube import Refused
 
@@ -15,13 +16,13 @@ POLICY = "jobs.batch \"j-train\" is forbidden: ValidatingAdmissionPolicy 'no-job
 
 
 @pytest.mark.parametrize(("code", "reason", "message", "failed", "says"), [
-    (403, "Forbidden", QUOTA, False, refusals.QUOTA_EXCEEDED),
+    (403, "Forbidden", QUOTA, False, Reason.QUOTA_EXCEEDED),
     (403, "Forbidden", 'jobs.batch "j-train" is forbidden: status unknown for quota: no-jobs, resource: '
-                       'count/jobs.batch', False, refusals.QUOTA_EXCEEDED),
-    (403, "Forbidden", RBAC, False, refusals.CHILD_FORBIDDEN),
-    (403, "Forbidden", WEBHOOK, True, refusals.CHILD_REFUSED),
-    (422, "Invalid", POLICY, True, refusals.CHILD_REFUSED),
-    (400, "BadRequest", "the object is malformed", True, refusals.CHILD_REFUSED),
+                       'count/jobs.batch', False, Reason.QUOTA_EXCEEDED),
+    (403, "Forbidden", RBAC, False, Reason.CHILD_FORBIDDEN),
+    (403, "Forbidden", WEBHOOK, True, Reason.CHILD_REFUSED),
+    (422, "Invalid", POLICY, True, Reason.CHILD_REFUSED),
+    (400, "BadRequest", "the object is malformed", True, Reason.CHILD_REFUSED),
 ])
 def test_a_refused_child_fails_the_job_only_when_only_the_user_can_fix_it(code: int, reason: str, message: str,
                                                                          failed: bool, says: str) -> None:
@@ -42,7 +43,7 @@ def test_a_missing_reference_is_waited_for_then_fails_the_job() -> None:
     missing = [("PersistentVolumeClaim", "models")]
     assert refusals.missing_references([], 10_000) is None
     waiting = refusals.missing_references(missing, refusals.REFERENCE_GRACE_SECONDS - 1)
-    assert not waiting.failed and waiting.reason == refusals.WAITING_FOR_REFERENCES
+    assert not waiting.failed and waiting.reason == Reason.WAITING_FOR_REFERENCES
     assert "PersistentVolumeClaim models does not exist" in waiting.message
     failed = refusals.missing_references(missing, refusals.REFERENCE_GRACE_SECONDS)
-    assert failed.failed and failed.reason == refusals.MISSING_REFERENCE and "create it or fix its name" in failed.message
+    assert failed.failed and failed.reason == Reason.MISSING_REFERENCE and "create it or fix its name" in failed.message

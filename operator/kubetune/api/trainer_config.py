@@ -1,5 +1,5 @@
 """The contract between the operator and the trainer: the trainer.json the operator mounts into every
-training pod. One pydantic model, written by controller/children.py and read by kubetune.trainer (`parse`).
+training pod. One pydantic model, written by resources/config_map.py and read by kubetune.trainer (`parse`).
 
 Versioning: a field added that an older trainer may safely ignore (a report, a hint) keeps VERSION, and a
 trainer that meets a field it does not know ignores it and says so; a field added or changed that alters
@@ -14,8 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
 from kubetune.api import v1alpha1 as api
+from kubetune.api.vocabulary import Attention, Method, Precision
 
-VERSION = 1
+# 2: the configuration's names are the API's (api/vocabulary.py: LoRA, FlashAttention2, BF16).
+VERSION = 2
 
 
 class LoraConfig(BaseModel):
@@ -30,7 +32,7 @@ class LoraConfig(BaseModel):
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
-    version: Literal[1] = VERSION
+    version: Literal[2] = VERSION
     job: str
     model: api.ModelSource
     tokenizer: str | None = None  # a path or hub id; the model's when empty
@@ -38,11 +40,11 @@ class TrainerConfig(BaseModel):
     training: api.Training
     output: api.Output
     checkpoint_interval_steps: int = Field(gt=0)
-    method: Literal["full", "lora"]
+    method: Method
     lora: LoraConfig | None = None
     gradient_checkpointing: bool
-    attention: Literal["eager", "sdpa", "flash_attention_2"]
-    precision: Literal["bf16", "fp16", "fp32"]
+    attention: Attention
+    precision: Precision
     metrics_port: int = Field(default=9400, gt=0, lt=65536)
     # The prediction travels with the run, so the trainer reports predicted against measured memory.
     plan: api.Plan | None = None

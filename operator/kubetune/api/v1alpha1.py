@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 from kubetune.api import contract
+from kubetune.api import vocabulary as v
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -22,6 +23,9 @@ PLURAL = "finetunejobs"
 
 NAME = Annotated[str, Field(min_length=1, max_length=253)]
 MAX_NODES = 512
+# The LoRA settings' defaults are not in the schema: a default makes `has()` true, and the rule that refuses
+# LoRA settings with method Full could no longer tell a user's value from it.
+DEFAULT_LORA_RANK = 16
 # A FineTuneJob's name starts its children's (controller/children.py): the Service `<name>-workers` must be a
 # DNS-1035 label (a letter first, no dots) and the pods' hostnames `<name>-train-<index>` DNS labels of at most
 # 63 characters, with up to MAX_NODES - 1 as the index.
@@ -64,15 +68,11 @@ class DatasetFormat(StrEnum):
 
 
 class MethodType(StrEnum):
+    """The method hint: a vocabulary.Method, or Auto."""
+
     AUTO = "Auto"
-    LORA = "LoRA"
-    FULL = "Full"
-
-
-class OffloadType(StrEnum):
-    NONE = "None"
-    OPTIMIZER = "Optimizer"
-    ALL = "All"
+    LORA = v.Method.LORA.value
+    FULL = v.Method.FULL.value
 
 
 class Toggle(StrEnum):
@@ -82,16 +82,12 @@ class Toggle(StrEnum):
 
 
 class AttentionType(StrEnum):
+    """The attention hint: a vocabulary.Attention, or Auto."""
+
     AUTO = "Auto"
-    EAGER = "Eager"
-    SDPA = "SDPA"
-    FLASH_ATTENTION_2 = "FlashAttention2"
-
-
-class ObjectiveType(StrEnum):
-    CHEAPEST = "Cheapest"
-    FASTEST = "Fastest"
-    FEWEST_GPUS = "FewestGPUs"
+    EAGER = v.Attention.EAGER.value
+    SDPA = v.Attention.SDPA.value
+    FLASH_ATTENTION_2 = v.Attention.FLASH_ATTENTION_2.value
 
 
 class SaveType(StrEnum):
@@ -148,15 +144,16 @@ class Method(_Model):
 
     type: MethodType = Field(default=MethodType.AUTO, description="type is LoRA, Full, or Auto (the planner "
                              "chooses).")
-    lora_rank: int | None = Field(default=None, ge=1, le=1024, description="loraRank is the LoRA rank (1-1024).")
+    lora_rank: int | None = Field(default=None, ge=1, le=1024, description="loraRank is the LoRA rank (1-1024; "
+                                  f"{DEFAULT_LORA_RANK} when unset and the method is LoRA).")
     lora_targets: list[Annotated[str, Field(max_length=64)]] | None = Field(
         default=None, max_length=16, description="loraTargets are the module names LoRA adapts (default: all "
         "linear layers).")
     lora_dropout_percent: int | None = Field(default=None, ge=0, le=90, description="loraDropoutPercent is "
-                                             "LoRA dropout in percent.")
+                                             "LoRA dropout in percent (0 when unset).")
     zero_stage: int | None = Field(default=None, ge=0, le=3, description="zeroStage pins the DeepSpeed ZeRO "
                                    "stage (0-3).")
-    offload: OffloadType | None = Field(default=None, description="offload pins DeepSpeed offload to the CPU: "
+    offload: v.Offload | None = Field(default=None, description="offload pins DeepSpeed offload to the CPU: "
                                         "None, Optimizer, or All (parameters too; ZeRO-3 only).")
     gradient_checkpointing: Toggle = Field(default=Toggle.AUTO, description="gradientCheckpointing is Enabled, "
                                            "Disabled or Auto.")
@@ -213,7 +210,7 @@ class Resources(_Model):
     nodes: int | None = Field(default=None, ge=1, le=MAX_NODES, description="nodes pins the number of training pods "
                               "(torchrun nodes). With `gpus`, each pod gets gpus/nodes GPUs and pods may share a "
                               "machine that has them free; alone, each pod takes a whole node's GPUs.")
-    objective: ObjectiveType = Field(default=ObjectiveType.CHEAPEST, description="objective is what the planner "
+    objective: v.Objective = Field(default=v.Objective.CHEAPEST, description="objective is what the planner "
                                      "optimises: Cheapest (cost per token), Fastest, or FewestGPUs.")
 
 
@@ -308,18 +305,21 @@ class FineTuneJobSpec(_Model):
     resources: Resources = Field(default_factory=Resources, description="resources the plan may use.",
                                  json_schema_extra={"default": {}, **rules(("self == oldSelf", "`resources` is immutable"))})
     output: Output = Field(default_factory=Output, description="output of the run.",
-                           json_schema_extra={"default": {}})
+                           json_schema_extra={"default": {}, **rules(
+                               # A run moved to another claim or path would silently restart from step 0.
+                               ("self == oldSelf", "`output` is immutable: the run's checkpoints are there"))})
     checkpoint_interval_steps: int = Field(default=500, ge=1, description="checkpointIntervalSteps between "
-                                           "checkpoints.")
-    images: Images = Field(default_factory=Images, description="images overrides.", json_schema_extra={"default": {}})
+                                           "checkpoints. Changes take effect at the next attempt.")
+    images: Images = Field(default_factory=Images, description="images overrides. Changes take effect at the next attempt.",
+                           json_schema_extra={"default": {}})
     hub_token_secret_ref: SecretKeyRef | None = Field(default=None, description="hubTokenSecretRef names the "
-                                                      "Secret key holding a Hugging Face token.")
+                                                      "Secret key holding a Hugging Face token. Changes take effect at the next attempt.")
     queue_name: str | None = Field(default=None, max_length=63, description="queueName is the Kueue LocalQueue; "
-                                   "the job then waits for Kueue's admission.")
+                                   "the job then waits for Kueue's admission. Changes take effect at the next attempt.")
     priority_class_name: str | None = Field(default=None, max_length=253, description="priorityClassName for "
-                                            "the training pods.")
+                                            "the training pods. Changes take effect at the next attempt.")
     pod_metadata: PodMetadata | None = Field(default=None, description="podMetadata adds labels and annotations "
-                                             "to the training pods.")
+                                             "to the training pods. Changes take effect at the next attempt.")
     suspend: bool = Field(default=False, description="suspend stops the training pods (checkpoints are kept) "
                           "until set back to false.")
     recovery: Recovery = Field(default_factory=Recovery, description="recovery limits restarts from checkpoints.",
@@ -329,9 +329,10 @@ class FineTuneJobSpec(_Model):
 class Condition(_Model):
     """A metav1.Condition."""
 
-    type: str = Field(max_length=316, description="type of the condition: Planned, Admitted, Running, "
-                      "Succeeded or Failed.")
-    status: str = Field(pattern="^(True|False|Unknown)$", description="status: True, False or Unknown.")
+    type: str = Field(max_length=316, description="type of the condition: Planned, Admitted, Suspended, Running, "
+                      "Succeeded, Failed or OutputDurable (api/conditions.py).")
+    status: str = Field(pattern="^(True|False|Unknown)$", description="status: True, False or Unknown (not yet "
+                        "known).")
     reason: str = Field(max_length=1024, description="reason, a CamelCase word.")
     message: str = Field(max_length=32768, description="message for humans.")
     last_transition_time: str = Field(description="lastTransitionTime when the status last changed.",
@@ -341,32 +342,39 @@ class Condition(_Model):
 
 
 class MemoryBreakdown(_Model):
-    """Predicted bytes per GPU at the peak phase."""
+    """Predicted bytes per GPU at the step's peak phase, by what holds them; the planner's memory model
+    returns this type."""
 
-    weights: int
-    gradients: int
-    optimizer_states: int
-    activations: int
-    logits: int
-    buffers: int
-    overhead: int
-    allocator_margin: int
-    total: int
-    gpu_memory: int = Field(description="gpuMemory is the GPU's memory, for comparison with `total`.")
-    peak_phase: str = Field(max_length=64)
-    host_per_node: int = Field(description="hostPerNode is host memory the offload needs per node.")
+    weights_bytes: int = Field(description="weightsBytes: the model's weights (this GPU's partition of them).")
+    gradients_bytes: int = Field(description="gradientsBytes: gradients alive at the peak phase.")
+    optimizer_states_bytes: int = Field(description="optimizerStatesBytes: optimizer moments and fp32 master "
+                                        "weights kept on the GPU.")
+    activations_bytes: int = Field(description="activationsBytes: activations saved for backward (0 unless the "
+                                   "peak is at the start of backward).")
+    logits_bytes: int = Field(description="logitsBytes: the logits and the loss's copies of them.")
+    buffers_bytes: int = Field(description="buffersBytes: DeepSpeed's communication and prefetch buckets.")
+    overhead_bytes: int = Field(description="overheadBytes: the CUDA context and NCCL's buffers, which no "
+                                "configuration changes.")
+    allocator_margin_bytes: int = Field(description="allocatorMarginBytes: the caching allocator's "
+                                        "fragmentation.")
+    total_bytes: int = Field(description="totalBytes: all of the above, what must fit in the GPU.")
+    peak_phase: v.Phase = Field(description="peakPhase is when in the step the peak falls: BackwardStart, "
+                              "BackwardEnd or OptimizerStep.")
+    host_bytes_per_node: int = Field(description="hostBytesPerNode is host memory the offload needs per node.")
 
 
 class RunnerUp(_Model):
-    gpu_type: str = Field(max_length=128)
-    gpus: int
-    method: str = Field(max_length=16)
-    zero_stage: int
-    offload: str = Field(max_length=16)
-    gradient_checkpointing: bool
-    predicted_peak_bytes: int
-    tokens_per_second: int
-    why_not_chosen: str = Field(max_length=1024)
+    """A configuration the planner weighed and did not choose."""
+
+    gpu_type: str = Field(max_length=128, description="gpuType is the kubetune GPU id.")
+    gpus: int = Field(description="gpus in all.")
+    method: v.Method = Field(description="method: LoRA or Full.")
+    zero_stage: v.ZeroStage = Field(description="zeroStage is the DeepSpeed ZeRO stage.")
+    offload: v.Offload = Field(description="offload to the CPU: None, Optimizer or All.")
+    gradient_checkpointing: bool = Field(description="gradientCheckpointing on or off.")
+    predicted_peak_bytes: int = Field(description="predictedPeakBytes per GPU.")
+    tokens_per_second: int = Field(description="tokensPerSecond predicted, all GPUs together.")
+    why_not_chosen: str = Field(max_length=1024, description="whyNotChosen, against the chosen plan.")
 
 
 class Plan(_Model):
@@ -375,38 +383,49 @@ class Plan(_Model):
     gpu_type: str = Field(max_length=128, description="gpuType is the kubetune GPU id.")
     gpu_product: str = Field(max_length=128, description="gpuProduct is the nvidia.com/gpu.product label "
                              "the pods select.")
-    nodes: int
-    gpus_per_node: int
+    gpu_memory_bytes: int = Field(description="gpuMemoryBytes is one GPU's memory, to compare with "
+                                  "`memory.totalBytes`.")
+    nodes: int = Field(description="nodes: training pods (torchrun nodes).")
+    gpus_per_node: int = Field(description="gpusPerNode: GPUs per training pod.")
     gpus: int = Field(description="gpus in all: nodes x gpusPerNode.")
     peak_summary: str = Field(max_length=64, description="peakSummary is the predicted per-GPU peak against the "
                               "GPU's memory, e.g. '49.7GiB/80GiB'.")
-    method: str = Field(max_length=16)
-    lora_rank: int | None = None
-    zero_stage: int
-    offload: str = Field(max_length=16)
-    gradient_checkpointing: bool
-    attention: str = Field(max_length=32)
-    precision: str = Field(max_length=8)
-    micro_batch: int
-    gradient_accumulation: int
-    predicted_peak_bytes: int
-    memory: MemoryBreakdown
-    predicted_step_milliseconds: int
-    predicted_tokens_per_second: int
-    explanation: list[Annotated[str, Field(max_length=4096)]] = Field(max_length=16)
-    runners_up: list[RunnerUp] = Field(default_factory=list, max_length=8)
+    method: v.Method = Field(description="method: LoRA or Full.")
+    lora_rank: int | None = Field(default=None, description="loraRank when the method is LoRA.")
+    zero_stage: v.ZeroStage = Field(description="zeroStage is the DeepSpeed ZeRO stage (0-3).")
+    offload: v.Offload = Field(description="offload to the CPU: None, Optimizer or All (parameters too).")
+    gradient_checkpointing: bool = Field(description="gradientCheckpointing on or off.")
+    attention: v.Attention = Field(description="attention kernel: Eager, SDPA or FlashAttention2.")
+    precision: v.Precision = Field(description="precision of weights and activations: BF16, FP16 or FP32.")
+    micro_batch: int = Field(description="microBatch: sequences per GPU per forward pass.")
+    gradient_accumulation: int = Field(description="gradientAccumulation: micro-batches per optimizer step.")
+    predicted_peak_bytes: int = Field(description="predictedPeakBytes per GPU (`memory.totalBytes`).")
+    memory: MemoryBreakdown = Field(description="memory is the predicted peak's breakdown.")
+    predicted_step_milliseconds: int = Field(description="predictedStepMilliseconds per optimizer step.")
+    predicted_tokens_per_second: int = Field(description="predictedTokensPerSecond, all GPUs together.")
+    explanation: list[Annotated[str, Field(max_length=4096)]] = Field(max_length=16, description="explanation "
+                                                                      "of the choice, a sentence each.")
+    runners_up: list[RunnerUp] = Field(default_factory=list, max_length=8, description="runnersUp: the best "
+                                       "configurations not chosen, and why.")
 
 
 class Children(_Model):
-    config_map: str | None = Field(default=None, max_length=253)
-    service: str | None = Field(default=None, max_length=253)
-    job: str | None = Field(default=None, max_length=253)
+    """The objects the job owns, by name."""
+
+    config_map: str | None = Field(default=None, max_length=253, description="configMap holding ds_config.json "
+                                   "and trainer.json.")
+    service: str | None = Field(default=None, max_length=253, description="service: the headless Service the "
+                                "workers rendezvous through.")
+    job: str | None = Field(default=None, max_length=253, description="job: the Indexed Job of the training pods.")
 
 
 class Progress(_Model):
-    step: int = 0
-    total_steps: int | None = None
-    eta_seconds: int | None = None
+    """Training progress, as rank 0 reports it."""
+
+    step: int = Field(default=0, description="step: optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="totalSteps the run will take.")
+    eta_seconds: int | None = Field(default=None, description="etaSeconds until the last step, at the recent "
+                                    "pace.")
     summary: str | None = Field(default=None, max_length=64, description="summary as 'step/totalSteps'.")
 
 
@@ -425,20 +444,39 @@ class Attempt(_Model):
     finished_at: str = Field(json_schema_extra={"format": "date-time"}, description="finishedAt is when it ended.")
 
 
+class JobPhase(StrEnum):
+    """A one-word summary of the conditions, for `kubectl get`; nothing decides by it."""
+
+    PENDING = "Pending"
+    PLANNED = "Planned"
+    UNSCHEDULABLE = "Unschedulable"
+    QUEUED = "Queued"
+    SUSPENDED = "Suspended"
+    RUNNING = "Running"
+    RESTARTING = "Restarting"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+
+
 class FineTuneJobStatus(_Model):
     """status is what the operator observed and decided."""
 
-    phase: str | None = Field(default=None, max_length=32, description="phase summarises the conditions: "
-                              "Pending, Planned, Unschedulable, Queued, Running, Restarting, Suspended, Succeeded or Failed.")
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list, max_length=16,
+    phase: JobPhase | None = Field(default=None, description="phase summarises the conditions for display: "
+                                   "Pending, Planned, Unschedulable, Queued, Suspended, Running, Restarting, "
+                                   "Succeeded or Failed; read the conditions to decide anything.")
+    observed_generation: int | None = Field(default=None, description="observedGeneration is the spec "
+                                            "generation the status was written for.")
+    conditions: list[Condition] = Field(default_factory=list, max_length=16, description="conditions of the job; "
+                                        "each is Unknown until the operator knows it.",
                                         json_schema_extra={"x-kubernetes-list-type": "map",
                                                            "x-kubernetes-list-map-keys": ["type"]})
-    plan: Plan | None = None
-    children: Children | None = None
-    progress: Progress | None = None
-    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
-    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"})
+    plan: Plan | None = Field(default=None, description="plan the planner chose; the children are built from it.")
+    children: Children | None = Field(default=None, description="children the job owns.")
+    progress: Progress | None = Field(default=None, description="progress of the current attempt.")
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                   description="startTime when the workers first ran.")
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"},
+                                        description="completionTime when the job succeeded or failed.")
     attempts: list[Attempt] = Field(default_factory=list, max_length=128, description="attempts that ended "
                                     "without finishing, oldest first.")
     memory_scale: str | None = Field(default=None, max_length=16, description="memoryScale is the measured over "

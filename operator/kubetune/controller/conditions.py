@@ -1,32 +1,21 @@
 """Status conditions (metav1.Condition), written only when something changes, and the phase they sum up."""
 
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from typing import Any
 
-PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED = "Planned", "Admitted", "Running", "Succeeded", "Failed"
-# Whether what the job trains outlives its pods: False (with a Warning Event) when output.claimName is unset.
-OUTPUT_DURABLE = "OutputDurable"
-
-# Reasons, one CamelCase word each.
-REASON_PLANNED = "Planned"
-REASON_UNSCHEDULABLE = "Unschedulable"
-REASON_INVALID_MODEL = "ModelUnknown"
-REASON_QUEUED = "WaitingForQueue"
-REASON_ADMITTED = "Admitted"
-REASON_SUSPENDED = "Suspended"
-REASON_PODS_RUNNING = "PodsRunning"
-REASON_PODS_PENDING = "PodsPending"
-REASON_COMPLETED = "JobCompleted"
-REASON_NAME_CONFLICT = "NameConflict"
-REASON_INVALID_NAME = "InvalidName"
-REASON_REPLANNED = "Replanned"
-REASON_RESTARTING = "Restarting"
-REASON_OUTPUT_ON_CLAIM = "OutputOnClaim"
-REASON_EPHEMERAL_OUTPUT = "EphemeralOutput"
+from kubetune.api import v1alpha1 as api
+from kubetune.api.conditions import ORDER, TRACKED, ConditionType, Reason
+from kubetune.controller.clock import now
 
 
-def now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+@dataclass(frozen=True)
+class Update:
+    """A condition a policy decided on; None is Unknown."""
+
+    type: ConditionType
+    status: bool | None
+    reason: Reason
+    message: str
 
 
 class Conditions:
@@ -34,38 +23,51 @@ class Conditions:
         self.items = {c["type"]: dict(c) for c in existing or []}
         self.generation = generation
         self.changed: list[dict[str, Any]] = []
+        for kind in TRACKED:
+            if kind not in self.items:
+                self.set(kind, None, Reason.NOT_YET_OBSERVED, "the operator has not decided this yet")
 
-    def set(self, kind: str, status: bool, reason: str, message: str) -> None:
-        value = "True" if status else "False"
+    def set(self, kind: ConditionType, status: bool | None, reason: Reason, message: str) -> None:
+        """Set a condition; None is Unknown."""
+        value = "Unknown" if status is None else "True" if status else "False"
         old = self.items.get(kind)
         if old and (old["status"], old["reason"], old["message"]) == (value, reason, message):
             return
-        condition = {"type": kind, "status": value, "reason": reason, "message": message[:32768],
+        condition = {"type": str(kind), "status": value, "reason": str(reason), "message": message[:32768],
                      "lastTransitionTime": old["lastTransitionTime"] if old and old["status"] == value else now(),
                      "observedGeneration": self.generation}
         self.items[kind] = condition
         self.changed.append(condition)
 
-    def true(self, kind: str) -> bool:
+    def apply(self, updates: list[Update]) -> None:
+        for update in updates:
+            self.set(update.type, update.status, update.reason, update.message)
+
+    def true(self, kind: ConditionType) -> bool:
         return self.items.get(kind, {}).get("status") == "True"
+
+    def reason(self, kind: ConditionType) -> str | None:
+        return self.items.get(kind, {}).get("reason")
 
     def as_list(self) -> list[dict[str, Any]]:
         """Every condition, in the order of the job's life (what `kubectl describe` lists)."""
-        order = (PLANNED, ADMITTED, RUNNING, SUCCEEDED, FAILED, OUTPUT_DURABLE)
-        return sorted(self.items.values(), key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+        return sorted(self.items.values(),
+                      key=lambda c: ORDER.index(c["type"]) if c["type"] in ORDER else len(ORDER))
 
-    def phase(self) -> str:
-        if self.true(SUCCEEDED):
-            return "Succeeded"
-        if self.true(FAILED):
-            return "Unschedulable" if self.items[FAILED]["reason"] == REASON_UNSCHEDULABLE else "Failed"
-        if self.true(RUNNING):
-            return "Running"
-        if self.items.get(RUNNING, {}).get("reason") == REASON_RESTARTING:
-            return "Restarting"
-        admitted = self.items.get(ADMITTED)
-        if admitted and admitted["status"] == "False":
-            return "Suspended" if admitted["reason"] == REASON_SUSPENDED else "Queued"
-        if self.true(PLANNED):
-            return "Planned"
-        return "Pending"
+    def phase(self) -> api.JobPhase:
+        phase = api.JobPhase
+        if self.true(ConditionType.SUCCEEDED):
+            return phase.SUCCEEDED
+        if self.true(ConditionType.FAILED):
+            return phase.UNSCHEDULABLE if self.reason(ConditionType.FAILED) == Reason.UNSCHEDULABLE else phase.FAILED
+        if self.true(ConditionType.SUSPENDED):
+            return phase.SUSPENDED
+        if self.true(ConditionType.RUNNING):
+            return phase.RUNNING
+        if self.reason(ConditionType.RUNNING) == Reason.RESTARTING:
+            return phase.RESTARTING
+        if self.reason(ConditionType.ADMITTED) == Reason.QUEUED:
+            return phase.QUEUED
+        if self.true(ConditionType.PLANNED):
+            return phase.PLANNED
+        return phase.PENDING

@@ -10,23 +10,12 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from kubetune.controller import clock
 from kubetune.controller.kube import Kube
 
 log = logging.getLogger("kubetune.leader")
 LEASE_SECONDS = 15
 RENEW_SECONDS = 5
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _micro(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _parse(value: str) -> datetime:
-    return datetime.strptime(value.replace("Z", "+0000"), "%Y-%m-%dT%H:%M:%S.%f%z")
 
 
 class Lease:
@@ -36,11 +25,11 @@ class Lease:
     async def try_hold(self) -> bool:
         """Take or renew the Lease; True when this replica holds it afterwards."""
         current = await self.kube.read(self.namespace, "Lease", self.name)
-        now = _now()
+        now = datetime.now(UTC)
         spec: dict[str, Any] = (current or {}).get("spec", {})
         holder = spec.get("holderIdentity")
         if current is not None and holder and holder != self.identity:
-            renewed = _parse(spec["renewTime"]) if spec.get("renewTime") else None
+            renewed = clock.parse(spec["renewTime"]) if spec.get("renewTime") else None
             duration = timedelta(seconds=spec.get("leaseDurationSeconds", LEASE_SECONDS))
             if renewed is not None and renewed + duration > now:
                 return False
@@ -48,8 +37,8 @@ class Lease:
         lease = current or {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                             "metadata": {"name": self.name, "namespace": self.namespace}}
         lease["spec"] = {
-            "holderIdentity": self.identity, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": _micro(now),
-            "acquireTime": _micro(now) if taking_over else spec.get("acquireTime", _micro(now)),
+            "holderIdentity": self.identity, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": clock.micro_time(now),
+            "acquireTime": clock.micro_time(now) if taking_over else spec.get("acquireTime", clock.micro_time(now)),
             "leaseTransitions": spec.get("leaseTransitions", 0) + (1 if taking_over and current else 0),
         }
         if not await self.kube.write_lease(self.namespace, lease):
@@ -69,7 +58,7 @@ class Lease:
 
     async def keep(self, lost: asyncio.Event) -> None:
         """Renew until cancelled; set `lost` once no renewal has succeeded for a lease duration."""
-        last = _now()
+        last = datetime.now(UTC)
         while True:
             await asyncio.sleep(RENEW_SECONDS)
             try:
@@ -78,10 +67,10 @@ class Lease:
                               self.name)
                     lost.set()
                     return
-                last = _now()
+                last = datetime.now(UTC)
             except Exception as error:  # the apiserver away: keep trying while the lease is still ours
                 log.warning("renewing Lease %s/%s failed: %s", self.namespace, self.name, error)
-                if _now() - last >= timedelta(seconds=LEASE_SECONDS - RENEW_SECONDS):
+                if datetime.now(UTC) - last >= timedelta(seconds=LEASE_SECONDS - RENEW_SECONDS):
                     log.error("%s could not renew Lease %s/%s in time; stopping", self.identity, self.namespace,
                               self.name)
                     lost.set()

@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from kubetune.api import v1alpha1 as api
 
 JOB = ("namespace", "finetunejob")
-PHASES = ("Pending", "Planned", "Queued", "Suspended", "Running", "Restarting", "Succeeded", "Failed", "Unschedulable")
+PHASES = tuple(api.JobPhase)
 
 registry = CollectorRegistry()
 jobs = Gauge("kubetune_finetunejobs", "FineTuneJobs that exist, by namespace and phase.",
@@ -55,11 +55,11 @@ class JobSeries:
     """The per-job gauges, kept in step with each FineTuneJob's phase and plan."""
 
     def __init__(self) -> None:
-        self._phase: dict[tuple[str, str], str] = {}
+        self._phase: dict[tuple[str, str], api.JobPhase] = {}
         self._gpu_type: dict[tuple[str, str], str] = {}
         self._planned: set[tuple[str, str]] = set()
 
-    def observe(self, namespace: str, name: str, phase: str, plan: api.Plan | None) -> None:
+    def observe(self, namespace: str, name: str, phase: api.JobPhase, plan: api.Plan | None) -> None:
         key = (namespace, name)
         old = self._phase.get(key)
         if old != phase:
@@ -73,9 +73,9 @@ class JobSeries:
             return
         self._planned.add(key)
         predicted_peak.labels(namespace, name).set(plan.predicted_peak_bytes)
-        gpu_memory.labels(namespace, name).set(plan.memory.gpu_memory)
+        gpu_memory.labels(namespace, name).set(plan.gpu_memory_bytes)
         predicted_tokens.labels(namespace, name).set(plan.predicted_tokens_per_second)
-        if phase in ("Succeeded", "Failed"):
+        if phase in (api.JobPhase.SUCCEEDED, api.JobPhase.FAILED):
             self._drop_gpus(key)
         elif key not in self._gpu_type:
             gpus_requested.labels(namespace, name, plan.gpu_type).set(plan.gpus)

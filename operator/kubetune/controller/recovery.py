@@ -12,18 +12,25 @@ from typing import Any
 
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
-from kubetune.planner.settings import Offload
+from kubetune.api.conditions import ConditionType, Reason
+from kubetune.api.vocabulary import Offload
+from kubetune.catalog.cluster_gpus import GpuNodeGroup
+from kubetune.controller import clock
+from kubetune.controller.conditions import Update
+from kubetune.planner import decision
 
 # Each replan asks for this much more than the failed run showed it needs.
 REPLAN_MARGIN = 1.05
 
 
 class Kind(StrEnum):
-    HOST_OUT_OF_MEMORY = "HostOutOfMemory"
-    OUT_OF_MEMORY = "GPUOutOfMemory"
-    INVALID_INPUT = "InvalidInput"
-    WORKER_FAILED = "WorkerFailed"
-    WORKER_LOST = "WorkerLost"
+    """Why an attempt ended: the reason of its record and of the conditions it sets."""
+
+    HOST_OUT_OF_MEMORY = Reason.HOST_OUT_OF_MEMORY.value
+    OUT_OF_MEMORY = Reason.GPU_OUT_OF_MEMORY.value
+    INVALID_INPUT = Reason.INVALID_INPUT.value
+    WORKER_FAILED = Reason.WORKER_FAILED.value
+    WORKER_LOST = Reason.WORKER_LOST.value
 
 
 class Action(StrEnum):
@@ -112,7 +119,7 @@ def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery
     if failure.kind is Kind.INVALID_INPUT:
         return Action.GIVE_UP
     if failure.kind in MEMORY_KINDS:
-        if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload == "none":
+        if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload is Offload.NONE:
             return Action.GIVE_UP
         replans = sum(1 for a in attempts if a.reason in MEMORY_KINDS)
         return Action.REPLAN if replans < recovery.max_out_of_memory_replans else Action.GIVE_UP
@@ -123,7 +130,7 @@ def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery
 def why_not_retried(failure: Failure, plan: api.Plan, attempts: list[api.Attempt]) -> str:
     if failure.kind is Kind.INVALID_INPUT:
         return "gave up: retrying cannot fix the input"
-    if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload == "none":
+    if failure.kind is Kind.HOST_OUT_OF_MEMORY and plan.offload is Offload.NONE:
         return ("gave up: the plan offloads nothing to the host, so no plan needs less host memory; the limit is the "
                 "pod's GPUs' share of its node's memory: use nodes with more memory per GPU")
     return f"gave up after {len(attempts) + 1} attempts (spec.recovery)"
@@ -132,7 +139,7 @@ def why_not_retried(failure: Failure, plan: api.Plan, attempts: list[api.Attempt
 def less_offload(plan: api.Plan) -> Offload:
     """The most offload a replan after a host out-of-memory kill may keep: one step less than the plan's."""
     order = list(Offload)
-    return order[max(order.index(Offload(plan.offload)) - 1, 0)]
+    return order[max(order.index(plan.offload) - 1, 0)]
 
 
 def memory_scale(failure: Failure, plan: api.Plan, current: float) -> float:
@@ -141,7 +148,63 @@ def memory_scale(failure: Failure, plan: api.Plan, current: float) -> float:
     every plan, and scaling them would rule out every plan of a small model): at least the whole device it
     ran out of (so the same plan can never be chosen again), or what it had allocated when it did; never less
     than what an earlier failure showed."""
-    fixed = plan.memory.overhead
-    device = max(plan.memory.gpu_memory, failure.device_total_bytes or 0)
+    fixed = plan.memory.overhead_bytes
+    device = max(plan.gpu_memory_bytes, failure.device_total_bytes or 0)
     needed = (max(device, failure.measured_peak_bytes or 0) - fixed) / max(plan.predicted_peak_bytes - fixed, 1)
     return max(current, needed) * REPLAN_MARGIN
+
+
+@dataclass(frozen=True)
+class Response:
+    """What to record and do after an attempt failed."""
+
+    record: api.Attempt
+    updates: list[Update]
+    plan: api.Plan | None = None  # the replan, when there is one
+    memory_scale: float | None = None  # what the replan was made for
+    warning: tuple[Reason, str] | None = None  # an Event, when the job goes on
+    gave_up: bool = False
+
+
+def respond(failure: Failure, attempt: int, attempts: list[api.Attempt], spec: api.FineTuneJobSpec, plan: api.Plan,
+            scale: float, groups: list[GpuNodeGroup], prices: dict[str, float]) -> Response:
+    """Replan, restart or give up (`action` decides which; a replan that finds no plan gives up), with the
+    attempt's record. The record is all that is written: the next reconcile sees a Job older than the attempt
+    in status, deletes it and, once its workers are gone, creates the next; so a crash at any point neither
+    loses an attempt nor repeats one."""
+    todo = action(failure, attempts, spec.recovery, plan)
+    new_plan, how = None, ""
+    if todo is Action.REPLAN:
+        # The host's memory: less offload at the same scale; the GPU's: the same offload bound at a larger scale.
+        if failure.kind is Kind.HOST_OUT_OF_MEMORY:
+            most = less_offload(plan)
+            fits, replanned = f"with offload at most {most}", f"with offload at most {most} (less host memory)"
+        else:
+            most, scale = Offload.ALL, memory_scale(failure, plan, scale)
+            fits = f"{scale:.2f}x the predicted memory (all but the CUDA context)"
+            replanned = f"for {fits}"
+        decided = decision.decide(spec, groups, prices, memory_scale=scale, resuming=plan, max_offload=most)
+        if decided.plan is None:
+            todo, how = Action.GIVE_UP, f"no plan fits {fits}: {decided.message}"
+        else:
+            new_plan = decided.plan
+            how = f"replanned {replanned}: {decision.summary(new_plan)}"
+    elif todo is Action.RESTART:
+        how = "restarted from the newest checkpoint" if spec.output.claim_name else \
+            "restarted from the start (the output is not on a claim, so no checkpoint survives)"
+    else:
+        how = why_not_retried(failure, plan, attempts)
+    record = api.Attempt(number=attempt, reason=failure.kind.value, message=failure.message[:4096],
+                         plan_summary=decision.summary(plan)[:512], predicted_peak_bytes=plan.predicted_peak_bytes,
+                         measured_peak_bytes=failure.measured_peak_bytes, action=how[:512], finished_at=clock.now())
+    reason = Reason(failure.kind.value)
+    if todo is Action.GIVE_UP:
+        return Response(record, [Update(ConditionType.RUNNING, False, reason, failure.message),
+                                 Update(ConditionType.FAILED, True, reason, f"{failure.message} ({how})"),
+                                 Update(ConditionType.SUCCEEDED, False, reason, "the job failed")], gave_up=True)
+    ended = f"attempt {attempt} ended ({failure.kind.value})"
+    updates = [Update(ConditionType.RUNNING, False, Reason.RESTARTING, f"{ended}; {how}")]
+    if new_plan is not None:
+        updates.insert(0, Update(ConditionType.PLANNED, True, Reason.REPLANNED, decision.summary(new_plan)))
+    return Response(record, updates, new_plan, scale if new_plan is not None else None,
+                    (Reason.REPLANNED if new_plan else Reason.RESTARTING, f"{ended}: {failure.message[:1024]}; {how}"))

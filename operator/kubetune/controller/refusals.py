@@ -8,20 +8,17 @@ tries again at every reconcile."""
 from dataclasses import dataclass
 
 from kubetune.api import v1alpha1 as api
+from kubetune.api.conditions import Reason
 from kubetune.controller.kube import Refused
 
 # A claim or PriorityClass created together with the job may arrive a little after it.
 REFERENCE_GRACE_SECONDS = 120
-QUOTA_EXCEEDED, CHILD_FORBIDDEN, CHILD_REFUSED = "QuotaExceeded", "ChildForbidden", "ChildRefused"
-WAITING_FOR_REFERENCES, MISSING_REFERENCE = "WaitingForReferences", "MissingReference"
-# Reasons of a job that waits on something other than its pods: worth a Warning Event when they begin.
-WAITING = (QUOTA_EXCEEDED, CHILD_FORBIDDEN, WAITING_FOR_REFERENCES)
 
 
 @dataclass(frozen=True)
 class Outcome:
     failed: bool  # only the user can fix it
-    reason: str
+    reason: Reason
     message: str
 
 
@@ -30,11 +27,11 @@ def child_refused(refused: Refused) -> Outcome:
             f"{refused.message}")
     # "exceeded quota: ...", or "status unknown for quota: ..." until the quota controller has counted.
     if refused.code == 403 and "quota" in refused.message:
-        return Outcome(False, QUOTA_EXCEEDED, f"{what}; trying again until the namespace's quota allows it")
+        return Outcome(False, Reason.QUOTA_EXCEEDED, f"{what}; trying again until the namespace's quota allows it")
     if refused.code == 403 and "admission webhook" not in refused.message:
-        return Outcome(False, CHILD_FORBIDDEN, f"{what}; the operator's ServiceAccount needs that permission (the "
+        return Outcome(False, Reason.CHILD_FORBIDDEN, f"{what}; the operator's ServiceAccount needs that permission (the "
                                                "chart's RBAC grants it): trying again")
-    return Outcome(True, CHILD_REFUSED, what)
+    return Outcome(True, Reason.CHILD_REFUSED, what)
 
 
 def references(spec: api.FineTuneJobSpec) -> list[tuple[str, str]]:
@@ -51,7 +48,7 @@ def missing_references(missing: list[tuple[str, str]], age_seconds: float) -> Ou
         return None
     names = ", ".join(f"{kind} {name}" for kind, name in missing)
     if age_seconds < REFERENCE_GRACE_SECONDS:
-        return Outcome(False, WAITING_FOR_REFERENCES, f"{names} does not exist (yet): the training pods could not "
+        return Outcome(False, Reason.WAITING_FOR_REFERENCES, f"{names} does not exist (yet): the training pods could not "
                        f"start; waiting up to {REFERENCE_GRACE_SECONDS} s from the job's creation for it to appear")
-    return Outcome(True, MISSING_REFERENCE, f"{names} does not exist {REFERENCE_GRACE_SECONDS} s after the job was "
+    return Outcome(True, Reason.MISSING_REFERENCE, f"{names} does not exist {REFERENCE_GRACE_SECONDS} s after the job was "
                    "created, and the training pods cannot start without it: create it or fix its name in the spec")

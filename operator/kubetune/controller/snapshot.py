@@ -12,9 +12,10 @@ import logging
 import time
 from typing import Any
 
-from kubetune.controller import children, recovery
-from kubetune.controller.cluster_gpus import GpuNodeGroup, node_groups
+from kubetune.catalog.cluster_gpus import GpuNodeGroup, node_groups
+from kubetune.controller import recovery
 from kubetune.controller.kube import Kube
+from kubetune.resources import names
 
 MAX_AGE_SECONDS = 5.0
 # Nodes come and go far more slowly than pods, and a list of 500 is the largest read the operator makes.
@@ -82,9 +83,9 @@ def _blocked_workers(pods: list[dict[str, Any]]) -> dict[tuple[str, str, str], l
     found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for pod in pods:
         labels = pod["metadata"].get("labels") or {}
-        if labels.get(children.LABEL_COMPONENT) != "trainer" or recovery.blocked([pod]) is None:
+        if labels.get(names.LABEL_COMPONENT) != "trainer" or recovery.blocked([pod]) is None:
             continue
-        key = (pod["metadata"]["namespace"], labels.get(children.LABEL_JOB, ""), labels.get(children.LABEL_ATTEMPT, ""))
+        key = (pod["metadata"]["namespace"], labels.get(names.LABEL_JOB, ""), labels.get(names.LABEL_ATTEMPT, ""))
         found.setdefault(key, []).append({"metadata": {"name": pod["metadata"]["name"]},
                                           "status": {"containerStatuses": pod["status"]["containerStatuses"]}})
     return found
@@ -95,8 +96,8 @@ def _rank0_ips(pods: list[dict[str, Any]]) -> dict[tuple[str, str, str], str]:
     for pod in pods:
         labels = pod["metadata"].get("labels") or {}
         ip = pod.get("status", {}).get("podIP")
-        if (labels.get(children.LABEL_COMPONENT) == "trainer" and labels.get(children.COMPLETION_INDEX_LABEL) == "0"
+        if (labels.get(names.LABEL_COMPONENT) == "trainer" and labels.get(names.COMPLETION_INDEX_LABEL) == "0"
                 and ip and pod["status"].get("phase") == "Running"):
-            found[(pod["metadata"]["namespace"], labels.get(children.LABEL_JOB, ""),
-                   labels.get(children.LABEL_ATTEMPT, ""))] = ip
+            found[(pod["metadata"]["namespace"], labels.get(names.LABEL_JOB, ""),
+                   labels.get(names.LABEL_ATTEMPT, ""))] = ip
     return found

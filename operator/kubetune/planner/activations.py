@@ -9,8 +9,9 @@ b micro-batch, h hidden size, a heads, I intermediate size, B bytes per activati
 
 from dataclasses import dataclass
 
+from kubetune.api.vocabulary import Attention, Method
 from kubetune.planner.architecture import Architecture, MlpType, NormType
-from kubetune.planner.settings import Attention, Method, TrainingSettings
+from kubetune.planner.settings import TrainingSettings
 
 FP32 = 4
 # Gemma's RMSNorm scales by (1 + weight) in fp32, so its normalised tensor is saved in fp32, not 16-bit.

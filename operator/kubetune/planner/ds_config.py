@@ -3,7 +3,8 @@ the model, overlap only where DeepSpeed defaults it on), so the trainer must use
 
 from typing import Any
 
-from kubetune.planner.settings import Offload, Optimizer, Precision, TrainingSettings, ZeroStage
+from kubetune.api.vocabulary import Offload, Precision, ZeroStage
+from kubetune.planner.settings import Optimizer, TrainingSettings
 
 
 def ds_config(settings: TrainingSettings, learning_rate: float = 2e-4) -> dict[str, Any]:

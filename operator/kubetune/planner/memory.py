@@ -1,14 +1,14 @@
 """Per-GPU peak memory: fixed overhead + model states + the largest of the forward-end, backward-end and
 optimizer-step phases, with a breakdown of every term."""
 
-from dataclasses import dataclass
-from enum import StrEnum
 from functools import cache, lru_cache
 from importlib import resources
 
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from kubetune.api.v1alpha1 import MemoryBreakdown
+from kubetune.api.vocabulary import Phase
 from kubetune.planner import activations
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.model_states import model_states
@@ -32,30 +32,6 @@ class Coefficients(BaseModel):
 def coefficients() -> Coefficients:
     text = resources.files("kubetune.planner").joinpath("coefficients.yaml").read_text()
     return Coefficients.model_validate(yaml.safe_load(text))
-
-
-class Phase(StrEnum):
-    BACKWARD_START = "backward_start"  # all activations and the logits alive, loss backward starting
-    BACKWARD_END = "backward_end"  # activations freed, all gradients produced
-    OPTIMIZER_STEP = "optimizer_step"  # the fp32 gradient partition and the optimizer update
-
-
-@dataclass(frozen=True, slots=True)
-class MemoryBreakdown:
-    """Bytes on one GPU at its peak phase; `total` is what must fit."""
-
-    weights: int
-    gradients: int
-    optimizer_states: int
-    activations: int
-    logits: int
-    buffers: int
-    overhead: int
-    allocator_margin: int
-    total: int
-    peak_phase: Phase
-    phase_totals: dict[Phase, int]
-    cpu_bytes_per_node: int
 
 
 def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
@@ -107,16 +83,15 @@ def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
     peak = max(totals, key=totals.__getitem__)
     at_peak = peak is Phase.BACKWARD_START
     return MemoryBreakdown(
-        weights=states.weights,
-        gradients=grads[peak],
-        optimizer_states=states.optimizer_states,
-        activations=acts if at_peak else 0,
-        logits=logits if at_peak else 0,
-        buffers=states.buffers,
-        overhead=overhead,
-        allocator_margin=margin[peak],
-        total=totals[peak],
+        weights_bytes=states.weights,
+        gradients_bytes=grads[peak],
+        optimizer_states_bytes=states.optimizer_states,
+        activations_bytes=acts if at_peak else 0,
+        logits_bytes=logits if at_peak else 0,
+        buffers_bytes=states.buffers,
+        overhead_bytes=overhead,
+        allocator_margin_bytes=margin[peak],
+        total_bytes=totals[peak],
         peak_phase=peak,
-        phase_totals=totals,
-        cpu_bytes_per_node=states.cpu_per_gpu * min(settings.num_gpus, settings.gpus_per_node),
+        host_bytes_per_node=states.cpu_per_gpu * min(settings.num_gpus, settings.gpus_per_node),
     )

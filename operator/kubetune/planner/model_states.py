@@ -10,8 +10,9 @@ ZeRO-3 layers, the offload gradient buffer) and keeps trainable and frozen param
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kubetune.api.vocabulary import Method, Offload, Precision, ZeroStage
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.settings import Lora, Method, Offload, Precision, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Lora, TrainingSettings
 
 FP32 = 4
 

@@ -6,11 +6,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from kubetune.planner.search import GIB, Candidate, Plan, Request, describe
+from kubetune.api.vocabulary import Method
+from kubetune.planner.search import GIB, Candidate, Request, SearchResult, describe
 
-MEMORY_KEYS = ("weights", "gradients", "optimizer_states", "activations", "logits", "buffers", "overhead",
-               "allocator_margin")
-SHORT_ATTENTION = {"eager": "eager", "sdpa": "sdpa", "flash_attention_2": "fa2"}
+# The breakdown's terms, in the order they stack.
+MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_states_bytes", "activations_bytes", "logits_bytes",
+               "buffers_bytes", "overhead_bytes", "allocator_margin_bytes")
 COLOURS = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3", "#8c8c8c")
 
 
@@ -26,9 +27,9 @@ def _configuration(candidate: Candidate, request: Request) -> dict[str, Any]:
         "gradient_accumulation": s.gradient_accumulation,
         "global_batch": request.global_batch,
         "method": s.method.value,
-        "lora_rank": s.lora.rank if s.method == "lora" else None,
-        "lora_target_modules": list(s.lora.target_modules) if s.method == "lora" else None,
-        "lora_dropout": s.lora.dropout if s.method == "lora" else None,
+        "lora_rank": s.lora.rank if s.method is Method.LORA else None,
+        "lora_target_modules": list(s.lora.target_modules) if s.method is Method.LORA else None,
+        "lora_dropout": s.lora.dropout if s.method is Method.LORA else None,
         "zero_stage": int(s.zero_stage),
         "offload": s.offload.value,
         "gradient_checkpointing": s.gradient_checkpointing,
@@ -39,9 +40,7 @@ def _configuration(candidate: Candidate, request: Request) -> dict[str, Any]:
 
 
 def _memory(candidate: Candidate, capacity_bytes: int) -> dict[str, Any]:
-    m = candidate.memory
-    return {**{key: getattr(m, key) for key in MEMORY_KEYS}, "total": m.total, "capacity": capacity_bytes,
-            "peak_phase": m.peak_phase.value, "cpu_bytes_per_node": m.cpu_bytes_per_node}
+    return {**candidate.memory.model_dump(mode="json"), "capacity_bytes": capacity_bytes}
 
 
 def _candidate(candidate: Candidate, request: Request, capacities: dict[str, int]) -> dict[str, Any]:
@@ -55,7 +54,7 @@ def _candidate(candidate: Candidate, request: Request, capacities: dict[str, int
     }
 
 
-def to_json(plan: Plan, request: Request, capacities: dict[str, int]) -> dict[str, Any]:
+def to_json(plan: SearchResult, request: Request, capacities: dict[str, int]) -> dict[str, Any]:
     chosen = plan.chosen
     body: dict[str, Any] = {"model": plan.model, "objective": plan.objective.value, "fits": chosen is not None,
                             "reasons": plan.explanation, "candidates_evaluated": plan.candidates_evaluated}
@@ -70,7 +69,7 @@ def to_json(plan: Plan, request: Request, capacities: dict[str, int]) -> dict[st
     return body
 
 
-def print_plan(console: Console, plan: Plan, capacities: dict[str, int]) -> None:
+def print_plan(console: Console, plan: SearchResult, capacities: dict[str, int]) -> None:
     if plan.chosen is None:
         for line in plan.explanation:
             console.print(f"[red]{line}[/red]")
@@ -84,10 +83,10 @@ def print_plan(console: Console, plan: Plan, capacities: dict[str, int]) -> None
         s = c.settings
         table.add_row(
             "*" if index == 0 else str(index), c.gpu, str(s.num_gpus),
-            f"LoRA r={s.lora.rank}" if s.method == "lora" else "full", str(int(s.zero_stage)), s.offload.value,
-            "on" if s.gradient_checkpointing else "off", SHORT_ATTENTION[s.attention],
+            f"LoRA r={s.lora.rank}" if s.method is Method.LORA else "Full", str(int(s.zero_stage)), s.offload.value,
+            "on" if s.gradient_checkpointing else "off", s.attention.value,
             f"{s.micro_batch} x {s.gradient_accumulation}",
-            f"{c.memory.total / GIB:.1f} / {capacities[c.gpu] / GIB:.0f} GiB",
+            f"{c.memory.total_bytes / GIB:.1f} / {capacities[c.gpu] / GIB:.0f} GiB",
             f"{c.time.tokens_per_second:,.0f}", f"{c.usd_per_million_tokens:.2f}", "" if index == 0 else why,
         )
     console.print(table)
@@ -95,21 +94,25 @@ def print_plan(console: Console, plan: Plan, capacities: dict[str, int]) -> None
     breakdown.add_column("term")
     breakdown.add_column("GiB", justify="right")
     for key in MEMORY_KEYS:
-        breakdown.add_row(key, f"{getattr(plan.chosen.memory, key) / GIB:.2f}")
-    breakdown.add_row("total", f"{plan.chosen.memory.total / GIB:.2f}")
-    if plan.chosen.memory.cpu_bytes_per_node:
-        breakdown.add_row("host memory per node", f"{plan.chosen.memory.cpu_bytes_per_node / GIB:.2f}")
+        breakdown.add_row(_term(key), f"{getattr(plan.chosen.memory, key) / GIB:.2f}")
+    breakdown.add_row("total", f"{plan.chosen.memory.total_bytes / GIB:.2f}")
+    if plan.chosen.memory.host_bytes_per_node:
+        breakdown.add_row("host memory per node", f"{plan.chosen.memory.host_bytes_per_node / GIB:.2f}")
     console.print(breakdown)
     for line in plan.explanation:
         console.print(line)
 
 
-def svg_chart(plan: Plan, capacities: dict[str, int]) -> str:
+def _term(key: str) -> str:
+    return key.removesuffix("_bytes").replace("_", " ")
+
+
+def svg_chart(plan: SearchResult, capacities: dict[str, int]) -> str:
     """Stacked bars of the memory breakdown of the chosen plan and its runners-up, against capacity."""
     rows = ([plan.chosen] if plan.chosen else []) + [c for c, _ in plan.runners_up]
     if not rows and plan.smallest_need is not None:
         rows = [plan.smallest_need]
-    scale_max = max(max(c.memory.total, capacities[c.gpu]) for c in rows)
+    scale_max = max(max(c.memory.total_bytes, capacities[c.gpu]) for c in rows)
     left, width, bar, gap = 360, 560, 22, 14
     height = 70 + len(rows) * (bar + gap) + 40
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 40}" height="{height}" '
@@ -124,16 +127,16 @@ def svg_chart(plan: Plan, capacities: dict[str, int]) -> str:
             w = getattr(c.memory, key) / scale_max * width
             if w > 0:
                 parts.append(f'<rect x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{colour}">'
-                             f'<title>{key}: {getattr(c.memory, key) / GIB:.2f} GiB</title></rect>')
+                             f'<title>{_term(key)}: {getattr(c.memory, key) / GIB:.2f} GiB</title></rect>')
                 x += w
         cap = left + capacities[c.gpu] / scale_max * width
         parts.append(f'<line x1="{cap:.1f}" y1="{y - 3}" x2="{cap:.1f}" y2="{y + bar + 3}" stroke="black" '
                      'stroke-width="2"/>')
-        parts.append(f'<text x="{x + 4:.1f}" y="{y + 15}">{c.memory.total / GIB:.1f} GiB</text>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + 15}">{c.memory.total_bytes / GIB:.1f} GiB</text>')
     legend_y = height - 20
     for index, (key, colour) in enumerate(zip(MEMORY_KEYS, COLOURS, strict=True)):
         x = 10 + index * 115
         parts.append(f'<rect x="{x}" y="{legend_y - 10}" width="12" height="12" fill="{colour}"/>')
-        parts.append(f'<text x="{x + 16}" y="{legend_y}">{key}</text>')
+        parts.append(f'<text x="{x + 16}" y="{legend_y}">{_term(key)}</text>')
     parts.append("</svg>")
     return "\n".join(parts)

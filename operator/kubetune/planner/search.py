@@ -2,26 +2,16 @@
 explain the choice. Anything the request pins is honoured; a pinned choice that cannot work says why."""
 
 from dataclasses import dataclass
-from enum import StrEnum
 from itertools import product
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from kubetune.api.v1alpha1 import MemoryBreakdown
+from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Precision, ZeroStage
 from kubetune.catalog.gpus import GpuType
 from kubetune.planner import memory, throughput
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.memory import MemoryBreakdown
-from kubetune.planner.settings import (
-    Attention,
-    Buckets,
-    Lora,
-    Method,
-    Offload,
-    Optimizer,
-    Precision,
-    TrainingSettings,
-    ZeroStage,
-)
+from kubetune.planner.settings import Buckets, Lora, Optimizer, TrainingSettings
 from kubetune.planner.throughput import StepTime
 
 GIB = 1024**3
@@ -42,12 +32,6 @@ ZERO_CHOICES = (
     (ZeroStage.PARAMETERS, Offload.OPTIMIZER),
     (ZeroStage.PARAMETERS, Offload.ALL),
 )
-
-
-class Objective(StrEnum):
-    CHEAPEST = "cheapest"  # lowest GPU cost per trained token
-    FASTEST = "fastest"  # most tokens per second
-    FEWEST_GPUS = "fewest-gpus"  # fewest GPUs, then cheapest
 
 
 class Request(BaseModel):
@@ -108,7 +92,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class Plan:
+class SearchResult:
     model: str
     objective: Objective
     chosen: Candidate | None
@@ -192,13 +176,13 @@ def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings, mem
     capacity = pool.gpu.memory_bytes
     usable = int(capacity * (1 - memory.coefficients().fit_headroom_fraction))
     reasons = []
-    needed = estimate.overhead + (estimate.total - estimate.overhead) * memory_scale
+    needed = estimate.overhead_bytes + (estimate.total_bytes - estimate.overhead_bytes) * memory_scale
     if needed > usable:
         scaled = f" (all but the CUDA context x{memory_scale:.2f}, as measured)" if memory_scale > 1 else ""
         reasons.append(f"needs {needed / GIB:.1f} GiB per GPU{scaled}, more than "
                        f"{usable / GIB:.1f} GiB usable of {capacity / GIB:.1f} GiB on {pool.gpu.id}")
-    if pool.host_memory_bytes is not None and estimate.cpu_bytes_per_node > pool.host_memory_bytes:
-        reasons.append(f"offload needs {estimate.cpu_bytes_per_node / GIB:.0f} GiB of host memory per node, "
+    if pool.host_memory_bytes is not None and estimate.host_bytes_per_node > pool.host_memory_bytes:
+        reasons.append(f"offload needs {estimate.host_bytes_per_node / GIB:.0f} GiB of host memory per node, "
                        f"{pool.host_memory_bytes / GIB:.0f} GiB allocatable")
     if reasons:
         # Throughput is only worth computing for configurations that can run.
@@ -239,7 +223,7 @@ def _rank(candidates: list[Candidate], objective: Objective) -> list[Candidate]:
     return sorted(equivalent, key=_preference) + rest
 
 
-def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
+def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchResult:
     candidates: list[Candidate] = []
     rejected: list[Candidate] = []
     pinned_problems: list[str] = []
@@ -282,14 +266,14 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> Plan:
                         fits_without_offload.add((ckpt, n))
     evaluated = len(candidates) + len(rejected)
     if not candidates:
-        smallest = min(rejected, key=lambda c: c.memory.total) if rejected else None
-        return Plan(model=arch.name, objective=request.objective, chosen=None, runners_up=[],
+        smallest = min(rejected, key=lambda c: c.memory.total_bytes) if rejected else None
+        return SearchResult(model=arch.name, objective=request.objective, chosen=None, runners_up=[],
                     explanation=_nothing_fits(pinned_problems, smallest, request), candidates_evaluated=evaluated,
                     smallest_need=smallest)
     ranked = _rank(candidates, request.objective)
     chosen = ranked[0]
     runners_up = [(c, _why_lost(c, chosen, request.objective)) for c in _distinct(ranked[1:])[:RUNNERS_UP]]
-    return Plan(model=arch.name, objective=request.objective, chosen=chosen, runners_up=runners_up,
+    return SearchResult(model=arch.name, objective=request.objective, chosen=chosen, runners_up=runners_up,
                 explanation=_explain(chosen, request, pinned_problems), candidates_evaluated=evaluated,
                 smallest_need=None)
 
@@ -352,7 +336,7 @@ def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) ->
     s, m = chosen.settings, chosen.memory
     lines = [
         f"Chose {chosen.gpu} x {s.num_gpus}: {describe(s)}.",
-        f"Peak {m.total / GIB:.1f} GiB per GPU at {m.peak_phase}; {chosen.time.tokens_per_second:,.0f} tokens/s; "
+        f"Peak {m.total_bytes / GIB:.1f} GiB per GPU at {m.peak_phase}; {chosen.time.tokens_per_second:,.0f} tokens/s; "
         f"${chosen.usd_per_million_tokens:.2f} per million tokens (objective: {request.objective}).",
     ]
     if s.method is Method.LORA and s.zero_stage is ZeroStage.GRADIENTS and not s.gradient_checkpointing:
@@ -370,7 +354,7 @@ def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) ->
 def _nothing_fits(pinned_problems: list[str], smallest: Candidate | None, request: Request) -> list[str]:
     lines = [f"Cannot plan: {p}." for p in pinned_problems]
     if smallest is not None:
-        lines.append(f"Nothing fits. The smallest need is {smallest.memory.total / GIB:.1f} GiB per GPU, with "
+        lines.append(f"Nothing fits. The smallest need is {smallest.memory.total_bytes / GIB:.1f} GiB per GPU, with "
                      f"{describe(smallest.settings)} on {smallest.gpu}: {smallest.reasons[0]}.")
     elif not lines:
         # Nothing was even tried: no GPU count splits the global batch into whole micro-batches.

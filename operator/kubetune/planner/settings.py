@@ -1,19 +1,11 @@
 """The training settings a memory estimate is made for: one candidate configuration."""
 
 from dataclasses import dataclass
-from enum import IntEnum, StrEnum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-
-class Precision(StrEnum):
-    BF16 = "bf16"  # DeepSpeed bf16: 16-bit weights and activations, fp32 master weights in the optimizer
-    FP16 = "fp16"  # as bf16, with loss scaling
-    FP32 = "fp32"
-
-    @property
-    def bytes(self) -> int:
-        return 4 if self is Precision.FP32 else 2
+from kubetune.api.vocabulary import Attention, Method, Offload, Precision, ZeroStage
 
 
 class Optimizer(StrEnum):
@@ -23,35 +15,6 @@ class Optimizer(StrEnum):
     @property
     def state_bytes(self) -> int:
         return 8 if self is Optimizer.ADAMW else 4
-
-
-class Method(StrEnum):
-    FULL = "full"
-    LORA = "lora"
-
-
-class Attention(StrEnum):
-    EAGER = "eager"
-    SDPA = "sdpa"
-    FLASH_ATTENTION_2 = "flash_attention_2"
-
-    @property
-    def min_compute_capability(self) -> tuple[int, int]:
-        # FlashAttention-2 kernels exist for Ampere (8.0) and newer only; V100 (7.0) and T4 (7.5) cannot run it.
-        return (8, 0) if self is Attention.FLASH_ATTENTION_2 else (0, 0)
-
-
-class ZeroStage(IntEnum):
-    DISABLED = 0
-    OPTIMIZER = 1
-    GRADIENTS = 2
-    PARAMETERS = 3
-
-
-class Offload(StrEnum):
-    NONE = "none"
-    OPTIMIZER = "optimizer"  # optimizer states (and the fp32 master) on the CPU
-    ALL = "all"  # optimizer and parameters on the CPU: ZeRO-3 only
 
 
 # PEFT's usual LoRA targets for the decoder families we support.

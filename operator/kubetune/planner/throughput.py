@@ -3,11 +3,12 @@ or the fabric's links, plus offload traffic over PCIe and CPU optimizer time."""
 
 from dataclasses import dataclass
 
+from kubetune.api.vocabulary import Attention, Method, Offload, Precision, ZeroStage
 from kubetune.catalog.gpus import GpuType
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.memory import coefficients
 from kubetune.planner.model_states import trainable_params
-from kubetune.planner.settings import Attention, Method, Offload, Precision, TrainingSettings, ZeroStage
+from kubetune.planner.settings import TrainingSettings
 
 
 @dataclass(frozen=True)

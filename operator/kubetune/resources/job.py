@@ -1,25 +1,14 @@
-"""The objects a FineTuneJob owns, as plain dicts: a ConfigMap with the DeepSpeed and trainer configs, a
-headless Service for rendezvous and metrics, and an Indexed Job with one pod per node running torchrun."""
+"""The Indexed Job of the training pods: one pod per torchrun node, under the restricted Pod Security
+profile, with the plan's GPUs, the pod's share of its node's CPU and memory, and the claims mounted."""
 
-import json
-import os
 from typing import Any
 
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
-from kubetune.api.trainer_config import LoraConfig, TrainerConfig
+from kubetune.catalog.cluster_gpus import PRODUCT_LABEL, GpuNodeGroup
 from kubetune.catalog.gpus import GPU_RESOURCE
-from kubetune.controller.cluster_gpus import PRODUCT_LABEL, GpuNodeGroup
-from kubetune.planner.ds_config import ds_config
-from kubetune.planner.settings import TrainingSettings
+from kubetune.resources.names import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, labels, names
 
-LABEL_JOB = "kubetune.io/finetunejob"
-LABEL_COMPONENT = "kubetune.io/component"
-# Which attempt of the run a Job and its pods belong to: restarts replace the Job under the same name.
-LABEL_ATTEMPT = "kubetune.io/attempt"
-KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-# Set by the Job controller on an Indexed Job's pods.
-COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 # The trainer image's user (trainer_image/Dockerfile); also the pods' fsGroup, so a claim whose root is
 # owned by root (as provisioners create them) is writable.
 TRAINER_UID = 1000
@@ -27,58 +16,6 @@ TRAINER_UID = 1000
 # cores, offload and checkpoint saving host memory.
 CPU_MILLIS_PER_GPU = 4000
 HOST_MEMORY_PER_GPU = 8 * 1024**3
-DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
-
-
-def names(job_name: str) -> dict[str, str]:
-    """Deterministic child names: an operator restart finds, never duplicates, what it created."""
-    return {"config_map": f"{job_name}-config", "service": f"{job_name}-workers", "job": f"{job_name}-train"}
-
-
-def labels(job_name: str, component: str) -> dict[str, str]:
-    return {LABEL_JOB: job_name, LABEL_COMPONENT: component}
-
-
-def attempt_of(job: dict[str, Any]) -> int:
-    return int(job["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "1"))
-
-
-def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
-    lora = settings.lora
-    trainer = TrainerConfig(
-        job=name, model=spec.model, tokenizer=spec.model.tokenizer, dataset=spec.dataset, training=spec.training,
-        output=spec.output,
-        checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method.value,
-        # alpha = 2 x rank, the common choice; the API exposes rank only.
-        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
-        if settings.method.value == "lora" else None,
-        gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention.value,
-        precision=settings.precision.value, metrics_port=contract.METRICS_PORT, plan=plan,
-    )
-    lr = float(spec.training.learning_rate)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": names(name)["config_map"], "labels": labels(name, "config")},
-        "data": {"ds_config.json": json.dumps(ds_config(settings, lr), indent=2),
-                 "trainer.json": trainer.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
-    }
-
-
-def service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": names(name)["service"], "labels": labels(name, "workers")},
-        "spec": {
-            "clusterIP": "None",
-            # Rendezvous happens before pods are ready.
-            "publishNotReadyAddresses": True,
-            "selector": labels(name, "trainer"),
-            "ports": [{"name": "rendezvous", "port": contract.RENDEZVOUS_PORT},
-                      {"name": "metrics", "port": contract.METRICS_PORT}],
-        },
-    }
 
 
 def _tolerations(group: GpuNodeGroup) -> list[dict[str, Any]]:
@@ -107,18 +44,19 @@ def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int, int | None
     of starving the pods of the node's other GPUs, which the kubelet would then evict."""
     share = plan.gpus_per_node / group.gpus_per_node
     cpu = CPU_MILLIS_PER_GPU * plan.gpus_per_node
-    memory = plan.memory.host_per_node + HOST_MEMORY_PER_GPU * plan.gpus_per_node
+    memory = plan.memory.host_bytes_per_node + HOST_MEMORY_PER_GPU * plan.gpus_per_node
     limit = None
     if group.cpu_millis is not None:
         cpu = min(cpu, int(group.cpu_millis * share))
     if group.host_memory_bytes is not None:
-        limit = max(plan.memory.host_per_node, int(group.host_memory_bytes * share))
+        limit = max(plan.memory.host_bytes_per_node, int(group.host_memory_bytes * share))
         memory = min(memory, limit)
     return max(cpu, 100), memory, limit
 
 
-def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, attempt: int = 1,
-        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, trainer_image: str,
+        attempt: int = 1, annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    """`trainer_image` is the operator's (its configuration), used unless the spec names one."""
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
     command = [
@@ -167,7 +105,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         "tolerations": _tolerations(group),
         "containers": [{
             "name": "trainer",
-            "image": spec.images.trainer or os.environ.get("KUBETUNE_TRAINER_IMAGE", DEFAULT_TRAINER_IMAGE),
+            "image": spec.images.trainer or trainer_image,
             "command": command,
             "env": env,
             # One metrics port per local rank; the chart's PodMonitor scrapes every port named metrics*.

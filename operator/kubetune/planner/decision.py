@@ -1,28 +1,16 @@
 """A FineTuneJob's spec and the cluster's GPU nodes -> the planner's request -> the plan in status."""
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 from kubetune.api import v1alpha1 as api
-from kubetune.controller.cluster_gpus import GpuNodeGroup, allowed
+from kubetune.api.conditions import Reason
+from kubetune.api.vocabulary import Attention, Method, Offload, ZeroStage
+from kubetune.catalog.cluster_gpus import GpuNodeGroup, allowed
 from kubetune.planner import architecture, search
-from kubetune.planner.settings import (
-    ALL_LINEAR,
-    Attention,
-    Buckets,
-    Lora,
-    Method,
-    Offload,
-    Precision,
-    TrainingSettings,
-    ZeroStage,
-)
+from kubetune.planner.settings import ALL_LINEAR, Buckets, Lora, TrainingSettings
 
 GIB = 1024**3
-_ATTENTION = {api.AttentionType.EAGER: Attention.EAGER, api.AttentionType.SDPA: Attention.SDPA,
-              api.AttentionType.FLASH_ATTENTION_2: Attention.FLASH_ATTENTION_2}
-_OBJECTIVE = {api.ObjectiveType.CHEAPEST: search.Objective.CHEAPEST, api.ObjectiveType.FASTEST: search.Objective.FASTEST,
-              api.ObjectiveType.FEWEST_GPUS: search.Objective.FEWEST_GPUS}
 
 
 @dataclass(frozen=True)
@@ -32,22 +20,28 @@ class Decision:
     candidate: search.Candidate | None
     message: str  # why, in one paragraph
     # Why there is no plan: the model is unknown, its config is unusable, or nothing fits the cluster.
-    reason: Literal["ModelUnknown", "InvalidModelConfig", "InvalidSpec", "Unschedulable"] | None = None
+    reason: Literal[Reason.MODEL_UNKNOWN, Reason.INVALID_MODEL_CONFIG, Reason.INVALID_SPEC,
+                    Reason.UNSCHEDULABLE] | None = None
+
+
+Hinted = TypeVar("Hinted", Method, Attention)
+
+
+def _hint(value: api.MethodType | api.AttentionType, kind: type[Hinted]) -> Hinted | None:
+    """A spec hint in the vocabulary's terms (the same names): Auto is the planner's to choose."""
+    return None if value in (api.MethodType.AUTO, api.AttentionType.AUTO) else kind(value)
 
 
 def request_for(spec: api.FineTuneJobSpec) -> search.Request:
     m = spec.method
-    lora = Lora(rank=m.lora_rank or 16, target_modules=tuple(m.lora_targets or ALL_LINEAR),
+    lora = Lora(rank=m.lora_rank or api.DEFAULT_LORA_RANK, target_modules=tuple(m.lora_targets or ALL_LINEAR),
                 dropout=(m.lora_dropout_percent or 0) / 100)
     toggles = {api.Toggle.ENABLED: True, api.Toggle.DISABLED: False, api.Toggle.AUTO: None}
-    methods = {api.MethodType.LORA: Method.LORA, api.MethodType.FULL: Method.FULL, api.MethodType.AUTO: None}
-    offloads = {api.OffloadType.NONE: Offload.NONE, api.OffloadType.OPTIMIZER: Offload.OPTIMIZER,
-                api.OffloadType.ALL: Offload.ALL, None: None}
     return search.Request(
         seq_len=spec.training.seq_len, global_batch=spec.training.global_batch, micro_batch=m.micro_batch,
-        method=methods[m.type], lora=lora, zero_stage=ZeroStage(m.zero_stage) if m.zero_stage is not None else None,
-        offload=offloads[m.offload], gradient_checkpointing=toggles[m.gradient_checkpointing],
-        attention=_ATTENTION.get(m.attention), objective=_OBJECTIVE[spec.resources.objective],
+        method=_hint(m.type, Method), lora=lora, zero_stage=ZeroStage(m.zero_stage) if m.zero_stage is not None else None,
+        offload=m.offload, gradient_checkpointing=toggles[m.gradient_checkpointing],
+        attention=_hint(m.attention, Attention), objective=spec.resources.objective,
         num_gpus=spec.resources.gpus, num_nodes=spec.resources.nodes,
     )
 
@@ -119,19 +113,19 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     try:
         arch = architecture_of(spec)
     except LookupError as error:
-        return Decision(None, None, None, str(error).strip("'\""), "ModelUnknown")
+        return Decision(None, None, None, str(error).strip("'\""), Reason.MODEL_UNKNOWN)
     except ValueError as error:
-        return Decision(None, None, None, str(error), "InvalidModelConfig")
+        return Decision(None, None, None, str(error), Reason.INVALID_MODEL_CONFIG)
     if (unknown := unknown_lora_targets(spec, arch)):
         return Decision(None, None, None, f"method.loraTargets {', '.join(unknown)} match no linear module of "
                         f"{arch.name} (its modules: {', '.join(arch.lora_modules(ALL_LINEAR))})",
-                        "InvalidSpec")
+                        Reason.INVALID_SPEC)
     per_pod = gpus_per_pod(spec.resources)
     typed = [g for g in groups if allowed(g, spec.resources.gpu_types)]
     largest = max((g.gpus_per_node for g in typed), default=0)
     if per_pod is not None and typed and per_pod > largest:
         return Decision(None, None, None, f"{per_pod} GPUs per node asked (gpus / nodes); the allowed GPU nodes have "
-                        f"at most {largest}", "Unschedulable")
+                        f"at most {largest}", Reason.UNSCHEDULABLE)
     usable = [g for g in typed if _free(g, spec.resources) > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
@@ -139,7 +133,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
                          f"{'; simulated, only for jobs that name it in resources.gpuTypes' if g.simulated else ''})"
                          for g in groups) or "none"
         return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
-                        "Unschedulable")
+                        Reason.UNSCHEDULABLE)
     # One group per GPU type: the one with the most free nodes.
     by_type: dict[str, GpuNodeGroup] = {}
     for group in usable:
@@ -148,53 +142,57 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
     update: dict[str, object] = {"memory_scale": memory_scale, "max_offload": max_offload}
     if resuming is not None:
-        update |= {"method": Method.LORA if resuming.method == "LoRA" else Method.FULL,
-                   "precision": Precision(resuming.precision), "min_zero_stage": ZeroStage(resuming.zero_stage)}
+        update |= {"method": resuming.method, "precision": resuming.precision, "min_zero_stage": resuming.zero_stage}
     try:
         result = search.plan(arch, request_for(spec).model_copy(update=update), pools)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
-        return Decision(None, None, None, str(error), "InvalidSpec")
+        return Decision(None, None, None, str(error), Reason.INVALID_SPEC)
     if result.chosen is None:
-        return Decision(None, None, None, " ".join(result.explanation), "Unschedulable")
+        return Decision(None, None, None, " ".join(result.explanation), Reason.UNSCHEDULABLE)
     chosen = result.chosen
     return Decision(_status_plan(chosen, result, by_type[chosen.gpu]), by_type[chosen.gpu], chosen,
                     " ".join(result.explanation))
 
 
-def _status_plan(chosen: search.Candidate, result: search.Plan, group: GpuNodeGroup) -> api.Plan:
+def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: GpuNodeGroup) -> api.Plan:
     s, m = chosen.settings, chosen.memory
     capacity = group.gpu.memory_bytes
     return api.Plan(
-        gpu_type=chosen.gpu, gpu_product=group.product, nodes=s.num_nodes, gpus_per_node=s.gpus_per_node,
-        gpus=s.num_gpus, peak_summary=f"{m.total / GIB:.1f}GiB/{capacity / GIB:.0f}GiB",
-        method="LoRA" if s.method is Method.LORA else "Full", lora_rank=s.lora.rank if s.method is Method.LORA else None,
-        zero_stage=int(s.zero_stage), offload=s.offload.value, gradient_checkpointing=s.gradient_checkpointing,
-        attention=s.attention.value, precision=s.precision.value, micro_batch=s.micro_batch,
-        gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total,
-        memory=api.MemoryBreakdown(
-            weights=m.weights, gradients=m.gradients, optimizer_states=m.optimizer_states, activations=m.activations,
-            logits=m.logits, buffers=m.buffers, overhead=m.overhead, allocator_margin=m.allocator_margin,
-            total=m.total, gpu_memory=capacity, peak_phase=m.peak_phase.value, host_per_node=m.cpu_bytes_per_node),
-        predicted_step_milliseconds=int(chosen.time.step_seconds * 1000),
+        gpu_type=chosen.gpu, gpu_product=group.product, gpu_memory_bytes=capacity, nodes=s.num_nodes,
+        gpus_per_node=s.gpus_per_node, gpus=s.num_gpus,
+        peak_summary=f"{m.total_bytes / GIB:.1f}GiB/{capacity / GIB:.0f}GiB", method=s.method,
+        lora_rank=s.lora.rank if s.method is Method.LORA else None, zero_stage=s.zero_stage, offload=s.offload,
+        gradient_checkpointing=s.gradient_checkpointing, attention=s.attention, precision=s.precision,
+        micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total_bytes,
+        memory=m, predicted_step_milliseconds=int(chosen.time.step_seconds * 1000),
         predicted_tokens_per_second=round(chosen.time.tokens_per_second),
         explanation=result.explanation[:16],
-        runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method.value,
-                                 zero_stage=int(c.settings.zero_stage), offload=c.settings.offload.value,
+        runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method,
+                                 zero_stage=c.settings.zero_stage, offload=c.settings.offload,
                                  gradient_checkpointing=c.settings.gradient_checkpointing,
-                                 predicted_peak_bytes=c.memory.total, tokens_per_second=int(c.time.tokens_per_second),
+                                 predicted_peak_bytes=c.memory.total_bytes,
+                                 tokens_per_second=int(c.time.tokens_per_second),
                                  why_not_chosen=why) for c, why in result.runners_up[:8]],
     )
+
+
+def summary(plan: api.Plan) -> str:
+    """The plan in one line, for conditions, Events and attempts."""
+    return (f"{plan.gpu_type} x {plan.gpus} ({plan.nodes} node(s)): {plan.method}"
+            f"{f' r={plan.lora_rank}' if plan.lora_rank else ''}, ZeRO-{int(plan.zero_stage)}, offload {plan.offload}, "
+            f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.attention}, "
+            f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
+            f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
 
 
 def settings_from_plan(spec: api.FineTuneJobSpec, plan: api.Plan) -> TrainingSettings:
     """The training settings a stored plan stands for: children are always built from status, so an operator
     restart between planning and creating them builds the same objects."""
     arch = architecture_of(spec)
-    request = request_for(spec)
     return TrainingSettings(
         seq_len=spec.training.seq_len, micro_batch=plan.micro_batch, gradient_accumulation=plan.gradient_accumulation,
-        precision=Precision(plan.precision), method=Method.LORA if plan.method == "LoRA" else Method.FULL,
-        lora=request.lora, gradient_checkpointing=plan.gradient_checkpointing, attention=Attention(plan.attention),
-        zero_stage=ZeroStage(plan.zero_stage), offload=Offload(plan.offload), buckets=Buckets.for_hidden_size(arch.hidden_size),
-        num_gpus=plan.gpus, gpus_per_node=plan.gpus_per_node,
+        precision=plan.precision, method=plan.method, lora=request_for(spec).lora,
+        gradient_checkpointing=plan.gradient_checkpointing, attention=plan.attention, zero_stage=plan.zero_stage,
+        offload=plan.offload, buckets=Buckets.for_hidden_size(arch.hidden_size), num_gpus=plan.gpus,
+        gpus_per_node=plan.gpus_per_node,
     )

@@ -1,0 +1,32 @@
+"""The names and labels of a FineTuneJob's children: deterministic, so an operator restart finds, never
+duplicates, what it created."""
+
+from typing import Any
+
+LABEL_JOB = "kubetune.io/finetunejob"
+LABEL_COMPONENT = "kubetune.io/component"
+# Which attempt of the run a Job and its pods belong to: restarts replace the Job under the same name.
+LABEL_ATTEMPT = "kubetune.io/attempt"
+KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Set by the Job controller on an Indexed Job's pods.
+COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+
+
+def names(job_name: str) -> dict[str, str]:
+    return {"config_map": f"{job_name}-config", "service": f"{job_name}-workers", "job": f"{job_name}-train"}
+
+
+def labels(job_name: str, component: str) -> dict[str, str]:
+    return {LABEL_JOB: job_name, LABEL_COMPONENT: component}
+
+
+def trainer_selector(job_name: str, attempt: int | None = None) -> str:
+    """The label selector of the run's training pods: of every attempt, or of the one named."""
+    selected = labels(job_name, "trainer")
+    if attempt is not None:
+        selected[LABEL_ATTEMPT] = str(attempt)
+    return ",".join(f"{key}={value}" for key, value in selected.items())
+
+
+def attempt_of(job: dict[str, Any]) -> int:
+    return int(job["metadata"].get("labels", {}).get(LABEL_ATTEMPT, "1"))
