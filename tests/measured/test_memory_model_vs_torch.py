@@ -1,6 +1,8 @@
 """The memory model against what real training steps hold, measured on the CPU.
 
-Tiny random-weight Hugging Face models are built from configs of several families. Saved activations are the
+Tiny random-weight Hugging Face models are built from configs of several families and prepared by the trainer's
+own code (trainer/model_setup.py) from the trainer.json the operator writes for the same settings, with the dtypes
+DeepSpeed gives them (memprobe/tiny_models.py). Saved activations are the
 unique storages autograd keeps for backward (saved-tensor hooks; parameters excluded); a layer's share is the
 difference between a 4-layer and a 2-layer model, halved, so it is measured apart from the embedding, the
 final norm and the loss. Parameters, gradients and optimizer states are read after a real AdamW step.
@@ -13,8 +15,9 @@ from dataclasses import dataclass
 import pytest
 
 torch = pytest.importorskip("torch")
-peft = pytest.importorskip("peft")
+pytest.importorskip("peft")
 
+from kubetune.api.vocabulary import Attention, Method, Precision  # noqa: E402
 from kubetune.memprobe import probes, tiny_models  # noqa: E402
 from kubetune.planner import activations  # noqa: E402
 from kubetune.planner.model_states import model_states  # noqa: E402
@@ -36,16 +39,7 @@ class Measured:
 def measure(model_type: str, settings: TrainingSettings) -> tuple[Measured, object]:
     totals = {}
     for layers in (2, 4):
-        dtype = torch.float32 if settings.precision == "fp32" else torch.bfloat16
-        model, arch = tiny_models.build(tiny_models.tiny_config(model_type, layers), settings.attention.value, dtype)
-        if settings.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-            model.enable_input_require_grads()
-        if settings.method == "lora":
-            lora = settings.lora
-            config = peft.LoraConfig(r=lora.rank, target_modules=list(arch.lora_modules(lora.target_modules)),
-                                     lora_dropout=lora.dropout)
-            model = peft.get_peft_model(model, config, autocast_adapter_dtype=lora.adapters_fp32)
+        model, arch = tiny_models.build(tiny_models.tiny_config(model_type, layers), settings)
         ids = torch.randint(0, arch.vocab_size, (MICRO_BATCH, SEQ_LEN))
         totals[layers] = probes.saved_for_backward(model, ids).total
     return Measured((totals[4] - totals[2]) / 2, totals[2]), arch
@@ -64,9 +58,9 @@ def settings_for(**kwargs) -> TrainingSettings:
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-@pytest.mark.parametrize("attention", ["sdpa", "eager"])
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_saved_activations_match_per_family(model_type: str, attention: str, method: str) -> None:
+@pytest.mark.parametrize("attention", [Attention.SDPA, Attention.EAGER])
+@pytest.mark.parametrize("method", list(Method))
+def test_saved_activations_match_per_family(model_type: str, attention: Attention, method: Method) -> None:
     settings = settings_for(attention=attention, method=method)
     measured, arch = measure(model_type, settings)
     assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
@@ -86,15 +80,15 @@ def test_saved_activations_match_per_family(model_type: str, attention: str, met
     ids=["fp32-adapters", "dropout", "dropout-fp32-adapters", "q-v-only", "q-v-dropout", "rank-64"],
 )
 def test_lora_dtype_targets_and_dropout_change_saved_activations(lora: Lora) -> None:
-    settings = settings_for(method="lora", lora=lora)
+    settings = settings_for(method=Method.LORA, lora=lora)
     measured, arch = measure("llama", settings)
     assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
     assert predicted_two_layer_total(arch, settings) == pytest.approx(measured.two_layer_total, rel=TOLERANCE)
 
 
-@pytest.mark.parametrize("method", ["full", "lora"])
-@pytest.mark.parametrize("precision", ["bf16", "fp32"])
-def test_gradient_checkpointing_keeps_only_layer_inputs(method: str, precision: str) -> None:
+@pytest.mark.parametrize("method", list(Method))
+@pytest.mark.parametrize("precision", [Precision.BF16, Precision.FP32])
+def test_gradient_checkpointing_keeps_only_layer_inputs(method: Method, precision: Precision) -> None:
     settings = settings_for(method=method, precision=precision, gradient_checkpointing=True)
     measured, arch = measure("qwen2", settings)
     assert activations.checkpointed_layer(arch, settings) == pytest.approx(measured.per_layer, rel=TOLERANCE)
@@ -102,27 +96,24 @@ def test_gradient_checkpointing_keeps_only_layer_inputs(method: str, precision: 
 
 
 def test_fp32_training_activations_match() -> None:
-    settings = settings_for(method="full", precision="fp32")
+    settings = settings_for(method=Method.FULL, precision=Precision.FP32)
     measured, arch = measure("llama", settings)
     assert activations.layer(arch, settings, "cpu").total == pytest.approx(measured.per_layer, rel=TOLERANCE)
 
 
 def test_lora_saves_more_than_full_fine_tuning_with_fp32_adapters() -> None:
     """The survey's surprise, reproduced: LoRA's saving is in model states, not in activations."""
-    full, _ = measure("llama", settings_for(method="full"))
-    lora, _ = measure("llama", settings_for(method="lora", lora=Lora(adapters_fp32=True)))
+    full, _ = measure("llama", settings_for(method=Method.FULL))
+    lora, _ = measure("llama", settings_for(method=Method.LORA, lora=Lora(adapters_fp32=True)))
     assert lora.per_layer > 1.4 * full.per_layer
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: str, method: str) -> None:
+@pytest.mark.parametrize("method", list(Method))
+def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: str, method: Method) -> None:
     # fp32 without DeepSpeed holds exactly what torch's AdamW holds: the model's ZeRO-0 fp32 case.
-    settings = settings_for(method=method, precision="fp32")
-    model, arch = tiny_models.build(tiny_models.tiny_config(model_type, 2), "sdpa", torch.float32)
-    if method == "lora":
-        config = peft.LoraConfig(r=16, target_modules=list(arch.lora_modules(settings.lora.target_modules)))
-        model = peft.get_peft_model(model, config)
+    settings = settings_for(method=method, precision=Precision.FP32)
+    model, arch = tiny_models.build(tiny_models.tiny_config(model_type, 2), settings)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False)
     measured = probes.train_step_states(model, torch.randint(0, arch.vocab_size, (1, 32)), optimizer)
     states = model_states(arch, settings)

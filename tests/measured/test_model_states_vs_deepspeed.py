@@ -1,8 +1,9 @@
-"""Model states against real DeepSpeed: two ranks under torchrun on the CPU (gloo), a tiny Llama, each ZeRO
-stage, full and LoRA. After two steps every live tensor on rank 0 is counted (unique storages). Between steps
-DeepSpeed holds the weights and the optimizer partition (stages 0-2 free their gradient buffers after the
-step); stage 3 also keeps its gradient partition and its reduce bucket. The model must match to the byte
-up to TOLERANCE, which covers DeepSpeed's few small bookkeeping tensors.
+"""Model states against real DeepSpeed: two ranks under torchrun on the CPU (gloo), a tiny Llama built as the
+trainer builds it, each ZeRO stage, full and LoRA. After two steps every live tensor on rank 0 is counted (unique
+storages). Between steps DeepSpeed holds the weights and the optimizer partition (stages 0-2 free their gradient
+buffers after the step); stage 3 also keeps its gradient partition and its reduce bucket. The model must match
+to the byte up to TOLERANCE, which covers DeepSpeed's few small bookkeeping tensors. DeepSpeed must also leave
+every parameter and buffer in the dtype the activation probes give them (memprobe/tiny_models.py).
 """
 
 import json
@@ -15,10 +16,10 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
+from kubetune.api.vocabulary import Method, ZeroStage  # noqa: E402
 from kubetune.memprobe import deepspeed_states, tiny_models  # noqa: E402
 from kubetune.planner import architecture  # noqa: E402
 from kubetune.planner.model_states import model_states  # noqa: E402
-from kubetune.planner.settings import TrainingSettings, ZeroStage  # noqa: E402
 
 pytestmark = pytest.mark.measured
 
@@ -40,15 +41,23 @@ def measured() -> dict[tuple[int, str], dict]:
 
 
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
-@pytest.mark.parametrize("method", ["full", "lora"])
-def test_deepspeed_holds_what_the_model_predicts(measured: dict, stage: int, method: str) -> None:
+@pytest.mark.parametrize("method", list(Method))
+def test_deepspeed_holds_what_the_model_predicts(measured: dict, stage: int, method: Method) -> None:
     row = measured[(stage, method)]
     arch = architecture.from_hf_config(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE))
     buckets = deepspeed_states.BUCKETS
-    settings = TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=RANKS, gpus_per_node=RANKS,
-                                buckets=buckets)
+    settings = deepspeed_states.settings_for(stage, method, RANKS)
     states = model_states(arch, settings)
     expected = states.weights + states.optimizer_states
     if stage == ZeroStage.PARAMETERS:
         expected += states.gradients_persistent + buckets.reduce_bucket_elements * settings.precision.bytes
     assert expected == pytest.approx(row["at_rest_bytes"], rel=TOLERANCE), row
+
+
+@pytest.mark.parametrize("stage", [0, 3])
+@pytest.mark.parametrize("method", list(Method))
+def test_deepspeed_casts_the_module_as_the_activation_probes_assume(measured: dict, stage: int,
+                                                                   method: Method) -> None:
+    model, _ = tiny_models.build(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE),
+                                 deepspeed_states.settings_for(stage, method, RANKS))
+    assert measured[(stage, method)]["dtypes"] == deepspeed_states.dtypes(model)

@@ -2,10 +2,11 @@
 
     DS_ACCELERATOR=cpu torchrun --standalone --nproc_per_node 2 -m kubetune.memprobe.deepspeed_states
 
-Builds a tiny random-weight Llama, trains two steps under each ZeRO stage, full and LoRA, with the DeepSpeed
-config kubetune generates (planner/ds_config.py), and prints one
-JSON line per configuration from rank 0: the bytes of all live tensors on this rank (unique storages,
-found through the garbage collector) once the step has finished, and the optimizer class DeepSpeed chose.
+Builds a tiny random-weight Llama as the trainer builds it (trainer/model_setup.py), trains two steps under each
+ZeRO stage, full and LoRA, with the DeepSpeed config kubetune generates (planner/ds_config.py) as the trainer
+adapts it to the machine, and prints one JSON line per configuration from rank 0: the bytes of all live tensors
+on this rank (unique storages, found through the garbage collector) once the step has finished, the optimizer
+class DeepSpeed chose, and the dtype DeepSpeed left each parameter and buffer of the module in.
 """
 
 import gc
@@ -14,12 +15,14 @@ import logging
 import os
 
 import deepspeed
-import peft
 import torch
 
+from kubetune.api.vocabulary import Method
 from kubetune.memprobe import tiny_models
+from kubetune.planner import architecture
 from kubetune.planner.ds_config import ds_config
-from kubetune.planner.settings import ALL_LINEAR, Buckets, TrainingSettings
+from kubetune.planner.settings import Buckets, TrainingSettings
+from kubetune.trainer.run import for_this_machine
 
 BUCKETS = Buckets(reduce_bucket_elements=1_000_000, overlap_comm=False)
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "vocab_size": 2000}
@@ -34,17 +37,25 @@ def live_tensor_bytes() -> int:
     return sum(storages.values())
 
 
-def measure(stage: int, method: str) -> dict:
+def settings_for(stage: int, method: Method, ranks: int) -> TrainingSettings:
+    return TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=ranks, gpus_per_node=ranks,
+                            buckets=BUCKETS)
+
+
+def dtypes(model: torch.nn.Module) -> dict[str, str]:
+    """Each parameter's and buffer's dtype by name."""
+    return {name: str(t.dtype) for name, t in [*model.named_parameters(), *model.named_buffers()]}
+
+
+def measure(stage: int, method: Method) -> dict:
     gc.collect()
     before = live_tensor_bytes()
-    model, arch = tiny_models.build(tiny_models.tiny_config("llama", 4, **SHAPE), "sdpa", torch.float32)
-    if method == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(r=16, target_modules=list(arch.lora_modules(ALL_LINEAR))))
-    settings = TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=int(os.environ["WORLD_SIZE"]),
-                                gpus_per_node=int(os.environ["WORLD_SIZE"]), buckets=BUCKETS)
-    config = ds_config(settings)
-    # No fused CUDA Adam on the CPU: torch's AdamW holds the same states.
-    config["optimizer"]["params"]["torch_adam"] = True
+    model_config = tiny_models.tiny_config("llama", 4, **SHAPE)
+    settings = settings_for(stage, method, int(os.environ["WORLD_SIZE"]))
+    arch = architecture.from_hf_config(model_config)
+    model = tiny_models.trainer_model(model_config, settings)
+    # No fused CUDA Adam on the CPU: the trainer runs torch's AdamW, which holds the same states.
+    config = for_this_machine(ds_config(settings))
     engine, optimizer, _, _ = deepspeed.initialize(
         model=model, model_parameters=[p for p in model.parameters() if p.requires_grad], config=config)
     del model
@@ -54,7 +65,8 @@ def measure(stage: int, method: str) -> dict:
         engine.step()
     gc.collect()
     result = {"stage": stage, "method": method, "optimizer": type(optimizer).__name__,
-              "at_rest_bytes": live_tensor_bytes() - before - ids.numel() * ids.element_size()}
+              "at_rest_bytes": live_tensor_bytes() - before - ids.numel() * ids.element_size(),
+              "dtypes": dtypes(engine.module)}
     engine.destroy()
     return result
 
@@ -63,7 +75,7 @@ def main() -> None:
     deepspeed.utils.logger.setLevel(logging.ERROR)
     deepspeed.init_distributed(dist_backend="gloo")
     for stage in (0, 1, 2, 3):
-        for method in ("full", "lora"):
+        for method in Method:
             result = measure(stage, method)
             if int(os.environ.get("RANK", "0")) == 0:
                 print(json.dumps(result), flush=True)

@@ -1,6 +1,9 @@
-"""Count what autograd saves for backward, and what parameters, gradients and optimizer states hold."""
+"""Count what autograd saves for backward, and what parameters, gradients and optimizer states hold; describe
+how a model was prepared for training."""
 
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,3 +53,34 @@ def train_step_states(model: nn.Module, input_ids: torch.Tensor, optimizer: torc
         gradients=sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
         optimizer_states=sum(t.numel() * t.element_size() for t in states),
     )
+
+
+def _described(function: Any) -> Any:
+    if isinstance(function, functools.partial):
+        return (_described(function.func), tuple(function.args), tuple(sorted(function.keywords.items())))
+    return None if function is None else f"{function.__module__}.{function.__qualname__}"
+
+
+def preparation(model: nn.Module, input_ids: torch.Tensor) -> dict[str, Any]:
+    """What decides a model's training memory besides its shapes, as plain values to compare: training mode,
+    attention kernel, KV cache, which modules checkpoint and with which function, whether the embeddings'
+    output requires grad (what checkpointing needs with frozen embeddings), each LoRA layer's rank, scaling
+    and dropout, which parameters train, and every parameter's and buffer's dtype."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    embedded = base.get_input_embeddings()(input_ids)  # through its hooks, as the model's forward calls it
+    lora = {}
+    for name, module in model.named_modules():
+        if isinstance(getattr(module, "r", None), dict) and hasattr(module, "lora_dropout"):
+            dropout = {k: getattr(v, "p", 0.0) for k, v in module.lora_dropout.items()}
+            lora[name] = (dict(module.r), dict(module.scaling), dropout)
+    return {
+        "training": sorted({m.training for m in model.modules()}),
+        "attention": base.config._attn_implementation,
+        "use_cache": base.config.use_cache,
+        "checkpointing": {name: (m.gradient_checkpointing, _described(getattr(m, "_gradient_checkpointing_func", None)))
+                          for name, m in base.named_modules() if getattr(m, "gradient_checkpointing", False)},
+        "embeddings_require_grad": embedded.requires_grad,
+        "lora": lora,
+        "trainable": sorted(name for name, p in model.named_parameters() if p.requires_grad),
+        "dtypes": {name: str(t.dtype) for name, t in [*model.named_parameters(), *model.named_buffers()]},
+    }

@@ -1,19 +1,26 @@
-"""Random-weight Hugging Face models built from a config, small enough to train on a CPU in a test."""
+"""Random-weight Hugging Face models built from a config, small enough to train on a CPU in a test, and
+prepared by the trainer's own code (trainer/model_setup.py) from the trainer.json the operator would write for
+the same settings: the measured tests check the memory model against what trains."""
 
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
+from kubetune.api import v1alpha1 as api
+from kubetune.api.trainer_config import LoraConfig, TrainerConfig
+from kubetune.api.vocabulary import Method
 from kubetune.planner import architecture
 from kubetune.planner.architecture import Architecture
+from kubetune.planner.settings import TrainingSettings
+from kubetune.trainer import model_setup
 
 # Small shapes that keep every structural feature: GQA (4 query heads per KV head), an MLP wider than the
 # hidden size by a non-integer factor, and a vocabulary large enough that logits matter.
 TINY = {"hidden_size": 256, "num_hidden_layers": 2, "num_attention_heads": 8, "num_key_value_heads": 2,
         "intermediate_size": 688, "vocab_size": 1000}
 
-# Family-specific config keys on top of TINY, for each model_type the memory model supports.
+# Family-specific config keys on top of TINY, for each model_type the memory model supports. Every family's
+# dropouts default to 0 (as in the released checkpoints), so the trainer's model is deterministic here.
 FAMILIES: dict[str, dict[str, Any]] = {
     "llama": {},
     "mistral": {"sliding_window": None},
@@ -36,15 +43,45 @@ def tiny_config(model_type: str, num_layers: int, **overrides: Any) -> dict[str,
     return config
 
 
-def build(config: dict[str, Any], attention: str, dtype: torch.dtype) -> tuple[PreTrainedModel, Architecture]:
-    """The model with random weights, and the memory model's view of the same config."""
-    torch.manual_seed(0)
-    kwargs = {k: v for k, v in config.items() if k != "model_type"}
-    hf_config = AutoConfig.for_model(config["model_type"], **kwargs)
-    hf_config.use_cache = False
-    for key in ("attention_dropout", "hidden_dropout", "resid_pdrop", "embd_pdrop", "attn_pdrop"):
-        if hasattr(hf_config, key):
-            setattr(hf_config, key, 0.0)
-    model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention, dtype=dtype)
-    model.train()
-    return model, architecture.from_hf_config(config, name=f"tiny-{config['model_type']}")
+def trainer_config(model_config: dict[str, Any], settings: TrainingSettings, seed: int = 0) -> TrainerConfig:
+    """The trainer.json the operator writes for these settings (resources/config_map.py), for a model given by
+    its config: random weights, no download."""
+    lora = settings.lora
+    return TrainerConfig(
+        job="memprobe", model=api.ModelSource(name=f"tiny-{model_config['model_type']}", config=model_config),
+        dataset=api.Dataset(source="unused.jsonl"), training=api.Training(seq_len=settings.seq_len, seed=seed),
+        output=api.Output(), checkpoint_interval_steps=1, method=settings.method,
+        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
+        if settings.method is Method.LORA else None,
+        gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
+        precision=settings.precision,
+    )
+
+
+def trainer_model(model_config: dict[str, Any], settings: TrainingSettings) -> torch.nn.Module:
+    """The model the trainer hands to deepspeed.initialize for these settings."""
+    return model_setup.build_model(trainer_config(model_config, settings))
+
+
+def as_deepspeed_casts(model: torch.nn.Module, settings: TrainingSettings) -> torch.nn.Module:
+    """What deepspeed.initialize does to the module's dtypes (engine._cast_module_mixed_precision): under BF16 or
+    FP16 every floating-point parameter, adapters included, in that dtype; buffers left as they are.
+
+    `settings.lora.adapters_fp32` is PEFT's behaviour without DeepSpeed (adapters kept in fp32): the memory
+    model covers it, the trainer never runs it."""
+    dtype = model_setup.DTYPE[settings.precision]
+    if dtype is not torch.float32:
+        for parameter in model.parameters():
+            if parameter.dtype.is_floating_point and parameter.dtype != dtype:
+                parameter.data = parameter.data.to(dtype)
+    if settings.method is Method.LORA and settings.lora.adapters_fp32:
+        for name, parameter in model.named_parameters():
+            if ".lora_" in name:
+                parameter.data = parameter.data.to(torch.float32)
+    return model
+
+
+def build(model_config: dict[str, Any], settings: TrainingSettings) -> tuple[torch.nn.Module, Architecture]:
+    """The model as it trains under DeepSpeed for these settings, and the memory model's view of its config."""
+    model = as_deepspeed_casts(trainer_model(model_config, settings), settings)
+    return model, architecture.from_hf_config(model_config, name=f"tiny-{model_config['model_type']}")

@@ -19,7 +19,7 @@ import deepspeed
 import torch
 import torch.distributed as dist
 from pydantic import ValidationError
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from kubetune.api import contract, trainer_config
 from kubetune.api.trainer_config import TrainerConfig
@@ -28,6 +28,8 @@ from kubetune.planner import architecture, throughput
 from kubetune.planner.settings import TrainingSettings
 from kubetune.trainer import checkpoints, data, launch
 from kubetune.trainer.metrics import TrainerMetrics
+from kubetune.trainer.model_setup import build_model
+from kubetune.trainer.model_setup import on_claim as _on_claim
 
 INPUT_ERRORS = (FileNotFoundError, IsADirectoryError, KeyError, ValueError, UnicodeDecodeError)
 
@@ -37,54 +39,12 @@ class InvalidInputError(Exception):
 TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
 
 
-def _on_claim(config: TrainerConfig, name: str) -> str:
-    """A model or tokenizer name that is a folder on the data claim means that folder; anything else is a Hub id
-    (or an absolute path)."""
-    if config.dataset.claim_name and not name.startswith("/") and (contract.DATA_MOUNT / name).is_dir():
-        return str(contract.DATA_MOUNT / name)
-    return name
-
-
 def for_this_machine(ds: dict) -> dict:
     """The plan's DeepSpeed config as this machine can run it: without a GPU (simulated GPUs) the optimizer is
     torch's own, since DeepSpeed's fused Adam is a CUDA kernel."""
     if torch.cuda.is_available() or ds.get("optimizer", {}).get("type") not in ("Adam", "AdamW"):
         return ds
     return {**ds, "optimizer": {**ds["optimizer"], "params": {**ds["optimizer"]["params"], "torch_adam": True}}}
-
-
-def _attention(requested: str) -> str:
-    if requested == "flash_attention_2":
-        try:
-            import flash_attn  # noqa: F401
-        except ImportError:
-            return "sdpa"
-        return requested if torch.cuda.is_available() and torch.cuda.get_device_capability() >= (8, 0) else "sdpa"
-    return requested
-
-
-def build_model(config: TrainerConfig) -> torch.nn.Module:
-    torch.manual_seed(config.training.seed)
-    attention = _attention(config.attention)
-    if config.model.config:
-        # Random weights from a config: smoke tests and benchmarks, no download.
-        kwargs = {k: v for k, v in config.model.config.items() if k != "model_type"}
-        hf_config = AutoConfig.for_model(config.model.config["model_type"], **kwargs)
-        model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(_on_claim(config, config.model.name), revision=config.model.revision,
-                                                     attn_implementation=attention)
-    model.config.use_cache = False
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    if config.method == "lora":
-        import peft
-
-        lora = config.lora
-        model = peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
-                                                           target_modules=lora.targets, lora_dropout=lora.dropout))
-    return model
 
 
 def total_steps(config: TrainerConfig, examples: int, ds: dict) -> int:
