@@ -6,4 +6,6 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 hack/setup.sh
 .venv/bin/ruff check operator tests benchmarks
+.venv/bin/lint-imports
+.venv/bin/mypy
 exec .venv/bin/pytest "$@"

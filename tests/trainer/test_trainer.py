@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kubetune.api import contract
+from kubetune.api.vocabulary import Method
 from tests.trainer.conftest import (
     Run,
     finish,
@@ -44,7 +45,7 @@ def losses(run: Run) -> dict[int, float]:
 
 
 def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_merged_model(world: Path, tmp_path: Path) -> None:
-    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=60, interval=30, port=19410,
+    config, ds = write_configs(world, tmp_path, method=Method.LORA, stage=2, steps=60, interval=30, port=19410,
                                save="Merged")
     run = Run(tmp_path, launch(config, ds, tmp_path, master_port=29610))
     wait_for_step(run, 3)
@@ -79,7 +80,7 @@ def test_lora_zero2_learns_serves_metrics_and_saves_a_reloadable_adapter_and_mer
 
 
 def test_zero3_full_fine_tuning_with_checkpointing_learns(world: Path, tmp_path: Path) -> None:
-    config, ds = write_configs(world, tmp_path, method="full", stage=3, steps=30, interval=30, port=19420)
+    config, ds = write_configs(world, tmp_path, method=Method.FULL, stage=3, steps=30, interval=30, port=19420)
     run = Run(tmp_path, launch(config, ds, tmp_path, master_port=29620))
     finish(run.process, tmp_path)
     curve = [losses(run)[step] for step in sorted(losses(run))]
@@ -90,11 +91,11 @@ def test_zero3_full_fine_tuning_with_checkpointing_learns(world: Path, tmp_path:
 def test_a_killed_run_resumes_from_its_last_complete_checkpoint_with_the_same_losses(world: Path,
                                                                                       tmp_path: Path) -> None:
     reference_dir, resumed_dir = tmp_path / "reference", tmp_path / "resumed"
-    config, ds = write_configs(world, reference_dir, method="lora", stage=2, steps=40, interval=5, port=19430)
+    config, ds = write_configs(world, reference_dir, method=Method.LORA, stage=2, steps=40, interval=5, port=19430)
     reference = Run(reference_dir, launch(config, ds, reference_dir, master_port=29630))
     finish(reference.process, reference_dir)
 
-    config, ds = write_configs(world, resumed_dir, method="lora", stage=2, steps=40, interval=5, port=19440)
+    config, ds = write_configs(world, resumed_dir, method=Method.LORA, stage=2, steps=40, interval=5, port=19440)
     resumed = Run(resumed_dir, launch(config, ds, resumed_dir, master_port=29640))
     wait_for_step(resumed, 12)
     kill(resumed.process)
@@ -119,7 +120,7 @@ def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Pa
     same global batch of 8): it continues from the newest checkpoint with the weights, optimizer moments and
     schedule the first layout left, as the uninterrupted run would have."""
     reference_dir, replanned_dir = tmp_path / "reference", tmp_path / "replanned"
-    first = {"method": "lora", "stage": 2, "steps": 30, "interval": 5, "ranks": 1, "accumulation": 2}
+    first = {"method": Method.LORA, "stage": 2, "steps": 30, "interval": 5, "ranks": 1, "accumulation": 2}
     config, ds = write_configs(world, reference_dir, port=19450, **first)
     reference = Run(reference_dir, launch(config, ds, reference_dir, master_port=29650, ranks=1))
     finish(reference.process, reference_dir)
@@ -136,7 +137,7 @@ def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Pa
     cut_short = replanned_dir / "checkpoints" / "step-00000030"
     cut_short.mkdir()
     (cut_short / "bf16_zero_pp_rank_7_mp_rank_00_optim_states.pt").write_bytes(b"from another layout")
-    config, ds = write_configs(world, replanned_dir, method="lora", stage=3, steps=30, interval=5, port=19460,
+    config, ds = write_configs(world, replanned_dir, method=Method.LORA, stage=3, steps=30, interval=5, port=19460,
                                ranks=2, micro_batch=2, accumulation=2)
     run.process = launch(config, ds, replanned_dir, master_port=29661, ranks=2)
     finish(run.process, replanned_dir)
@@ -172,7 +173,7 @@ def adapter_drift(adapter: Path, reference: Path) -> float:
 
 
 def test_a_missing_dataset_ends_with_the_invalid_input_code_and_a_one_line_reason(world: Path, tmp_path: Path) -> None:
-    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=5, interval=5, port=19450)
+    config, ds = write_configs(world, tmp_path, method=Method.LORA, stage=2, steps=5, interval=5, port=19450)
     broken = json.loads(config.read_text())
     broken["dataset"]["source"] = str(tmp_path / "missing.jsonl")
     config.write_text(json.dumps(broken))
@@ -190,7 +191,7 @@ def test_a_gpu_out_of_memory_on_one_rank_is_the_pods_verdict(world: Path, tmp_pa
     """The real torchrun, one rank and two: the rank that runs out of memory (torch's own OutOfMemoryError,
     injected after step 3) decides the container's exit code and termination message, whatever its peers
     (stopped by torchrun) report."""
-    config, ds = write_configs(world, tmp_path, method="lora", stage=2, steps=8, interval=8, port=19460 + ranks,
+    config, ds = write_configs(world, tmp_path, method=Method.LORA, stage=2, steps=8, interval=8, port=19460 + ranks,
                                ranks=ranks)
     process = launch(config, ds, tmp_path, master_port=29660 + ranks, ranks=ranks, launcher=True,
                      extra_env={contract.INJECT_FAULT_ENV: f"gpu-oom:3:{ranks - 1}"})

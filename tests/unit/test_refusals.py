@@ -5,7 +5,7 @@ import pytest
 from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import Reason
 from kubetune.controller import refusals
-from kubetune.controller.kube import Refused
+from kubetune.controller.refusals import Refused
 
 QUOTA = ('jobs.batch "j-train" is forbidden: exceeded quota: no-jobs, requested: count/jobs.batch=1, used: '
          'count/jobs.batch=0, limited: count/jobs.batch=0')

@@ -3,6 +3,7 @@
 from typing import Any
 
 import yaml
+from pydantic import BaseModel
 
 from kubetune.api import v1alpha1
 
@@ -54,7 +55,7 @@ def _structural(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _schema(model: type) -> dict[str, Any]:
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True)
     return _structural(raw, raw.get("$defs", {}))
 

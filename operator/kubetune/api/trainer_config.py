@@ -17,7 +17,7 @@ from kubetune.api import v1alpha1 as api
 from kubetune.api.vocabulary import Attention, Method, Precision
 
 # 2: the configuration's names are the API's (api/vocabulary.py: LoRA, FlashAttention2, BF16).
-VERSION = 2
+VERSION: Literal[2] = 2
 
 
 class LoraConfig(BaseModel):

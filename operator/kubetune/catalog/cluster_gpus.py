@@ -51,7 +51,7 @@ def parse_quantity(value: str) -> Decimal | None:
         return None
     number, binary, decimal, exponent = match.groups()
     if binary:
-        return Decimal(number) * 2 ** _BINARY[binary]
+        return Decimal(number) * Decimal(2) ** _BINARY[binary]
     power = _DECIMAL[decimal] if decimal else int(exponent or 0)
     return Decimal(number).scaleb(power) if abs(power) <= _MAX_EXPONENT else None
 

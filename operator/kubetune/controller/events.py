@@ -21,10 +21,10 @@ def _worth_an_event(condition: dict[str, Any]) -> bool:
     if condition["status"] == "Unknown":
         return False
     if condition["type"] == ConditionType.RUNNING:
-        return condition["reason"] in WAITING
+        return bool(condition["reason"] in WAITING)
     if condition["type"] in (ConditionType.ADMITTED, ConditionType.OUTPUT_DURABLE):
-        return condition["status"] == "False"
-    return condition["type"] == ConditionType.PLANNED or condition["status"] == "True"
+        return bool(condition["status"] == "False")
+    return bool(condition["type"] == ConditionType.PLANNED or condition["status"] == "True")
 
 
 def for_changes(changed: list[dict[str, Any]]) -> list[Event]:

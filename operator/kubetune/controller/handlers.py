@@ -22,7 +22,8 @@ from kubetune.config import OperatorConfig
 from kubetune.controller import clock, events, observation, progress, recovery, refusals, suspension
 from kubetune.controller import metrics as m
 from kubetune.controller.conditions import Conditions
-from kubetune.controller.kube import Kube, Refused
+from kubetune.controller.kube import Kube
+from kubetune.controller.refusals import Refused
 from kubetune.controller.serial import Serial
 from kubetune.controller.snapshot import CapacitySnapshot
 from kubetune.planner import decision
@@ -44,7 +45,7 @@ def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
                kopf.on.update(*RESOURCE, field="spec", registry=registry),
                kopf.timer(*RESOURCE, interval=config.reconcile_seconds, initial_delay=config.reconcile_seconds,
                           when=_unfinished, registry=registry)):
-        on(reconcile)
+        on(reconcile)  # type: ignore[arg-type]  # kopf passes its indexes by name, beyond its protocols' arguments
     kopf.index("batch", "v1", "jobs", labels={names.LABEL_COMPONENT: "trainer"}, registry=registry)(trainer_jobs)
     kopf.on.delete(*RESOURCE, optional=True, registry=registry)(forget)
 
@@ -78,8 +79,9 @@ def _unfinished(status: kopf.Status, **_: Any) -> bool:
                    for cond in status.get("conditions", []))
 
 
-async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, namespace: str,
-                    patch: kopf.Patch, memo: kopf.Memo, retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
+async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, patch: kopf.Patch,
+                    memo: kopf.Memo, retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
+    namespace: str = body["metadata"]["namespace"]
     key = (namespace, name)
     async with memo.serial.turn(key):
         if memo.serial.stale(key, dict(status)):
@@ -102,7 +104,7 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
                         api.Plan.model_validate(plan) if plan else None)
 
 
-def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The training Jobs by (namespace, FineTuneJob), from kopf's watch: steady-state reconciles read them
     here instead of asking the apiserver every time."""
     owner = next((ref["name"] for ref in body["metadata"].get("ownerReferences", []) if ref.get("kind") == api.KIND),
@@ -110,7 +112,7 @@ def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, s
     if owner is None:
         return {}
     # Only what reconciling reads: 1,000 whole Jobs would be most of the operator's memory.
-    return {(namespace, owner): {"metadata": {"name": body["metadata"]["name"],
+    return {(body["metadata"]["namespace"], owner): {"metadata": {"name": body["metadata"]["name"],
                                               "labels": dict(body["metadata"].get("labels", {})),
                                               "ownerReferences": copy.deepcopy(body["metadata"]["ownerReferences"])},
                                  "spec": {"suspend": body["spec"].get("suspend"),
@@ -118,7 +120,8 @@ def trainer_jobs(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, s
                                  "status": copy.deepcopy(dict(body.get("status", {})))}}
 
 
-async def forget(name: str, namespace: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+async def forget(name: str, body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
+    namespace: str = body["metadata"]["namespace"]
     memo.series.forget(namespace, name)
     memo.serial.forget((namespace, name))
     for attempt in range(1, len(status.get("attempts", [])) + 2):
@@ -264,7 +267,7 @@ class _Reconcile:
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
-            foreign = [message for message in results if message]
+            foreign = [message for message in results if isinstance(message, str)]
             if foreign:
                 return foreign[0]
             if groups:

@@ -6,16 +6,9 @@ from typing import Any
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from kubetune.controller.refusals import Refused
+
 CONFLICT, NOT_FOUND = 409, 404
-
-
-class Refused(Exception):
-    """The apiserver refused to create an object: invalid (400, 422) or forbidden (403: RBAC, a quota, an
-    admission webhook). Retrying the same request gets the same answer; other errors may pass."""
-
-    def __init__(self, kind: str, name: str, code: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.kind, self.name, self.code, self.reason, self.message = kind, name, code, reason, message
 
 
 class Kube:
@@ -50,7 +43,8 @@ class Kube:
         if namespace is None:
             response = await self.core.list_pod_for_all_namespaces(_preload_content=False)
         else:
-            response = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+            response = await self.core.list_namespaced_pod(namespace, label_selector=selector or "",
+                                                           _preload_content=False)
         return (await self._json(response))["items"]
 
     async def active_pods(self) -> list[dict[str, Any]]:
@@ -62,7 +56,7 @@ class Kube:
     async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create unless an object of that name exists; True when this call created it."""
         kind = manifest["kind"]
-        create = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
+        create: Any = {"ConfigMap": self.core.create_namespaced_config_map, "Service": self.core.create_namespaced_service,
                   "Job": self.batch.create_namespaced_job}[kind]
         # Not deserialised into client models: at 1,000 jobs that alone was 5% of the operator's time.
         response = await create(namespace, manifest, _preload_content=False)
@@ -80,7 +74,7 @@ class Kube:
         return True
 
     async def read(self, namespace: str, kind: str, name: str) -> dict[str, Any] | None:
-        read = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
+        read: Any = {"ConfigMap": self.core.read_namespaced_config_map, "Service": self.core.read_namespaced_service,
                 "Job": self.batch.read_namespaced_job, "Lease": self.coordination.read_namespaced_lease,
                 "PersistentVolumeClaim": self.core.read_namespaced_persistent_volume_claim,
                 # Cluster-wide: the namespace is not the API's to know.
@@ -97,11 +91,14 @@ class Kube:
     async def write_lease(self, namespace: str, lease: dict[str, Any]) -> bool:
         """Create the Lease, or replace it at the resourceVersion it was read at; False when another writer got
         there first (the optimistic concurrency the election rests on)."""
+        # Plain dicts serialise as they are; without preloading the client returns the raw response.
+        response: Any
         if "resourceVersion" in lease["metadata"]:
-            response = await self.coordination.replace_namespaced_lease(lease["metadata"]["name"], namespace, lease,
+            response = await self.coordination.replace_namespaced_lease(lease["metadata"]["name"], namespace, lease,  # type: ignore[arg-type]
                                                                         _preload_content=False)
         else:
-            response = await self.coordination.create_namespaced_lease(namespace, lease, _preload_content=False)
+            response = await self.coordination.create_namespaced_lease(namespace, lease,  # type: ignore[arg-type]
+                                                                       _preload_content=False)
         if response.status == CONFLICT:
             return False
         await self._json(response)

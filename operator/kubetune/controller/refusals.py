@@ -9,7 +9,16 @@ from dataclasses import dataclass
 
 from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import Reason
-from kubetune.controller.kube import Refused
+
+
+class Refused(Exception):
+    """The apiserver refused to create an object: invalid (400, 422) or forbidden (403: RBAC, a quota, an
+    admission webhook). Retrying the same request gets the same answer; other errors may pass."""
+
+    def __init__(self, kind: str, name: str, code: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.kind, self.name, self.code, self.reason, self.message = kind, name, code, reason, message
+
 
 # A claim or PriorityClass created together with the job may arrive a little after it.
 REFERENCE_GRACE_SECONDS = 120

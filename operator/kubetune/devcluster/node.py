@@ -35,7 +35,7 @@ READY_TIMEOUT_SECONDS = 180
 # The nodes' folders, as /var/lib/kubelet is a node's: short paths, for the sockets made under them.
 NODES_ROOT = Path("/var/lib/kubetune/nodes")
 # Candidate /24s for the node's bridge, tried in order until one is free on this host.
-SUBNET_POOL = ipaddress.ip_network("10.244.0.0/16")
+SUBNET_POOL = ipaddress.IPv4Network("10.244.0.0/16")
 
 
 class Kubectl(Protocol):
@@ -76,7 +76,7 @@ class RealNode:
         return f"kubetune-{self.key}"
 
     def network(self, state: NodeState) -> node_config.NodeNetwork:
-        return node_config.NodeNetwork(self.bridge, ipaddress.ip_network(state.subnet))
+        return node_config.NodeNetwork(self.bridge, ipaddress.IPv4Network(state.subnet))
 
     def _kubectl_ok(self, *args: str, stdin: str | None = None) -> str:
         result = self.kubectl(*args, stdin=stdin)

@@ -17,7 +17,7 @@ import os
 import deepspeed
 import torch
 
-from kubetune.api.vocabulary import Method
+from kubetune.api.vocabulary import Method, ZeroStage
 from kubetune.memprobe import tiny_models
 from kubetune.planner import architecture
 from kubetune.planner.ds_config import ds_config
@@ -38,7 +38,7 @@ def live_tensor_bytes() -> int:
 
 
 def settings_for(stage: int, method: Method, ranks: int) -> TrainingSettings:
-    return TrainingSettings(seq_len=32, method=method, zero_stage=stage, num_gpus=ranks, gpus_per_node=ranks,
+    return TrainingSettings(seq_len=32, method=method, zero_stage=ZeroStage(stage), num_gpus=ranks, gpus_per_node=ranks,
                             buckets=BUCKETS)
 
 

@@ -66,7 +66,7 @@ def preparation(model: nn.Module, input_ids: torch.Tensor) -> dict[str, Any]:
     attention kernel, KV cache, which modules checkpoint and with which function, whether the embeddings'
     output requires grad (what checkpointing needs with frozen embeddings), each LoRA layer's rank, scaling
     and dropout, which parameters train, and every parameter's and buffer's dtype."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base: Any = getattr(model, "get_base_model", lambda: model)()  # PEFT wraps the model
     embedded = base.get_input_embeddings()(input_ids)  # through its hooks, as the model's forward calls it
     lora = {}
     for name, module in model.named_modules():

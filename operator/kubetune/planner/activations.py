@@ -130,7 +130,8 @@ class _Layer:
             self.add("mlp.up_out", routed * self.act * i)  # kept by the product
             if self.input_saved_by("down_proj"):
                 self.add("mlp.product", routed * self.act * i)
-            modules = (("gate_proj", arch.hidden_size), ("up_proj", arch.hidden_size), ("down_proj", i))
+            modules: tuple[tuple[str, int], ...] = (("gate_proj", arch.hidden_size), ("up_proj", arch.hidden_size),
+                                                    ("down_proj", i))
         else:
             self.add("mlp.up_out", routed * self.act * i)  # kept by GELU
             if self.input_saved_by("down_proj"):

@@ -173,7 +173,7 @@ _TIED_BY_DEFAULT = {"gemma", "gemma2", "falcon"}
 
 
 def _tied(config: dict[str, Any]) -> bool:
-    return config.get("tie_word_embeddings", config.get("model_type") in _TIED_BY_DEFAULT)
+    return bool(config.get("tie_word_embeddings", config.get("model_type") in _TIED_BY_DEFAULT))
 
 
 def _gated_llama_like(name: str, config: dict[str, Any], **extra: Any) -> Architecture:
@@ -270,7 +270,9 @@ def _from_hf_config(config: dict[str, Any], name: str) -> Architecture:
 
 @cache
 def catalog() -> dict[str, dict[str, Any]]:
-    return yaml.safe_load(resources.files("kubetune.catalog").joinpath("models.yaml").read_text())
+    models: dict[str, dict[str, Any]] = yaml.safe_load(resources.files("kubetune.catalog").joinpath("models.yaml")
+                                                       .read_text())
+    return models
 
 
 def load(name_or_path: str) -> Architecture:

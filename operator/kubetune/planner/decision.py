@@ -164,14 +164,14 @@ def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: G
         lora_rank=s.lora.rank if s.method is Method.LORA else None, zero_stage=s.zero_stage, offload=s.offload,
         gradient_checkpointing=s.gradient_checkpointing, attention=s.attention, precision=s.precision,
         micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total_bytes,
-        memory=m, predicted_step_milliseconds=int(chosen.time.step_seconds * 1000),
-        predicted_tokens_per_second=round(chosen.time.tokens_per_second),
+        memory=m, predicted_step_milliseconds=int(chosen.step.step_seconds * 1000),
+        predicted_tokens_per_second=round(chosen.step.tokens_per_second),
         explanation=result.explanation[:16],
         runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method,
                                  zero_stage=c.settings.zero_stage, offload=c.settings.offload,
                                  gradient_checkpointing=c.settings.gradient_checkpointing,
                                  predicted_peak_bytes=c.memory.total_bytes,
-                                 tokens_per_second=int(c.time.tokens_per_second),
+                                 tokens_per_second=int(c.step.tokens_per_second),
                                  why_not_chosen=why) for c, why in result.runners_up[:8]],
     )
 

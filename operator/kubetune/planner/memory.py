@@ -3,6 +3,7 @@ optimizer-step phases, with a breakdown of every term."""
 
 from functools import cache, lru_cache
 from importlib import resources
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -47,7 +48,7 @@ def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
 
 
 @lru_cache(maxsize=4096)
-def _activation_bytes(arch: Architecture, key: tuple, micro_batch: int) -> int:
+def _activation_bytes(arch: Architecture, key: tuple[Any, ...], micro_batch: int) -> int:
     seq_len, method, lora, attention, precision, checkpointing = key
     settings = TrainingSettings(seq_len=seq_len, micro_batch=micro_batch, method=method, lora=lora,
                                 attention=attention, precision=precision, gradient_checkpointing=checkpointing)

@@ -60,7 +60,7 @@ def to_json(plan: SearchResult, request: Request, capacities: dict[str, int]) ->
                             "reasons": plan.explanation, "candidates_evaluated": plan.candidates_evaluated}
     if chosen is not None:
         body |= {"chosen": _configuration(chosen, request), "memory": _memory(chosen, capacities[chosen.gpu]),
-                 "step_time_seconds": chosen.time.step_seconds, "tokens_per_second": chosen.time.tokens_per_second,
+                 "step_time_seconds": chosen.step.step_seconds, "tokens_per_second": chosen.step.tokens_per_second,
                  "usd_per_million_tokens": chosen.usd_per_million_tokens,
                  "runners_up": [_candidate(c, request, capacities) | {"why_not_chosen": why}
                                 for c, why in plan.runners_up]}
@@ -87,7 +87,7 @@ def print_plan(console: Console, plan: SearchResult, capacities: dict[str, int])
             "on" if s.gradient_checkpointing else "off", s.attention.value,
             f"{s.micro_batch} x {s.gradient_accumulation}",
             f"{c.memory.total_bytes / GIB:.1f} / {capacities[c.gpu] / GIB:.0f} GiB",
-            f"{c.time.tokens_per_second:,.0f}", f"{c.usd_per_million_tokens:.2f}", "" if index == 0 else why,
+            f"{c.step.tokens_per_second:,.0f}", f"{c.usd_per_million_tokens:.2f}", "" if index == 0 else why,
         )
     console.print(table)
     breakdown = Table(title=f"chosen: GiB per GPU at {plan.chosen.memory.peak_phase}")

@@ -3,6 +3,7 @@ explain the choice. Anything the request pins is honoured; a pinned choice that 
 
 from dataclasses import dataclass
 from itertools import product
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -90,6 +91,13 @@ class Candidate:
     reasons: list[str]
     usd_per_million_tokens: float
 
+    @property
+    def step(self) -> StepTime:
+        """The step time of a candidate that fits: only those are ranked, chosen or runners-up."""
+        if self.time is None:
+            raise ValueError(f"a {self.gpu} candidate that does not fit has no step time")
+        return self.time
+
 
 @dataclass(frozen=True)
 class SearchResult:
@@ -149,7 +157,7 @@ def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
     return problems
 
 
-def _choices(pool: GpuPool, request: Request) -> tuple[list, ...]:
+def _choices(pool: GpuPool, request: Request) -> tuple[list[Any], ...]:
     gpu = pool.gpu
     modern = (gpu.compute_major, gpu.compute_minor) >= (8, 0)
     precision = request.precision or (Precision.BF16 if gpu.bf16_tflops else Precision.FP16)
@@ -200,12 +208,12 @@ def _metric(candidate: Candidate, objective: Objective) -> float:
         case Objective.CHEAPEST:
             return candidate.usd_per_million_tokens
         case Objective.FASTEST:
-            return -candidate.time.tokens_per_second
+            return -candidate.step.tokens_per_second
         case Objective.FEWEST_GPUS:
             return candidate.settings.num_gpus + candidate.usd_per_million_tokens * 1e-6
 
 
-def _preference(candidate: Candidate) -> tuple:
+def _preference(candidate: Candidate) -> tuple[Any, ...]:
     s = candidate.settings
     # A pinned pair outside the preference list (ZeRO-1 with offload, say) is all there is to rank it against.
     zero = (s.zero_stage, s.offload)
@@ -240,8 +248,8 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
         for precision, attention, method in product(precisions, attentions, methods):
             # Checkpointing and offload only trade speed for memory, so unless pinned they are tried only
             # where the configuration does not fit without them.
-            fits_without_checkpointing: set[tuple] = set()
-            fits_without_offload: set[tuple] = set()
+            fits_without_checkpointing: set[tuple[Any, ...]] = set()
+            fits_without_offload: set[tuple[Any, ...]] = set()
             for ckpt, (stage, offload) in product(checkpointing, zero):
                 failed_on_more_gpus = False
                 for n in counts:
@@ -278,7 +286,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                 smallest_need=None)
 
 
-def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: dict,
+def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: dict[str, Any],
                    candidates: list[Candidate], rejected: list[Candidate]) -> bool:
     """Evaluate growing micro-batches until one does not fit; True when at least one fits."""
     n = base["num_gpus"]
@@ -321,7 +329,7 @@ def describe(settings: TrainingSettings) -> str:
 
 
 def _why_lost(candidate: Candidate, chosen: Candidate, objective: Objective) -> str:
-    tps = candidate.time.tokens_per_second / chosen.time.tokens_per_second - 1
+    tps = candidate.step.tokens_per_second / chosen.step.tokens_per_second - 1
     cost = candidate.usd_per_million_tokens / chosen.usd_per_million_tokens - 1
     if objective is Objective.FASTEST and tps < -EQUIVALENT_WITHIN:
         return f"{-tps:.0%} fewer tokens/s"
@@ -336,7 +344,7 @@ def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) ->
     s, m = chosen.settings, chosen.memory
     lines = [
         f"Chose {chosen.gpu} x {s.num_gpus}: {describe(s)}.",
-        f"Peak {m.total_bytes / GIB:.1f} GiB per GPU at {m.peak_phase}; {chosen.time.tokens_per_second:,.0f} tokens/s; "
+        f"Peak {m.total_bytes / GIB:.1f} GiB per GPU at {m.peak_phase}; {chosen.step.tokens_per_second:,.0f} tokens/s; "
         f"${chosen.usd_per_million_tokens:.2f} per million tokens (objective: {request.objective}).",
     ]
     if s.method is Method.LORA and s.zero_stage is ZeroStage.GRADIENTS and not s.gradient_checkpointing:

@@ -78,7 +78,7 @@ def resume_point(directory: Path, layout: Layout) -> Resume | None:
     waiting = dist.new_group(backend="gloo", timeout=CONVERSION_TIMEOUT)
     if dist.get_rank() == 0 and not (universal / COMPLETE).exists():
         _convert(directory / name, universal)
-    dist.barrier(group=waiting)
+    dist.barrier(group=waiting)  # type: ignore[arg-type]  # -100 is for ranks outside the group: there are none
     dist.destroy_process_group(waiting)
     return Resume(tag=universal.name, universal=True)
 

@@ -30,7 +30,7 @@ def _prompt_and_answer(record: dict[str, Any], fmt: str, tokenizer: PreTrainedTo
     if fmt == "Chat":
         messages = record["messages"]
         prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-        return prompt, messages[-1]["content"]
+        return str(prompt), messages[-1]["content"]
     return "", record["text"]
 
 

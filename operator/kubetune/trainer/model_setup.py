@@ -8,7 +8,7 @@ it casts nothing.
 """
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from kubetune.api import contract
 from kubetune.api.trainer_config import TrainerConfig
@@ -61,7 +61,7 @@ def build_model(config: TrainerConfig) -> torch.nn.Module:
     return prepare(model, config)
 
 
-def prepare(model: torch.nn.Module, config: TrainerConfig) -> torch.nn.Module:
+def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
     """Checkpointing and LoRA on a loaded model, in training mode."""
     model.config.use_cache = False
     # from_pretrained returns the model in eval mode and DeepSpeed leaves the mode alone: without this a Hub
@@ -71,10 +71,9 @@ def prepare(model: torch.nn.Module, config: TrainerConfig) -> torch.nn.Module:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
         model.enable_input_require_grads()
-    if config.method is Method.LORA:
+    if config.method is Method.LORA and (lora := config.lora) is not None:  # trainer.json has it with LoRA
         import peft
 
-        lora = config.lora
-        model = peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
+        return peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
                                                            target_modules=lora.targets, lora_dropout=lora.dropout))
     return model

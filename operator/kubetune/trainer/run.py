@@ -14,6 +14,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import deepspeed
 import torch
@@ -23,6 +24,7 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from kubetune.api import contract, trainer_config
 from kubetune.api.trainer_config import TrainerConfig
+from kubetune.api.vocabulary import Method
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, throughput
 from kubetune.planner.settings import TrainingSettings
@@ -141,7 +143,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         log.close()
     _save_final(engine, config, rank)
     if rank == 0:
-        print(f"saved the {'adapter' if config.method == 'lora' else 'model'} to {Path(config.output.path) / 'final'}",
+        print(f"saved the {'adapter' if config.method is Method.LORA else 'model'} to {Path(config.output.path) / 'final'}",
               flush=True)
 
 
@@ -162,7 +164,7 @@ def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> f
     plan. Off GPU (the CPU tests) it is still measured against the planned GPU's peak, so it reads near zero."""
     if config.plan is None:
         return None
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base: Any = getattr(model, "get_base_model", lambda: model)()  # PEFT wraps the model
     arch = architecture.from_hf_config(base.config.to_dict())
     settings = TrainingSettings(seq_len=config.training.seq_len, precision=config.precision,
                                 method=config.method, attention=config.attention,
@@ -173,7 +175,7 @@ def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> f
 
 def _save_final(engine, config: TrainerConfig, rank: int) -> None:
     final = Path(config.output.path) / "final"
-    if config.method == "lora":
+    if config.method is Method.LORA:
         # Under ZeRO-3 an adapter above the persistence threshold is partitioned like any weight: without
         # gathering, rank 0 would save empty tensors. (A no-op under ZeRO-1/2.)
         adapters = [p for p in engine.module.parameters() if p.requires_grad]
