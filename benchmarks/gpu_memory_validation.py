@@ -1,6 +1,6 @@
 """Predicted vs measured GPU memory for real Hugging Face models with random weights.
 
-    python benchmarks/gpu_memory_validation.py [--quick] [--out benchmarks/results/gpu_memory.md]
+    python benchmarks/gpu_memory_validation.py [--quick] [--out benchmarks/results/gpu_memory.md] [--smoke]
 
 For each configuration of a grid (models of 0.5-3B built from their catalog configs; sequence length
 512-8192; full fine-tuning and LoRA; checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
@@ -19,7 +19,11 @@ step (forward, backward, optimizer) with the model's total less what the allocat
 context) and its margin.
 
 `--device cpu` runs the same pipeline on tiny models, measuring saved tensors instead of the allocator:
-it checks the script, not the GPU figures.
+it checks the script, not the GPU figures. `--smoke` is that on a smaller grid (one model), its raw output
+in a temporary folder: the CI check of the script.
+
+Every model is built by the trainer's own code for its settings (memprobe/tiny_models.py over
+trainer/model_setup.py) and cast as DeepSpeed casts it.
 """
 
 import argparse
@@ -29,13 +33,15 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
 
+from kubetune.api.vocabulary import Attention, Method, ZeroStage
 from kubetune.memprobe import probes, tiny_models
 from kubetune.planner import activations, architecture, memory
-from kubetune.planner.settings import Attention, Buckets, Method, TrainingSettings, ZeroStage
+from kubetune.planner.settings import Buckets, TrainingSettings
 
 GIB = 1024**3
 MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-1.5B", "meta-llama/Llama-3.2-3B")
@@ -54,23 +60,14 @@ def attentions() -> list[Attention]:
 
 
 def build(name: str, settings: TrainingSettings, device: str):
-    import peft
-
     if device == "cpu":
         config = tiny_models.tiny_config("llama" if "llama" in name.lower() else "qwen2", 2)
     else:
         config = dict(architecture.catalog()[name])
-    model, arch = tiny_models.build(config, settings.attention.value, torch.bfloat16)
-    model.to(device)
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    if settings.method is Method.LORA:
-        lora = settings.lora
-        config = peft.LoraConfig(r=lora.rank, target_modules=list(arch.lora_modules(lora.target_modules)))
-        # Adapters in bf16, as under DeepSpeed's bf16 engine (module.bfloat16()).
-        model = peft.get_peft_model(model, config, autocast_adapter_dtype=False)
-    return model, arch
+    # The trainer's model for these settings (checkpointing, LoRA), in bf16 as DeepSpeed's bf16 engine casts
+    # it, adapters included.
+    model, arch = tiny_models.build(config, settings)
+    return model.to(device), arch
 
 
 def predicted_step_bytes(arch, settings: TrainingSettings, device: str) -> int:
@@ -123,15 +120,10 @@ def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29600", RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl")
-    model, arch = tiny_models.build(dict(architecture.catalog()[name]), settings.attention.value, torch.float32)
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
-    if settings.method is Method.LORA:
-        import peft
-
-        config = peft.LoraConfig(r=settings.lora.rank, target_modules=list(arch.lora_modules(settings.lora.target_modules)))
-        model = peft.get_peft_model(model, config)
+    config = dict(architecture.catalog()[name])
+    arch = architecture.from_hf_config(config)
+    # What the trainer hands to deepspeed.initialize (fp32 weights; DeepSpeed casts them).
+    model = tiny_models.trainer_model(config, settings)
     settings = dataclasses.replace(settings, buckets=Buckets.for_hidden_size(arch.hidden_size))
     torch.cuda.reset_peak_memory_stats()
     engine, *_ = deepspeed.initialize(model=model, model_parameters=[p for p in model.parameters() if p.requires_grad],
@@ -146,7 +138,7 @@ def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]
     measured = {"allocated_bytes": torch.cuda.max_memory_allocated(), "reserved_bytes": torch.cuda.max_memory_reserved(),
                 "device_used_bytes": total - free}
     estimate = memory.estimate(arch, settings)
-    predicted = estimate.total - estimate.overhead - estimate.allocator_margin
+    predicted = estimate.total_bytes - estimate.overhead_bytes - estimate.allocator_margin_bytes
     engine.destroy()
     del engine, model
     torch.cuda.empty_cache()
@@ -162,8 +154,8 @@ def deepspeed_grid(quick: bool):
                                                  attention=attentions()[-1], num_gpus=1)
 
 
-def grid(quick: bool, device: str):
-    models = MODELS[:2] if quick or device == "cpu" else MODELS
+def grid(quick: bool, device: str, smoke: bool = False):
+    models = MODELS[:1] if smoke else MODELS[:2] if quick or device == "cpu" else MODELS
     seq_lens = (512,) if device == "cpu" else (SEQ_LENS[:2] if quick else SEQ_LENS)
     for name in models:
         for seq_len in seq_lens:
@@ -171,16 +163,25 @@ def grid(quick: bool, device: str):
                 for ckpt in (False, True):
                     for attention in attentions():
                         yield name, TrainingSettings(seq_len=seq_len, micro_batch=1, method=method,
-                                                     gradient_checkpointing=ckpt, attention=attention, zero_stage=0)
+                                                     gradient_checkpointing=ckpt, attention=attention,
+                                                     zero_stage=ZeroStage.DISABLED)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    parser.add_argument("--device", choices=["cuda", "cpu"], default=None, help="cuda (default), or cpu to check "
+                        "the script on tiny models")
     parser.add_argument("--quick", action="store_true", help="a smaller grid")
     parser.add_argument("--deepspeed", action="store_true", help="the DeepSpeed ZeRO 0-3 grid instead")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_memory.md"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu_memory.md"),
+                        help="where the raw rows go, as <stem>[-deepspeed].json beside this name (GPU runs; CPU runs "
+                        "write to a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="the CPU check on one tiny model, raw output in a "
+                        "temporary folder: checks the script, not the figures")
     args = parser.parse_args()
+    if args.smoke and (args.device == "cuda" or args.deepspeed):
+        parser.error("--smoke runs on the CPU, without --deepspeed")
+    args.device = args.device or ("cpu" if args.smoke else "cuda")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run on a GPU machine, or use --device cpu to check the script")
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
@@ -190,7 +191,7 @@ def main() -> None:
     print(f"device: {device_name}; torch {torch.__version__}\n\n{header}")
     if args.deepspeed and args.device != "cuda":
         sys.exit("the DeepSpeed grid needs a GPU; tests/measured/test_model_states_vs_deepspeed.py is its CPU check")
-    configurations = deepspeed_grid(args.quick) if args.deepspeed else grid(args.quick, args.device)
+    configurations = deepspeed_grid(args.quick) if args.deepspeed else grid(args.quick, args.device, args.smoke)
     for name, settings in configurations:
         model = None
         try:
@@ -222,10 +223,12 @@ def main() -> None:
     summary = (f"\n{len(rows)} configurations; median |error| {statistics.median(errors):.1%}, "
                f"worst {max(errors):.1%} (target: median <= 3 %, worst <= 8 %)") if rows else "\nno rows"
     print(summary)
-    if args.device == "cuda":
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        out = args.out.with_name(args.out.stem + ("-deepspeed" if args.deepspeed else "") + ".json")
-        out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=2))
+    # CPU rows check the script, not the figures: they never replace a GPU run's.
+    folder = args.out.parent if args.device == "cuda" else Path(tempfile.mkdtemp(prefix="kubetune-gpu-memory-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    out = folder / (args.out.stem + ("-deepspeed" if args.deepspeed else "") + ".json")
+    out.write_text(json.dumps({"device": device_name, "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"raw output: {out}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """How long a full plan takes: every GPU type in the catalog, up to 16 nodes each, default request.
 
-    .venv/bin/python benchmarks/plan_speed.py [--repeat 20]
+    .venv/bin/python benchmarks/plan_speed.py [--repeat 20] [--smoke]
 
 Prints a table; the target is a 405B plan in under 50 ms (docs/benchmarks.md records the figures).
+`--smoke` plans each model twice only, to check the script (CI), not the figures.
 """
 
 import argparse
@@ -20,7 +21,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--seq-len", type=int, default=4096)
+    parser.add_argument("--smoke", action="store_true", help="two runs per model: checks the script, not the figures")
     args = parser.parse_args()
+    if args.smoke:
+        args.repeat = 2
     pools = [search.GpuPool(gpu=gpu, gpus_per_node=8, nodes=16) for gpu in gpus.catalog()]
     print(f"machine: {platform.processor() or platform.machine()}, python {platform.python_version()}; "
           f"{len(pools)} GPU types x up to 16 nodes; seq_len {args.seq_len}; {args.repeat} runs each\n")

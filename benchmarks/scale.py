@@ -1,12 +1,17 @@
 """The operator at scale on the local control plane: 500 simulated GPU nodes and 1,000 FineTuneJobs created at
 once, the operator running as its real command.
 
-    .venv/bin/python benchmarks/scale.py [--jobs 1000] [--profile scale]
+    .venv/bin/python benchmarks/scale.py [--jobs 1000] [--profile scale] [--kubeconfig PATH] [--smoke]
 
 Reports the time until every job is planned and its Job exists, reconcile latency (the operator's own
 histogram), operator CPU seconds and peak RSS, apiserver requests per job, and the correctness checks: no
 duplicate children, no job without a status. Targets (2-core machine): all planned within 120 s, p99
 reconcile under 1 s, RSS under 300 MB. docs/benchmarks.md records the figures.
+
+By default it starts its own local control plane with the profile's nodes and stops it at the end;
+`--kubeconfig` uses a cluster that is already up instead (the CRD applied, a namespace of its own, deleted
+afterwards with its FineTuneJobs). `--smoke` creates a few jobs on the default profile's simulated nodes: it
+checks the script and the operator end to end (CI, on the test session's cluster), not the figures.
 """
 
 import argparse
@@ -15,19 +20,24 @@ import os
 import platform
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+import uuid
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from kubetune.devcluster import profile
-from kubetune.devcluster.cluster import LocalCluster
+from kubetune.devcluster import binaries, profile
+from kubetune.devcluster.cluster import ClusterError, LocalCluster
 
+ROOT = Path(__file__).resolve().parents[1]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 NAMESPACE = "scale"
+SMOKE_JOBS = 5
 # Resources only the operator writes or lists cluster-wide, so their request counts are its own.
 OPERATOR_RESOURCES = ("finetunejobs", "configmaps", "services", "jobs", "nodes", "pods", "events")
 
@@ -38,7 +48,30 @@ def finetunejob(index: int) -> dict:
                      "resources": {"maxGPUs": 1}}}
 
 
-def apiserver_metrics(cluster: LocalCluster) -> list[tuple[str, dict[str, str], float]]:
+@dataclass(frozen=True)
+class RunningCluster:
+    """A cluster that is already up (--kubeconfig): the benchmark neither starts nor stops it."""
+
+    kubeconfig: Path
+
+    def kubectl(self, *args: str, stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(binaries.kubectl()), "--kubeconfig", str(self.kubeconfig), *args],
+                              input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
+
+    def kubectl_ok(self, *args: str, stdin: str | None = None, timeout: float = 60) -> str:
+        result = self.kubectl(*args, stdin=stdin, timeout=timeout)
+        if result.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result.stdout
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def apiserver_metrics(cluster: LocalCluster | RunningCluster) -> list[tuple[str, dict[str, str], float]]:
     """The apiserver's request samples: (metric, labels, value)."""
     text = cluster.kubectl_ok("get", "--raw", "/metrics", timeout=60)
     samples = []
@@ -103,22 +136,41 @@ def quantile(cumulative: dict[float, float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1000)
-    parser.add_argument("--profile", default="scale")
-    parser.add_argument("--timeout", type=float, default=900)
+    parser.add_argument("--profile", default=None, help="the cluster profile to start (default: scale; default "
+                        "with --smoke)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all jobs to be planned")
+    parser.add_argument("--kubeconfig", type=Path, default=None, help="use this running cluster instead of "
+                        "starting one (it is left running)")
+    parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_JOBS} jobs, the default profile: checks the "
+                        "script, not the figures")
     args = parser.parse_args()
+    if args.smoke:
+        args.jobs, args.timeout = SMOKE_JOBS, min(args.timeout, 300)
+    if args.kubeconfig is not None and args.profile is not None:
+        parser.error("--profile names the cluster to start; --kubeconfig uses one that is up")
+    args.profile = args.profile or ("default" if args.smoke else "scale")
     state = Path(tempfile.mkdtemp(prefix="kubetune-scale-"))
-    cluster = LocalCluster("kubetune-scale", state)
-    cluster_profile = profile.load(args.profile)
-    started = time.monotonic()
-    cluster.up(cluster_profile)
-    print(f"cluster with {len(cluster_profile.node_manifests())} nodes up in {time.monotonic() - started:.0f} s",
-          file=sys.stderr)
+    cluster: LocalCluster | RunningCluster
+    if args.kubeconfig is None:
+        cluster = LocalCluster("kubetune-scale", state)
+        cluster_profile = profile.load(args.profile)
+        if args.smoke:
+            # The simulated nodes only: the jobs here never go to the real node, which needs root and minutes.
+            cluster_profile = cluster_profile.model_copy(update={"real_node": None})
+        started = time.monotonic()
+        cluster.up(cluster_profile)
+        print(f"cluster up in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        namespace = NAMESPACE
+    else:
+        cluster = RunningCluster(args.kubeconfig)
+        namespace = f"{NAMESPACE}-{uuid.uuid4().hex[:8]}"
     operator = None
     try:
-        cluster.kubectl_ok("apply", "-f", "crds")
+        nodes = len(json.loads(cluster.kubectl_ok("get", "nodes", "-o", "json", timeout=120))["items"])
+        cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
         cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
-        cluster.kubectl_ok("create", "namespace", NAMESPACE)
-        port = 18081
+        cluster.kubectl_ok("create", "namespace", namespace)
+        port = free_port()
         env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
         operator = subprocess.Popen([KUBETUNE, "run-operator", f"--metrics-port={port}"], env=env,
                                     stdout=(state / "operator.log").open("w"), stderr=subprocess.STDOUT)
@@ -128,13 +180,13 @@ def main() -> None:
 
         manifests = {"apiVersion": "v1", "kind": "List", "items": [finetunejob(i) for i in range(args.jobs)]}
         t0 = time.monotonic()
-        cluster.kubectl_ok("create", "-n", NAMESPACE, "-f", "-", stdin=json.dumps(manifests), timeout=600)
+        cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(manifests), timeout=600)
         created = time.monotonic() - t0
         planned_at = jobs_at = None
         while time.monotonic() - t0 < args.timeout:
-            ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+            ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", namespace, "-o", "json", timeout=120))["items"]
             planned = sum(1 for f in ftjs if f.get("status", {}).get("plan"))
-            jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+            jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", namespace, "-o", "json", timeout=120))["items"]
             if planned_at is None and planned == args.jobs:
                 planned_at = time.monotonic() - t0
             if planned_at is not None and len(jobs) >= args.jobs:
@@ -142,7 +194,7 @@ def main() -> None:
                 break
             print(f"  {time.monotonic() - t0:5.0f} s: {planned} planned, {len(jobs)} Jobs", file=sys.stderr)
             time.sleep(2)
-        time.sleep(15)  # let the reconcile timers run over the settled jobs too
+        time.sleep(3 if args.smoke else 15)  # let the reconcile timers run over the settled jobs too
         cpu_after, peak_rss = process_usage(operator.pid)
         samples = apiserver_metrics(cluster)
         requests = apiserver_requests(samples) - requests_before
@@ -150,15 +202,16 @@ def main() -> None:
         page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
         reconciles = float(re.search(r"kubetune_reconcile_duration_seconds_count (\S+)", page)[1])
 
-        ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
-        jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
-        maps = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", NAMESPACE, "-o", "json", timeout=120))["items"]
+        ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", namespace, "-o", "json", timeout=120))["items"]
+        jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", namespace, "-o", "json", timeout=120))["items"]
+        maps = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", namespace, "-o", "json", timeout=120))["items"]
         owners = Counter(ref["name"] for obj in jobs for ref in obj["metadata"].get("ownerReferences", []))
         map_owners = Counter(ref["name"] for obj in maps for ref in obj["metadata"].get("ownerReferences", []))
         without_status = sum(1 for f in ftjs if not f.get("status", {}).get("phase"))
 
-        print(f"machine: {platform.machine()}, {os.cpu_count()} cores; profile '{args.profile}' "
-              f"({len(cluster_profile.node_manifests())} nodes); {args.jobs} FineTuneJobs created in {created:.1f} s\n")
+        where = f"profile '{args.profile}'" if args.kubeconfig is None else f"the cluster of {args.kubeconfig}"
+        print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {where} ({nodes} nodes); "
+              f"{args.jobs} FineTuneJobs created in {created:.1f} s\n")
         print("| measure | value | target |")
         print("|---|---:|---|")
         print(f"| all planned | {planned_at:.1f} s | within 120 s |" if planned_at else "| all planned | not reached | |")
@@ -181,10 +234,16 @@ def main() -> None:
               f"{sum(1 for c in map_owners.values() if c > 1)} | 0 |")
         print(f"| FineTuneJobs without a status | {without_status} | 0 |")
     finally:
+        if args.kubeconfig is not None and operator is not None:
+            # While the operator runs, so that it removes its finalizers and the namespace can go.
+            cluster.kubectl("delete", "ftj", "--all", "-n", namespace, "--timeout=120s", timeout=180)
         if operator is not None:
             operator.terminate()
             operator.wait(timeout=60)
-        cluster.down()
+        if args.kubeconfig is None:
+            cluster.down()
+        else:
+            cluster.kubectl("delete", "namespace", namespace, "--wait=false")
         shutil.rmtree(state, ignore_errors=True)
 
 
