@@ -11,18 +11,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 
-from kubetune.devcluster import seed
-from kubetune.devcluster.cluster import LocalCluster
-from kubetune.devcluster.node import SIMULATED_LABEL
-from kubetune.devcluster.profile import FAKE_NODE_ANNOTATION
-from kubetune.trainer import checkpoints as checkpoints_module
-from tests.integration.ftj import ROOT, Operator, apply, condition, example, get, trainer_pods
-from tests.integration.waiting import wait_until
-from tests.node.conftest import Claims, claim_folder
-from tests.observability.prometheus import Prometheus
-from tests.observability.rendering import render_rules
+# The loss is recomputed here and the checkpoints read as the trainer writes them: the trainer extra.
+torch = pytest.importorskip("torch")
+pytest.importorskip("deepspeed")
+
+from kubetune.devcluster import seed  # noqa: E402
+from kubetune.devcluster.cluster import LocalCluster  # noqa: E402
+from kubetune.devcluster.node import SIMULATED_LABEL  # noqa: E402
+from kubetune.devcluster.profile import FAKE_NODE_ANNOTATION  # noqa: E402
+from kubetune.trainer import checkpoints as checkpoints_module  # noqa: E402
+from tests.integration.ftj import ROOT, Operator, apply, condition, example, get, trainer_pods  # noqa: E402
+from tests.integration.waiting import wait_until  # noqa: E402
+from tests.node.conftest import Claims, claim_folder  # noqa: E402
+from tests.observability.prometheus import Prometheus  # noqa: E402
+from tests.observability.rendering import render_rules  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 

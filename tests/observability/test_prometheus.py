@@ -23,7 +23,6 @@ import pytest
 from kubetune.devcluster.cluster import LONG_RUNNING_NAMESPACE, LocalCluster
 from tests.integration.ftj import ROOT, apply, example, get, in_phase, operator_running, trainer_pods
 from tests.integration.waiting import wait_until
-from tests.observability import picture
 from tests.observability.prometheus import Prometheus, free_port
 from tests.observability.rendering import render_rules
 from tests.trainer.conftest import kill, launch, model_config, world  # noqa: F401  (world is a fixture)
@@ -261,6 +260,8 @@ def test_promtool_finds_both_endpoints_clean(stack: Stack) -> None:
 
 
 def test_the_job_dashboard_picture_is_drawn_from_prometheus(stack: Stack, tmp_path: Path) -> None:
+    from tests.observability import picture  # matplotlib (the test extra): only this test draws
+
     path = picture.render(stack.prometheus, f'namespace="{LONG_RUNNING_NAMESPACE}", finetunejob="{JOB}"',
                           stack.started, time.time(), tmp_path / "job-dashboard.png",
                           "kubetune / FineTuneJob: a tiny LoRA run, two CPU ranks (tests/observability)")

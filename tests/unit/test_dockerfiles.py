@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HADOLINT = Path(sys.executable).parent / "hadolint"
 
 
+@pytest.mark.tools
 @pytest.mark.parametrize("dockerfile", ["Dockerfile", "trainer_image/Dockerfile"])
 def test_dockerfile_passes_hadolint(dockerfile: str) -> None:
     result = subprocess.run([str(HADOLINT), str(ROOT / dockerfile)], capture_output=True, text=True, check=False)

@@ -1,8 +1,11 @@
 """The GPU catalog: lookups by the labels GPU Feature Discovery writes, and the GFD facts derived from it."""
 
+import json
+
 import pytest
 
 from kubetune.catalog import gpus
+from tests.conftest import ROOT
 
 
 @pytest.mark.parametrize(
@@ -58,3 +61,9 @@ def test_every_product_label_is_unique_and_a_valid_label_value() -> None:
     assert len(products) == len(set(products))
     for product in products:
         assert len(product) <= 63 and product.replace("-", "").replace(".", "").replace("_", "").isalnum()
+
+
+def test_the_charts_schema_lists_exactly_the_catalogs_gpu_ids() -> None:
+    schema = json.loads((ROOT / "charts" / "kubetune" / "values.schema.json").read_text())
+    listed = schema["properties"]["operator"]["properties"]["gpuPrices"]["propertyNames"]["enum"]
+    assert listed == [gpu.id for gpu in gpus.catalog()]

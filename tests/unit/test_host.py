@@ -115,6 +115,9 @@ def test_the_apiserver_restarts_with_its_exact_command_line_and_folder(started: 
             "an argument with spaces", ""]
     first = subprocess.Popen(argv, cwd=workdir)
     started.append(first)
+    # Popen returns once the child is exec'ing, a moment before /proc shows its command line (empty until then, on
+    # a loaded machine long enough to read): the restart reads the first's from there, this test the second's.
+    host.wait_for("the first to start", lambda: psutil.Process(first.pid).cmdline() != [], timeout=10)
     pid_file = cluster.cluster_dir / "pids" / "kube-apiserver.pid"
     pid_file.write_text(str(first.pid))
     cluster.restart_apiserver(down_seconds=0)
@@ -122,6 +125,7 @@ def test_the_apiserver_restarts_with_its_exact_command_line_and_folder(started: 
     try:
         assert second != first.pid and not host.alive(first.pid)
         restarted = psutil.Process(second)
+        host.wait_for("the restarted one to start", lambda: restarted.cmdline() != [], timeout=10)
         assert (restarted.cmdline(), restarted.cwd()) == (argv, str(workdir))
     finally:
         psutil.Process(second).kill()

@@ -1,6 +1,7 @@
 """The dashboards the chart ships are the generated ones, every panel says its unit and data source, and the
 operator's per-job series follow a job's phase and disappear with it."""
 
+import uuid
 
 import pytest
 
@@ -48,24 +49,27 @@ def _value(name: str, **labels: str) -> float | None:
 
 
 def test_job_series_follow_the_phase_and_vanish_with_the_job() -> None:
+    # metrics.registry is the process's one registry: a namespace of its own, so that series another test left
+    # there do not count here.
+    ns = f"ns-{uuid.uuid4().hex[:8]}"
     series = metrics.JobSeries()
-    series.observe("ns", "a", "Planned", _plan())
-    series.observe("ns", "b", "Running", _plan())
-    assert _value("kubetune_finetunejobs", namespace="ns", phase="Planned") == 1
-    assert _value("kubetune_finetunejob_gpus_requested", namespace="ns", finetunejob="a", gpu_type="L4-24GB") == 2
-    series.observe("ns", "a", "Running", _plan())
-    assert _value("kubetune_finetunejobs", namespace="ns", phase="Planned") == 0
-    assert _value("kubetune_finetunejobs", namespace="ns", phase="Running") == 2
-    assert _value("kubetune_finetunejob_phase", namespace="ns", finetunejob="a", phase="Running") == 1
-    assert _value("kubetune_finetunejob_phase", namespace="ns", finetunejob="a", phase="Planned") == 0
+    series.observe(ns, "a", "Planned", _plan())
+    series.observe(ns, "b", "Running", _plan())
+    assert _value("kubetune_finetunejobs", namespace=ns, phase="Planned") == 1
+    assert _value("kubetune_finetunejob_gpus_requested", namespace=ns, finetunejob="a", gpu_type="L4-24GB") == 2
+    series.observe(ns, "a", "Running", _plan())
+    assert _value("kubetune_finetunejobs", namespace=ns, phase="Planned") == 0
+    assert _value("kubetune_finetunejobs", namespace=ns, phase="Running") == 2
+    assert _value("kubetune_finetunejob_phase", namespace=ns, finetunejob="a", phase="Running") == 1
+    assert _value("kubetune_finetunejob_phase", namespace=ns, finetunejob="a", phase="Planned") == 0
 
-    series.observe("ns", "a", "Succeeded", _plan())  # a finished job holds no GPUs
-    assert _value("kubetune_finetunejob_gpus_requested", namespace="ns", finetunejob="a", gpu_type="L4-24GB") is None
-    series.forget("ns", "a")
-    assert _value("kubetune_finetunejobs", namespace="ns", phase="Succeeded") == 0
-    assert _value("kubetune_finetunejob_phase", namespace="ns", finetunejob="a", phase="Succeeded") is None
-    assert _value("kubetune_finetunejob_predicted_peak_bytes", namespace="ns", finetunejob="a") is None
-    assert _value("kubetune_finetunejob_predicted_peak_bytes", namespace="ns", finetunejob="b") == 8
-    series.forget("ns", "b")
-    series.forget("ns", "b")  # a second deletion event changes nothing
-    assert _value("kubetune_finetunejobs", namespace="ns", phase="Running") == 0
+    series.observe(ns, "a", "Succeeded", _plan())  # a finished job holds no GPUs
+    assert _value("kubetune_finetunejob_gpus_requested", namespace=ns, finetunejob="a", gpu_type="L4-24GB") is None
+    series.forget(ns, "a")
+    assert _value("kubetune_finetunejobs", namespace=ns, phase="Succeeded") == 0
+    assert _value("kubetune_finetunejob_phase", namespace=ns, finetunejob="a", phase="Succeeded") is None
+    assert _value("kubetune_finetunejob_predicted_peak_bytes", namespace=ns, finetunejob="a") is None
+    assert _value("kubetune_finetunejob_predicted_peak_bytes", namespace=ns, finetunejob="b") == 8
+    series.forget(ns, "b")
+    series.forget(ns, "b")  # a second deletion event changes nothing
+    assert _value("kubetune_finetunejobs", namespace=ns, phase="Running") == 0

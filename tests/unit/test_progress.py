@@ -1,10 +1,12 @@
 """Progress read from the trainer's metrics page."""
 
+import pytest
 from prometheus_client import generate_latest
 
 from kubetune.controller import progress
 
 
+@pytest.mark.torch
 def test_progress_and_eta_from_the_trainers_own_metrics() -> None:
     from kubetune.trainer.metrics import TrainerMetrics
 

@@ -4,9 +4,12 @@ import os
 
 import psutil
 import pytest
-import torch
 
-from kubetune.trainer.metrics import TrainerMetrics
+torch = pytest.importorskip("torch")
+
+from kubetune.trainer.metrics import TrainerMetrics  # noqa: E402
+
+pytestmark = pytest.mark.torch
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the series are torch's CUDA allocator's")
