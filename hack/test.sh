@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every test: sets up what is missing, then pytest (the local cluster starts once for the session).
-# Extra arguments go to pytest, e.g. `hack/test.sh -m "not cluster"` for the unit tests alone.
+# Extra arguments go to pytest, e.g. `hack/test.sh -m unit` for the unit tier alone.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -38,7 +38,9 @@ RECENT_PLANS = 256
 
 
 def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """The handlers, on a registry of their own: the timer's interval is the configuration's."""
+    """The handlers, on a registry of their own: the timer's interval is the configuration's. kopf's default
+    registry would bring its login through the installed client library; this one is told which."""
+    kopf.on.login(registry=registry)(kopf.login_via_async_client)
     kopf.on.startup(registry=registry)(configure)
     kopf.on.cleanup(registry=registry)(close)
     for on in (kopf.on.create(*RESOURCE, registry=registry), kopf.on.resume(*RESOURCE, registry=registry),
