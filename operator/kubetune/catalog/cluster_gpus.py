@@ -9,6 +9,12 @@ from typing import Any
 from kubetune.catalog import gpus
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
+# The device plugin's time-slicing: each GPU is advertised this many times.
+REPLICAS_LABEL = "nvidia.com/gpu.replicas"
+# Under MIG's single strategy GFD names the product's slices, e.g. NVIDIA-A100-SXM4-80GB-MIG-1g.10gb, and the
+# device plugin advertises each slice as a GPU. (Under the mixed strategy slices are resources of their own and
+# nvidia.com/gpu counts the whole GPUs left.)
+MIG_PRODUCT = re.compile(r"-MIG-(\d+g\.\d+gb)$")
 # Pods in these phases no longer hold their GPUs.
 DONE_PHASES = ("Succeeded", "Failed")
 
@@ -27,6 +33,10 @@ class GpuNodeGroup:
     host_memory_bytes: int | None = None
     cpu_millis: int | None = None  # allocatable CPU per node (the smallest of the group)
     taints: list[dict[str, Any]] = field(default_factory=list)
+    # Why training cannot use these nodes (their GPUs are shared or sliced); such groups are never planned on.
+    unusable: str | None = None
+    # Set for a product outside the catalog, planned from its labels: how its speed was assumed.
+    estimated: str | None = None
 
     def pod_slots(self, gpus_per_pod: int) -> int:
         """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node)."""
@@ -96,13 +106,18 @@ def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list
         count = int(allocatable.get(gpus.GPU_RESOURCE, 0))
         if not product or count == 0 or node.get("spec", {}).get("unschedulable"):
             continue
+        unusable, estimated = _unusable(product, labels, count), None
         try:
-            gpu = gpus.by_gfd_product(product)
+            gpu = gpus.by_gfd_product(MIG_PRODUCT.sub("", product))
         except gpus.UnknownGpuError:
-            continue
+            found = gpus.from_labels(product, labels)
+            if found is None:  # GFD always writes the memory and compute capability; without them, nothing to plan
+                continue
+            gpu, estimated = found
         simulated = labels.get(gpus.SIMULATED_GPUS_LABEL) == "true"
-        group = groups.setdefault((product, count, simulated), GpuNodeGroup(gpu=gpu, product=product,
-                                                                             gpus_per_node=count, simulated=simulated))
+        group = groups.setdefault((product, count, simulated), GpuNodeGroup(
+            gpu=gpu, product=product, gpus_per_node=count, simulated=simulated, unusable=unusable,
+            estimated=estimated))
         group.nodes += 1
         taken = held.get(node["metadata"]["name"], 0)
         if taken == 0:
@@ -120,9 +135,26 @@ def node_groups(nodes: list[dict[str, Any]], pods: list[dict[str, Any]]) -> list
     return sorted(groups.values(), key=lambda g: (g.gpu.id, g.gpus_per_node))
 
 
+def _unusable(product: str, labels: dict[str, str], advertised: int) -> str | None:
+    """Why a node's advertised GPUs are not whole GPUs of its own: training needs those (a time-sliced replica
+    shares its GPU's memory with other pods, a MIG slice is a fraction of one)."""
+    raw = labels.get(REPLICAS_LABEL) or "1"
+    replicas = int(raw) if raw.isdigit() else 1
+    if replicas > 1:
+        return (f"time-sliced: {advertised // replicas} GPUs per node advertised {replicas} times each, and training "
+                "needs whole GPUs of its own")
+    if product.endswith(gpus.SHARED_SUFFIX):
+        return "shared (time-slicing or MPS), and training needs whole GPUs of its own"
+    if (mig := MIG_PRODUCT.search(product)) is not None:
+        return f"MIG slices ({mig.group(1)}), and training needs whole GPUs"
+    return None
+
+
 def allowed(group: GpuNodeGroup, gpu_types: list[str] | None) -> bool:
     """Whether a job limited to `gpu_types` (None: any) may use the group. Simulated GPUs only when named: a job
-    must never land on CPU-backed GPUs by chance."""
+    must never land on CPU-backed GPUs by chance. Shared or sliced GPUs never."""
+    if group.unusable is not None:
+        return False
     if not gpu_types:
         return not group.simulated
     wanted = {t.lower() for t in gpu_types}

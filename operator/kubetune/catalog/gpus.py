@@ -86,3 +86,25 @@ def by_gfd_product(product: str) -> GpuType:
             return gpu
     known = ", ".join(p for gpu in catalog() for p in gpu.gfd_products)
     raise UnknownGpuError(f"unknown nvidia.com/gpu.product '{product}'; known products: {known}")
+
+
+def from_labels(product: str, labels: dict[str, str]) -> tuple[GpuType, str] | None:
+    """A GPU outside the catalog, from what GFD says of it (`nvidia.com/gpu.memory`, `gpu.compute.major` and
+    `.minor`), with the speed, links and price of the slowest catalog GPU of its generation (or of the newest
+    generation below it): a conservative guess, and why, for the plan's explanation. None when the labels do
+    not say its memory and compute capability."""
+    try:
+        memory_mib = int(labels["nvidia.com/gpu.memory"])
+        major, minor = int(labels["nvidia.com/gpu.compute.major"]), int(labels["nvidia.com/gpu.compute.minor"])
+    except (KeyError, ValueError):
+        return None
+    older = [gpu for gpu in catalog() if (gpu.compute_major, gpu.compute_minor) <= (major, minor)]
+    if memory_mib <= 0 or not older:
+        return None
+    generation = max(gpu.compute_major for gpu in older)
+    base = min((gpu for gpu in older if gpu.compute_major == generation), key=lambda gpu: gpu.fp16_tflops)
+    gpu = base.model_copy(update={"id": product, "gfd_products": (product,), "memory_mib": memory_mib,
+                                  "compute_capability": f"{major}.{minor}"})
+    return gpu, (f"{product} is not in kubetune's GPU catalog: planned from its GFD labels ({memory_mib} MiB, "
+                 f"compute capability {major}.{minor}) with the speed and price of {base.id}, the slowest catalog GPU "
+                 "of its generation, so its time and cost are rough")

@@ -27,6 +27,14 @@ class PoolGpus(BaseModel):
 
     type: str
     count: int = Field(gt=0)
+    # How else GPU Feature Discovery may show a node's GPUs, so the tests meet what real clusters have.
+    replicas: int = Field(default=1, ge=1, description="time-slicing: the device plugin advertises each GPU this "
+                          "many times, and GFD appends -SHARED to the product")
+    mig_profile: str | None = Field(default=None, pattern=r"^[1-7]g\.[0-9]+gb$", description="MIG, single "
+                                    "strategy: every GPU cut into slices of this profile, each advertised as a GPU")
+    product: str | None = Field(default=None, description="a product outside the catalog, which otherwise "
+                                "has `type`'s properties (e.g. NVIDIA-H100-NVL on an H100-PCIe-80GB pool)")
+    memory_mib: int | None = Field(default=None, gt=0, description="that product's memory")
 
     @field_validator("type")
     @classmethod
@@ -37,6 +45,12 @@ class PoolGpus(BaseModel):
     @property
     def gpu_type(self) -> gpus.GpuType:
         return gpus.by_id(self.type)
+
+    @property
+    def advertised(self) -> int:
+        """What the device plugin advertises as nvidia.com/gpu: A100 and H100 have 7 compute slices."""
+        slices = 7 // int(self.mig_profile[0]) if self.mig_profile else 1
+        return self.count * self.replicas * slices
 
 
 class Pool(BaseModel):
@@ -87,7 +101,7 @@ class ClusterProfile(BaseModel):
         allocatable: dict[str, str] = {**pool.allocatable.model_dump(), "pods": PODS_PER_NODE}
         if pool.gpu is not None:
             labels |= gfd_labels(pool.instance_type, pool.gpu, self.driver_version, self.cuda_version)
-            capacity[GPU_RESOURCE] = allocatable[GPU_RESOURCE] = str(pool.gpu.count)
+            capacity[GPU_RESOURCE] = allocatable[GPU_RESOURCE] = str(pool.gpu.advertised)
         return {
             "apiVersion": "v1",
             "kind": "Node",
@@ -115,19 +129,25 @@ def gfd_labels(instance_type: str, pool_gpus: PoolGpus, driver_version: str, cud
     gpu = pool_gpus.gpu_type
     driver = driver_version.split(".")
     cuda_major, cuda_minor = cuda_version.split(".")
+    product, memory_mib = pool_gpus.product or gpu.gfd_products[0], pool_gpus.memory_mib or gpu.memory_mib
+    if pool_gpus.replicas > 1:
+        product += gpus.SHARED_SUFFIX
+    if pool_gpus.mig_profile:
+        product += f"-MIG-{pool_gpus.mig_profile}"
+        memory_mib = int(pool_gpus.mig_profile.split(".")[1].removesuffix("gb")) * 1024
     return {
         # Set by the GPU Operator from NFD's PCI vendor label, not by GFD.
         "nvidia.com/gpu.present": "true",
-        "nvidia.com/gpu.product": gpu.gfd_products[0],
-        "nvidia.com/gpu.memory": str(gpu.memory_mib),
-        "nvidia.com/gpu.count": str(pool_gpus.count),
+        "nvidia.com/gpu.product": product,
+        "nvidia.com/gpu.memory": str(memory_mib),
+        "nvidia.com/gpu.count": str(pool_gpus.advertised if pool_gpus.mig_profile else pool_gpus.count),
         "nvidia.com/gpu.family": gpu.gfd_family,
         "nvidia.com/gpu.compute.major": str(gpu.compute_major),
         "nvidia.com/gpu.compute.minor": str(gpu.compute_minor),
         "nvidia.com/gpu.machine": instance_type,
         "nvidia.com/gpu.mode": "compute",
-        "nvidia.com/gpu.replicas": "1",
-        "nvidia.com/gpu.sharing-strategy": "none",
+        "nvidia.com/gpu.replicas": str(pool_gpus.replicas),
+        "nvidia.com/gpu.sharing-strategy": "time-slicing" if pool_gpus.replicas > 1 else "none",
         "nvidia.com/mig.capable": str(gpu.mig_capable).lower(),
         # The GPU Operator's default, so it appears even on GPUs without MIG.
         "nvidia.com/mig.strategy": "single",

@@ -1,5 +1,6 @@
 """A FineTuneJob's spec and the cluster's GPU nodes -> the planner's request -> the plan in status."""
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal, TypeVar
 
@@ -129,9 +130,7 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     usable = [g for g in typed if _free(g, spec.resources) > 0]
     if not usable:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
-        have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({g.free_nodes} free"
-                         f"{'; simulated, only for jobs that name it in resources.gpuTypes' if g.simulated else ''})"
-                         for g in groups) or "none"
+        have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({_state(g)})" for g in groups) or "none"
         return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
                         Reason.UNSCHEDULABLE)
     # One group per GPU type: the one with the most free nodes.
@@ -149,9 +148,17 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
         return Decision(None, None, None, str(error), Reason.INVALID_SPEC)
     if result.chosen is None:
         return Decision(None, None, None, " ".join(result.explanation), Reason.UNSCHEDULABLE)
-    chosen = result.chosen
-    return Decision(_status_plan(chosen, result, by_type[chosen.gpu]), by_type[chosen.gpu], chosen,
-                    " ".join(result.explanation))
+    chosen, group = result.chosen, by_type[result.chosen.gpu]
+    if group.estimated is not None:
+        result = dataclasses.replace(result, explanation=[group.estimated, *result.explanation])
+    return Decision(_status_plan(chosen, result, group), group, chosen, " ".join(result.explanation))
+
+
+def _state(group: GpuNodeGroup) -> str:
+    if group.unusable is not None:
+        return f"not for training: {group.unusable}"
+    simulated = "; simulated, only for jobs that name it in resources.gpuTypes" if group.simulated else ""
+    return f"{group.free_nodes} free{simulated}"
 
 
 def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: GpuNodeGroup) -> api.Plan:
