@@ -37,7 +37,8 @@ names = st.one_of(st.from_regex(r"[a-z][a-z0-9-]{0,20}[a-z0-9]", fullmatch=True)
 mutation = st.tuples(st.sampled_from(PATHS), st.sampled_from(["set", "remove"]), values)
 
 # A job that waits says so: a reason on its Running or Admitted condition, a plan, or an end.
-SAYS_WHAT = ("Planned", "Running", "Succeeded", "Failed", "Unschedulable", "Queued", "Suspended", "Restarting")
+SAYS_WHAT = ("Planned", "Running", "Succeeded", "Failed", "Unschedulable", "Queued", "Waiting", "Suspended",
+             "Restarting")
 
 
 def mutated(name: str, changes: list[tuple[str, str, Any]]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from kubetune.catalog.cluster_gpus import node_groups
 from kubetune.config import DEFAULT_TRAINER_IMAGE
 from kubetune.devcluster import node_config, oci, profile, seed
 from kubetune.devcluster.node import SIMULATED_LABEL
-from kubetune.planner.decision import decide
+from kubetune.planner.decision import decide, waiting_for_capacity
 from kubetune.resources.job import TRAINER_UID
 from kubetune.resources.job import job as job_manifest
 
@@ -59,11 +59,16 @@ def test_pinned_gpus_and_nodes_give_that_many_pods_which_may_share_a_node() -> N
     assert "--nnodes=2" in command and "--nproc_per_node=1" in command and job["spec"]["completions"] == 2
 
 
-def test_pinned_pods_fit_only_where_enough_gpus_are_free() -> None:
-    busy = decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 3)]))
-    assert busy.plan is None and "2 GPUs asked, 1 A10G-24GB available" in busy.message
-    half = decide(tiny_spec(), node_groups([real_node()], [held_by("real-0", 2)]))
-    assert half.plan is not None and half.plan.nodes == 2
+def test_pinned_pods_that_fit_the_node_but_not_its_free_gpus_wait_for_them() -> None:
+    busy_groups = node_groups([real_node()], [held_by("real-0", 3)])
+    busy = decide(tiny_spec(), busy_groups)
+    assert busy.plan is not None and busy.plan.nodes == 2  # planned on the cluster as it is, busy or not
+    assert waiting_for_capacity(busy.plan, busy_groups) == (
+        "waiting for capacity: the plan needs 2 pod(s) of 1 A10G-24GB GPUs; the cluster's NVIDIA-A10G nodes hold 1 "
+        "such pod(s) now and 4 when free")
+    half_groups = node_groups([real_node()], [held_by("real-0", 2)])
+    half = decide(tiny_spec(), half_groups)
+    assert half.plan is not None and half.plan.nodes == 2 and waiting_for_capacity(half.plan, half_groups) is None
 
 
 def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:

@@ -44,6 +44,8 @@ class Reason(StrEnum):
     PODS_PENDING = "PodsPending"
     RESTARTING = "Restarting"
     COMPLETED = "JobCompleted"
+    # The plan fits the cluster, and its GPUs are busy: the children are created when they free.
+    WAITING_FOR_CAPACITY = "WaitingForCapacity"
     # What the job needs before its pods can start (controller/refusals.py)
     NAME_CONFLICT = "NameConflict"
     QUOTA_EXCEEDED = "QuotaExceeded"

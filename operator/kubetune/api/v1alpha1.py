@@ -451,6 +451,7 @@ class JobPhase(StrEnum):
     PLANNED = "Planned"
     UNSCHEDULABLE = "Unschedulable"
     QUEUED = "Queued"
+    WAITING = "Waiting"
     SUSPENDED = "Suspended"
     RUNNING = "Running"
     RESTARTING = "Restarting"
@@ -462,7 +463,8 @@ class FineTuneJobStatus(_Model):
     """status is what the operator observed and decided."""
 
     phase: JobPhase | None = Field(default=None, description="phase summarises the conditions for display: "
-                                   "Pending, Planned, Unschedulable, Queued, Suspended, Running, Restarting, "
+                                   "Pending, Planned, Unschedulable, Queued, Waiting (for busy GPUs to free), Suspended, "
+                                   "Running, Restarting, "
                                    "Succeeded or Failed; read the conditions to decide anything.")
     observed_generation: int | None = Field(default=None, description="observedGeneration is the spec "
                                             "generation the status was written for.")

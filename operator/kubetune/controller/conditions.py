@@ -68,6 +68,8 @@ class Conditions:
             return phase.RESTARTING
         if self.reason(ConditionType.ADMITTED) == Reason.QUEUED:
             return phase.QUEUED
+        if self.reason(ConditionType.RUNNING) == Reason.WAITING_FOR_CAPACITY:
+            return phase.WAITING
         if self.true(ConditionType.PLANNED):
             return phase.PLANNED
         return phase.PENDING

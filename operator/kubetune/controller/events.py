@@ -21,7 +21,7 @@ def _worth_an_event(condition: dict[str, Any]) -> bool:
     if condition["status"] == "Unknown":
         return False
     if condition["type"] == ConditionType.RUNNING:
-        return bool(condition["reason"] in WAITING)
+        return bool(condition["reason"] in (*WAITING, Reason.WAITING_FOR_CAPACITY))
     if condition["type"] in (ConditionType.ADMITTED, ConditionType.OUTPUT_DURABLE):
         return bool(condition["status"] == "False")
     return bool(condition["type"] == ConditionType.PLANNED or condition["status"] == "True")

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import ConditionType, Reason
+from kubetune.catalog.cluster_gpus import GpuNodeGroup
 from kubetune.config import OperatorConfig
 from kubetune.controller import clock, events, observation, progress, recovery, refusals, suspension
 from kubetune.controller import metrics as m
@@ -189,12 +190,15 @@ class _Reconcile:
         self.conds.set(ConditionType.FAILED, True, reason, message)
         self.conds.set(ConditionType.SUCCEEDED, False, reason, "the job failed")
 
-    async def _plan(self, spec: api.FineTuneJobSpec) -> api.Plan | None:
-        groups = await self.capacity.groups()
+    def _decided(self, spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> decision.Decision:
         key = (spec.model_dump_json(), self.capacity.version)
-        decided = self.memo.plans.get(key)
+        decided: decision.Decision | None = self.memo.plans.get(key)
         if decided is None:
             decided = self.memo.plans[key] = decision.decide(spec, groups, self.config.gpu_prices)
+        return decided
+
+    async def _plan(self, spec: api.FineTuneJobSpec) -> api.Plan | None:
+        decided = self._decided(spec, await self.capacity.groups())
         if decided.plan is None:
             reason = decided.reason or Reason.UNSCHEDULABLE
             m.plan_failures.labels(reason).inc()
@@ -219,6 +223,11 @@ class _Reconcile:
             self.conds.set(ConditionType.RUNNING, False, Reason.RESTARTING,
                            f"attempt {self.attempt}: waiting for the previous attempt's workers to stop")
             return
+        if not spec.queue_name:
+            placeable = await self._placeable(spec, plan)
+            if placeable is None:
+                return
+            plan = placeable
         missing = [ref for ref in refusals.references(spec) if await self.kube.read(self.namespace, *ref) is None]
         outcome = refusals.missing_references(missing, clock.seconds_since(self.body["metadata"]["creationTimestamp"]))
         if outcome is None:
@@ -234,6 +243,25 @@ class _Reconcile:
             if outcome.failed:
                 self._fail(outcome.reason, outcome.message)
                 self.patch.status["completionTime"] = clock.now()
+
+    async def _placeable(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> api.Plan | None:
+        """The plan to create the children for now, or None while its GPUs are busy. The Job is created only
+        when all of its pods fit what is free, so no pod holds GPUs while its peers cannot start. A first
+        attempt is replanned when the cluster changed and another plan can start now (nodes added, other GPUs
+        freed); a later one resumes from checkpoints its plan's layout wrote, and waits for its own."""
+        groups = await self.capacity.groups()
+        waiting = decision.waiting_for_capacity(plan, groups)
+        if waiting is None:
+            return plan
+        if self.attempt == 1:
+            now = self._decided(spec, groups).plan
+            if now is not None and now != plan and decision.waiting_for_capacity(now, groups) is None:
+                self._set_plan(now)
+                self.conds.set(ConditionType.PLANNED, True, Reason.REPLANNED,
+                               f"the cluster changed: {decision.summary(now)}")
+                return now
+        self.conds.set(ConditionType.RUNNING, False, Reason.WAITING_FOR_CAPACITY, waiting)
+        return None
 
     async def _workers_left(self) -> bool:
         pods = await self.kube.pods(self.namespace, names.trainer_selector(self.name))

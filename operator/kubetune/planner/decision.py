@@ -54,25 +54,28 @@ def gpus_per_pod(resources: api.Resources) -> int | None:
     return resources.gpus // resources.nodes
 
 
-def _free(group: GpuNodeGroup, resources: api.Resources) -> int:
-    """How many of the plan's nodes the group can hold now: whole free nodes, or pods of a pinned size."""
+def _slots(group: GpuNodeGroup, resources: api.Resources, whole: bool) -> int:
+    """How many of the plan's nodes the group holds: whole nodes, or pods of a pinned size; of its free GPUs
+    now, or (`whole`) of all of them, busy or not."""
     per_pod = gpus_per_pod(resources)
     if per_pod is None:
-        return group.free_nodes
-    return group.pod_slots(per_pod) if per_pod <= group.gpus_per_node else 0
+        return group.nodes if whole else group.free_nodes
+    if per_pod > group.gpus_per_node:
+        return 0
+    return group.nodes * (group.gpus_per_node // per_pod) if whole else group.pod_slots(per_pod)
 
 
-def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None) -> search.GpuPool:
+def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None, whole: bool) -> search.GpuPool:
     per_pod = gpus_per_pod(resources)
     if per_pod is not None:
         # Pods that share a machine share its host memory too.
         host = (group.host_memory_bytes * per_pod // group.gpus_per_node
                 if group.host_memory_bytes is not None else None)
-        # Only groups that hold at least one such pod get here (decide's `usable`).
-        return search.GpuPool(gpu=group.gpu, gpus_per_node=per_pod, nodes=_free(group, resources),
+        # Only groups that hold at least one such pod get here (decide's `present`).
+        return search.GpuPool(gpu=group.gpu, gpus_per_node=per_pod, nodes=_slots(group, resources, whole),
                               host_memory_bytes=host, usd_per_hour=usd_per_hour)
     per_node = group.gpus_per_node
-    nodes = group.free_nodes
+    nodes = _slots(group, resources, whole)
     if resources.max_nodes is not None:
         nodes = min(nodes, resources.max_nodes)
     if resources.max_gpus is not None and resources.nodes is not None:
@@ -82,6 +85,23 @@ def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | N
         nodes = min(nodes, max(1, resources.max_gpus // per_node))
     return search.GpuPool(gpu=group.gpu, gpus_per_node=per_node, nodes=max(nodes, 1),
                           host_memory_bytes=group.host_memory_bytes, usd_per_hour=usd_per_hour)
+
+
+def room(plan: api.Plan, groups: list[GpuNodeGroup]) -> tuple[int, int]:
+    """How many of the plan's pods the cluster's nodes of its GPU product hold now, and when all are free."""
+    same = [g for g in groups if g.product == plan.gpu_product and g.unusable is None]
+    per_pod = plan.gpus_per_node
+    return (sum(g.pod_slots(per_pod) for g in same if per_pod <= g.gpus_per_node),
+            sum(g.nodes * (g.gpus_per_node // per_pod) for g in same))
+
+
+def waiting_for_capacity(plan: api.Plan, groups: list[GpuNodeGroup]) -> str | None:
+    """Why the plan cannot start now, when its GPUs are busy; None when it can."""
+    now, total = room(plan, groups)
+    if now >= plan.nodes:
+        return None
+    return (f"waiting for capacity: the plan needs {plan.nodes} pod(s) of {plan.gpus_per_node} {plan.gpu_type} GPUs; "
+            f"the cluster's {plan.gpu_product} nodes hold {now} such pod(s) now and {total} when free")
 
 
 def architecture_of(spec: api.FineTuneJobSpec) -> architecture.Architecture:
@@ -127,31 +147,54 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     if per_pod is not None and typed and per_pod > largest:
         return Decision(None, None, None, f"{per_pod} GPUs per node asked (gpus / nodes); the allowed GPU nodes have "
                         f"at most {largest}", Reason.UNSCHEDULABLE)
-    usable = [g for g in typed if _free(g, spec.resources) > 0]
-    if not usable:
+    present = [g for g in typed if _slots(g, spec.resources, whole=True) > 0]
+    if not present:
         wanted = ", ".join(spec.resources.gpu_types or ["any"])
         have = ", ".join(f"{g.nodes} x {g.gpus_per_node} {g.product} ({_state(g)})" for g in groups) or "none"
-        return Decision(None, None, None, f"no free GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
+        return Decision(None, None, None, f"no GPU nodes of the allowed types ({wanted}); the cluster has: {have}",
                         Reason.UNSCHEDULABLE)
-    # One group per GPU type: the one with the most free nodes.
-    by_type: dict[str, GpuNodeGroup] = {}
-    for group in usable:
-        if group.gpu.id not in by_type or _free(group, spec.resources) > _free(by_type[group.gpu.id], spec.resources):
-            by_type[group.gpu.id] = group
-    pools = [_pool(g, spec.resources, (prices or {}).get(g.gpu.id)) for g in by_type.values()]
     update: dict[str, object] = {"memory_scale": memory_scale, "max_offload": max_offload}
     if resuming is not None:
         update |= {"method": resuming.method, "precision": resuming.precision, "min_zero_stage": resuming.zero_stage}
+    request = request_for(spec).model_copy(update=update)
     try:
-        result = search.plan(arch, request_for(spec).model_copy(update=update), pools)
+        # A job Kueue admits is planned on the whole cluster: Kueue, not kubetune, waits for the capacity.
+        now = None if spec.queue_name else _search(arch, request, spec.resources, present, prices, whole=False)
+        best = _search(arch, request, spec.resources, present, prices, whole=True)
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
         return Decision(None, None, None, str(error), Reason.INVALID_SPEC)
-    if result.chosen is None:
-        return Decision(None, None, None, " ".join(result.explanation), Reason.UNSCHEDULABLE)
-    chosen, group = result.chosen, by_type[result.chosen.gpu]
-    if group.estimated is not None:
-        result = dataclasses.replace(result, explanation=[group.estimated, *result.explanation])
+    if best is None or best[0].chosen is None:
+        return Decision(None, None, None, " ".join(best[0].explanation) if best else "no plan", Reason.UNSCHEDULABLE)
+    result, by_type = now if now is not None and now[0].chosen is not None else best
+    chosen = result.chosen
+    assert chosen is not None  # `now` is taken only with a choice, `best` has one
+    group = by_type[chosen.gpu]
+    notes = [group.estimated] if group.estimated is not None else []
+    if result is not best[0] and best[0].chosen is not None and best[0].chosen.gpu != chosen.gpu:
+        # The policy: a job starts on what is free rather than wait for what would suit it best.
+        notes.append(f"{best[0].chosen.gpu} x {best[0].chosen.settings.num_gpus} would suit the objective better but "
+                     f"has no free capacity now: starting on {chosen.gpu} instead of waiting")
+    if notes:
+        result = dataclasses.replace(result, explanation=[*notes, *result.explanation])
     return Decision(_status_plan(chosen, result, group), group, chosen, " ".join(result.explanation))
+
+
+def _search(arch: architecture.Architecture, request: search.Request, resources: api.Resources,
+            groups: list[GpuNodeGroup], prices: dict[str, float] | None,
+            whole: bool) -> tuple[search.SearchResult, dict[str, GpuNodeGroup]] | None:
+    """The planner's search over one group per GPU type (the one holding the most of the plan's nodes), on the
+    GPUs free now or (`whole`) on all of them; None when no group holds a node now."""
+    by_type: dict[str, GpuNodeGroup] = {}
+    for group in groups:
+        if _slots(group, resources, whole) == 0:
+            continue
+        if group.gpu.id not in by_type or _slots(group, resources, whole) > _slots(by_type[group.gpu.id], resources,
+                                                                                   whole):
+            by_type[group.gpu.id] = group
+    if not by_type:
+        return None
+    pools = [_pool(g, resources, (prices or {}).get(g.gpu.id), whole) for g in by_type.values()]
+    return search.plan(arch, request, pools), by_type
 
 
 def _state(group: GpuNodeGroup) -> str:
