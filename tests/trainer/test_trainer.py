@@ -5,6 +5,7 @@ one-line reason in the termination message; a run replanned onto another GPU cou
 resumes from the checkpoints of the first."""
 
 import json
+import signal
 import urllib.request
 from pathlib import Path
 
@@ -113,6 +114,31 @@ def test_a_killed_run_resumes_from_its_last_complete_checkpoint_with_the_same_lo
     expected, got = losses(reference), losses(resumed)
     for step in range(first_after_restart, 41):
         assert got[step] == pytest.approx(expected[step], rel=0.02, abs=0.02), (step, got[step], expected[step])
+
+
+def test_a_stopped_run_saves_where_it_stopped_and_resumes_from_there(world: Path, tmp_path: Path) -> None:
+    """The kubelet's SIGTERM (the pod deleted, preempted, or its Job suspended) reaches the training
+    container's command: the ranks save a checkpoint at the step they are at, long before the next interval,
+    and exit; the pod says it was stopped; the next run resumes from that step."""
+    config, ds = write_configs(world, tmp_path, method=Method.LORA, stage=2, steps=40, interval=30, port=19470)
+    run = Run(tmp_path, launch(config, ds, tmp_path, master_port=29670, launcher=True,
+                               extra_env={contract.SAVE_SECONDS_ENV: "120"}))
+    wait_for_step(run, 6)
+    run.process.send_signal(signal.SIGTERM)
+    code = run.process.wait(timeout=300)
+    output = (tmp_path / "stdout.log").read_text()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    assert (tmp_path / "termination-log").read_text().startswith("kubetune-stopped")
+    saved = int((tmp_path / "checkpoints" / "latest-complete").read_text().strip().split("-")[1])
+    assert 6 <= saved < 30 and f"asked to stop: saved checkpoint step-{saved:08d}" in output
+    assert max(losses(run)) == saved and not (tmp_path / "final").exists()  # not finished: nothing exported
+
+    run.process = launch(config, ds, tmp_path, master_port=29671)
+    finish(run.process, tmp_path)
+    assert f"resumed from checkpoint step-{saved:08d} at step {saved}" in (tmp_path / "stdout.log").read_text()
+    steps = [entry["step"] for entry in run.log()]
+    assert steps == list(range(1, 41))  # no step lost, none trained twice
+    assert (tmp_path / "final").exists()
 
 
 def test_a_replanned_run_resumes_from_checkpoints_another_layout_wrote(world: Path, tmp_path: Path) -> None:

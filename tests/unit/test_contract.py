@@ -101,3 +101,16 @@ def test_a_config_of_another_contract_version_names_both() -> None:
 def test_a_wrong_value_is_not_mistaken_for_an_unknown_field() -> None:
     with pytest.raises(ValidationError):
         trainer_config.parse(json.dumps(_config_json(method="qlora", newReport=1)))
+
+
+def test_a_run_that_saved_when_asked_to_stop_is_no_success() -> None:
+    """The ranks exit 0 after saving on a stop; the Job must not count the pod as finished."""
+    assert verdict_of(0, [], stopped_by=15, saved_on_stop=True) == (143, contract.stopped_message(15))
+    assert verdict_of(0, [], stopped_by=15) == (0, None)  # stopped as the last step was done: finished
+    assert verdict_of(0, []) == (0, None)
+
+
+def test_the_grace_period_gives_the_trainer_time_to_write_its_checkpoint() -> None:
+    small, big = contract.grace_seconds(10 * 1024**2), contract.grace_seconds(800 * 1000**3)
+    assert small == contract.SAVE_MARGIN_SECONDS + 1
+    assert big == contract.SAVE_MARGIN_SECONDS + 800 * 1000**3 // contract.SAVE_BYTES_PER_SECOND

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.catalog.cluster_gpus import node_groups
 from kubetune.config import DEFAULT_TRAINER_IMAGE
@@ -160,3 +161,14 @@ def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None
 
     assert {"name": "KUBETUNE_TESTING_INJECT_FAULT", "value": "gpu-oom:5:1"} in env(1)
     assert all(e["name"] != "KUBETUNE_TESTING_INJECT_FAULT" for e in env(2))
+
+
+def test_training_pods_get_the_time_to_save_a_checkpoint_when_stopped() -> None:
+    decision = decide(tiny_spec(), node_groups([real_node()], []))
+    plan = decision.plan
+    pod = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]
+    grace = pod["terminationGracePeriodSeconds"]
+    written = (plan.memory.weights_bytes + plan.memory.optimizer_states_bytes) * plan.gpus_per_node
+    assert grace == contract.grace_seconds(written + plan.memory.host_bytes_per_node) > contract.SAVE_MARGIN_SECONDS
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[contract.SAVE_SECONDS_ENV] == str(grace - contract.SHUTDOWN_SECONDS)

@@ -28,6 +28,26 @@ RENDEZVOUS_PORT = 29500
 METRICS_PORT = 9400  # rank 0's; local rank i serves on METRICS_PORT + i
 
 VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
+# Asked to stop (the kubelet's SIGTERM: the pod deleted, evicted, preempted, or its Job suspended), the launcher
+# writes this file into the verdict folder; the ranks see it at their next optimizer step, agree, save a
+# checkpoint and exit, so a suspended or preempted run resumes where it stopped. The launcher passes the signal
+# on to torchrun after SAVE_SECONDS_ENV seconds (the pod's grace period, less a margin) if they have not.
+STOP_FILE = "stop"
+# Written by rank 0 beside it once the ranks saved and left the run unfinished: its exit code 0 is then no
+# success, and the container says it was stopped.
+SAVED_ON_STOP_FILE = "saved-on-stop"
+SAVE_SECONDS_ENV = "KUBETUNE_SAVE_SECONDS"
+# What the grace period is sized for: writing the pod's share of the model states at this rate, and this much
+# more for the step in flight and the ranks' exit.
+SAVE_BYTES_PER_SECOND = 200 * 1000**2
+SAVE_MARGIN_SECONDS = 60
+# Left to torchrun, once the signal is passed on, to stop its workers before the kubelet kills the container.
+SHUTDOWN_SECONDS = 20
+
+
+def grace_seconds(checkpoint_bytes: int) -> int:
+    """The pod's termination grace period: time to write a checkpoint of this many bytes, and the margin."""
+    return SAVE_MARGIN_SECONDS + -(-checkpoint_bytes // SAVE_BYTES_PER_SECOND)
 # Set on pods of nodes whose GPUs are simulated: only then may the trainer run on the CPU. Elsewhere a pod
 # that sees no GPU (a driver not mounted) fails at once instead of crawling on the CPU for days.
 SIMULATED_GPUS_ENV = "KUBETUNE_SIMULATED_GPUS"
@@ -73,6 +93,10 @@ _PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "remote p
 
 def peer_lost(message: str) -> bool:
     return any(sign in message for sign in _PEER_LOST)
+
+
+def stop_requested(folder: str | None) -> bool:
+    return folder is not None and (Path(folder) / STOP_FILE).exists()
 
 
 def stopped_message(signum: int) -> str:

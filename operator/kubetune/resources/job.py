@@ -71,6 +71,10 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
     ]
+    # What a pod writes when it saves: each GPU's model states, and what offload keeps on the host.
+    grace = contract.grace_seconds((plan.memory.weights_bytes + plan.memory.optimizer_states_bytes) *
+                                   plan.gpus_per_node + plan.memory.host_bytes_per_node)
+    env.append({"name": contract.SAVE_SECONDS_ENV, "value": str(grace - contract.SHUTDOWN_SECONDS)})
     if group.simulated:
         env.append({"name": contract.SIMULATED_GPUS_ENV, "value": "1"})
     inject = (annotations or {}).get(contract.INJECT_FAULT_ANNOTATION)
@@ -95,6 +99,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     cpu_millis, host_memory, memory_limit = _requests(plan, group)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        # Time for the trainer to save a checkpoint when the pod is stopped (suspended, preempted, evicted).
+        "terminationGracePeriodSeconds": grace,
         "subdomain": child["service"],
         # The Pod Security Standards' restricted profile; fsGroup makes the claims writable for the trainer's
         # user (OnRootMismatch: a big claim is not walked again at every start).

@@ -9,10 +9,12 @@ the kernel killed anything, which explains them all. Imports no torch, so it sta
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from kubetune.api import contract
@@ -52,10 +54,11 @@ def memory_cgroup() -> Path:
 
 
 def verdict_of(returncode: int, verdicts: list[contract.Verdict], killed_for_memory: bool = False,
-               limit_bytes: int | None = None, stopped_by: int | None = None) -> tuple[int, str | None]:
+               limit_bytes: int | None = None, stopped_by: int | None = None,
+               saved_on_stop: bool = False) -> tuple[int, str | None]:
     """The container's exit code and termination message after torchrun exited with `returncode`: a kill for
     memory explains everything after it, a stop from outside (the kubelet's SIGTERM) the ranks' own ends."""
-    if returncode == 0:
+    if returncode == 0 and not saved_on_stop:
         return 0, None
     if killed_for_memory:
         return contract.HOST_OOM_EXIT_CODE, contract.host_oom_message(limit_bytes)
@@ -74,26 +77,43 @@ def main(argv: list[str] | None = None) -> int:
     stopping: list[int] = []
     process: subprocess.Popen[bytes] | None = None
 
-    def forward(signum: int, _frame: object) -> None:
-        stopping.append(signum)
-        if process is not None:
+    folder = tempfile.mkdtemp(prefix="kubetune-verdicts-")
+    save_seconds = float(os.environ.get(contract.SAVE_SECONDS_ENV) or "0")
+
+    def pass_on(signum: int) -> None:
+        if process is not None and process.poll() is None:
             process.send_signal(signum)
+
+    def forward(signum: int, _frame: object) -> None:
+        """The first stop asks the ranks to save and exit, and passes the signal on once the time to save is
+        up; a second one passes on at once."""
+        stopping.append(signum)
+        if len(stopping) > 1 or save_seconds <= 0:
+            pass_on(signum)
+            return
+        (Path(folder) / contract.STOP_FILE).touch()
+        timer = threading.Timer(save_seconds, pass_on, (signum,))
+        timer.daemon = True
+        timer.start()
 
     # As the container's PID 1, signals without a handler would be ignored; installed first, so none is lost.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, forward)
     cgroup = memory_cgroup()
     kills_before = oom_kills(cgroup)
-    with tempfile.TemporaryDirectory(prefix="kubetune-verdicts-") as folder:
+    try:
         # torchrun's module, whatever the image's layout puts its script.
         process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *args],
                                    env={**os.environ, contract.VERDICT_DIR_ENV: folder})
-        if stopping:
+        if stopping:  # asked to stop before training began: nothing to save
             process.send_signal(stopping[0])
         returncode = process.wait()
         code, message = verdict_of(returncode, contract.read_verdicts(Path(folder)),
                                    oom_kills(cgroup) > kills_before, memory_limit(cgroup),
-                                   stopping[0] if stopping else None)
+                                   stopping[0] if stopping else None,
+                                   (Path(folder) / contract.SAVED_ON_STOP_FILE).exists())
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     if message is not None:
         termination_log = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMINATION_LOG))
         try:

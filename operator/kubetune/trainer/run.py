@@ -134,17 +134,33 @@ def train(config: TrainerConfig, ds: dict) -> None:
                 # What `kubectl logs` shows: about a hundred lines a run.
                 print(f"step {step}/{steps} loss {mean_loss:.4f} lr {lr:.2e} "
                       f"{entry['tokens_per_second']:,.0f} tokens/s", flush=True)
-        if step % config.checkpoint_interval_steps == 0 or step == steps:
+        stopping = _asked_to_stop(device)
+        if step % config.checkpoint_interval_steps == 0 or step == steps or stopping:
             saving = time.perf_counter()
             checkpoints.save(engine, directory, step, {"step": step}, layout, config.output.keep_checkpoints)
             metrics.checkpoint_seconds.observe(time.perf_counter() - saving)
             metrics.checkpoints.inc()
+        if stopping and step < steps:
+            if rank == 0:
+                print(f"asked to stop: saved checkpoint {checkpoints.tag(step)} to resume from", flush=True)
+                (Path(os.environ[contract.VERDICT_DIR_ENV]) / contract.SAVED_ON_STOP_FILE).write_text(str(step))
+            break
     if log:
         log.close()
+    if step < steps:
+        return
     _save_final(engine, config, rank)
     if rank == 0:
         print(f"saved the {'adapter' if config.method is Method.LORA else 'model'} to {Path(config.output.path) / 'final'}",
               flush=True)
+
+
+def _asked_to_stop(device: torch.device) -> bool:
+    """Whether any rank's launcher was asked to stop (contract.STOP_FILE): agreed by all ranks, so that they
+    save the same step. One scalar all-reduce per optimizer step."""
+    asked = torch.tensor([float(contract.stop_requested(os.environ.get(contract.VERDICT_DIR_ENV)))], device=device)
+    dist.all_reduce(asked, op=dist.ReduceOp.MAX)
+    return bool(asked.item())
 
 
 def _inject(kind: str, step: int, rank: int) -> None:
