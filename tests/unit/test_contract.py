@@ -106,6 +106,7 @@ def test_a_wrong_value_is_not_mistaken_for_an_unknown_field() -> None:
 def test_a_run_that_saved_when_asked_to_stop_is_no_success() -> None:
     """The ranks exit 0 after saving on a stop; the Job must not count the pod as finished."""
     assert verdict_of(0, [], stopped_by=15, saved_on_stop=True) == (143, contract.stopped_message(15))
+    assert verdict_of(0, [], saved_on_stop=True) == (143, contract.peer_stopped_message())  # a peer pod's stop
     assert verdict_of(0, [], stopped_by=15) == (0, None)  # stopped as the last step was done: finished
     assert verdict_of(0, []) == (0, None)
 

@@ -104,6 +104,11 @@ def stopped_message(signum: int) -> str:
             "preempted, or its Job ended")
 
 
+def peer_stopped_message() -> str:
+    return ("kubetune-stopped a peer pod of this run was asked to stop: this pod's ranks saved a checkpoint with "
+            "it and stopped")
+
+
 def host_oom_message(limit_bytes: int | None) -> str:
     limit = f"its memory limit ({limit_bytes / 1024**3:.1f} GiB)" if limit_bytes else "the node's memory"
     return (f"kubetune-host-oom limit_bytes={limit_bytes or 0} the kernel killed a training process: the "

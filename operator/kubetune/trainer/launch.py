@@ -64,6 +64,8 @@ def verdict_of(returncode: int, verdicts: list[contract.Verdict], killed_for_mem
         return contract.HOST_OOM_EXIT_CODE, contract.host_oom_message(limit_bytes)
     if stopped_by is not None:
         return 128 + stopped_by, contract.stopped_message(stopped_by)
+    if saved_on_stop:
+        return 128 + signal.SIGTERM, contract.peer_stopped_message()
     telling = contract.most_telling(verdicts)
     if telling is not None:
         return telling.exit_code, telling.message
