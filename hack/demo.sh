@@ -54,8 +54,14 @@ if [ -n "$output_claim" ]; then
   folder="$($kubectl get pv "$volume" -o jsonpath='{.spec.local.path}')"
   rank0="$($kubectl get pods -l "kubetune.io/finetunejob=$name,batch.kubernetes.io/job-completion-index=0" \
     -o jsonpath='{.items[-1:].metadata.name}')"
-  echo; echo "the loss, from kubectl logs $rank0 (every 10th line, and the last):"
-  $kubectl logs "$rank0" | grep -E "^step [0-9]+/" | awk 'NR % 10 == 1' | sed 's/^/  /'
+  # From the trainer's log on the claim: the kubelet may have rotated rank 0's container log by now.
+  echo; echo "the loss, from train_log.jsonl on the claim (every 10th step, and the last):"
+  python3 -c 'import json, sys
+entries = [json.loads(line) for line in open(sys.argv[1])]
+for e in [e for e in entries if e["step"] % 10 == 1] + entries[-1:]:
+    print("  step %d/%s loss %.4f" % (e["step"], sys.argv[2], e["loss"]))' "$folder/train_log.jsonl" \
+    "$($kubectl get ftj "$name" -o jsonpath='{.status.progress.totalSteps}')"
+  echo "rank 0's last step line, from kubectl logs $rank0:"
   $kubectl logs "$rank0" | grep -E "^step [0-9]+/" | tail -1 | sed 's/^/  /'
   echo; echo "on claim $output_claim ($folder):"
   (cd "$folder" && find checkpoints final -maxdepth 1 | sort | sed 's/^/  /')
