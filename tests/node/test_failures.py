@@ -61,15 +61,11 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
     assert ftj["status"]["phase"] == "Succeeded", ftj["status"]
     assert [a["reason"] for a in ftj["status"]["attempts"]] == ["WorkerLost"], ftj["status"]
     assert ftj["status"]["attempts"][0]["action"] == "restarted from the newest checkpoint"
-    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
-    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
-    first, second = steps[:restart], steps[restart:]
     # The deleted pod's launcher asked the ranks to stop: both pods saved a checkpoint at the step they were at
-    # (not at the interval's) and stopped, so the second attempt starts right after the first's last step,
-    # and goes on to the end, each step once.
-    assert second[0] == first[-1] + 1, (first, second)
-    assert second == list(range(second[0], 201)), second
-    assert first == list(range(1, first[-1] + 1))
+    # (not at the interval's) and stopped, so the second attempt starts right after the first's last step:
+    # every step trained once, none lost and none again.
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 201)), steps
 
 
 def test_a_gpu_out_of_memory_replans_and_the_new_plan_resumes_from_the_checkpoint(

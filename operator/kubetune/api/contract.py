@@ -33,7 +33,7 @@ VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
 # checkpoint and exit, so a suspended or preempted run resumes where it stopped. The launcher passes the signal
 # on to torchrun after SAVE_SECONDS_ENV seconds (the pod's grace period, less a margin) if they have not.
 STOP_FILE = "stop"
-# Written by rank 0 beside it once the ranks saved and left the run unfinished: its exit code 0 is then no
+# Written by every rank beside it once the ranks saved and left the run unfinished: its exit code 0 is then no
 # success, and the container says it was stopped.
 SAVED_ON_STOP_FILE = "saved-on-stop"
 SAVE_SECONDS_ENV = "KUBETUNE_SAVE_SECONDS"

@@ -143,7 +143,8 @@ def train(config: TrainerConfig, ds: dict) -> None:
         if stopping and step < steps:
             if rank == 0:
                 print(f"asked to stop: saved checkpoint {checkpoints.tag(step)} to resume from", flush=True)
-                (Path(os.environ[contract.VERDICT_DIR_ENV]) / contract.SAVED_ON_STOP_FILE).write_text(str(step))
+            # Every rank tells its own pod's launcher: each pod's exit code must say the run did not finish.
+            (Path(os.environ[contract.VERDICT_DIR_ENV]) / contract.SAVED_ON_STOP_FILE).write_text(str(step))
             break
     if log:
         log.close()
