@@ -38,8 +38,11 @@ class GpuNodeGroup:
     # Set for a product outside the catalog, planned from its labels: how its speed was assumed.
     estimated: str | None = None
 
-    def pod_slots(self, gpus_per_pod: int) -> int:
-        """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node)."""
+    def pod_slots(self, gpus_per_pod: int, whole: bool = False) -> int:
+        """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node), or
+        (`whole`) all of its GPUs, busy or not."""
+        if whole:
+            return self.nodes * (self.gpus_per_node // gpus_per_pod)
         return sum(free // gpus_per_pod for free in self.free_gpus)
 
 

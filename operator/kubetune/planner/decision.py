@@ -60,9 +60,7 @@ def _slots(group: GpuNodeGroup, resources: api.Resources, whole: bool) -> int:
     per_pod = gpus_per_pod(resources)
     if per_pod is None:
         return group.nodes if whole else group.free_nodes
-    if per_pod > group.gpus_per_node:
-        return 0
-    return group.nodes * (group.gpus_per_node // per_pod) if whole else group.pod_slots(per_pod)
+    return group.pod_slots(per_pod, whole)
 
 
 def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | None, whole: bool) -> search.GpuPool:
@@ -90,9 +88,8 @@ def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | N
 def room(plan: api.Plan, groups: list[GpuNodeGroup]) -> tuple[int, int]:
     """How many of the plan's pods the cluster's nodes of its GPU product hold now, and when all are free."""
     same = [g for g in groups if g.product == plan.gpu_product and g.unusable is None]
-    per_pod = plan.gpus_per_node
-    return (sum(g.pod_slots(per_pod) for g in same if per_pod <= g.gpus_per_node),
-            sum(g.nodes * (g.gpus_per_node // per_pod) for g in same))
+    return (sum(g.pod_slots(plan.gpus_per_node) for g in same),
+            sum(g.pod_slots(plan.gpus_per_node, whole=True) for g in same))
 
 
 def waiting_for_capacity(plan: api.Plan, groups: list[GpuNodeGroup]) -> str | None:
@@ -160,7 +157,9 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     try:
         # A job Kueue admits is planned on the whole cluster: Kueue, not kubetune, waits for the capacity.
         now = None if spec.queue_name else _search(arch, request, spec.resources, present, prices, whole=False)
-        best = _search(arch, request, spec.resources, present, prices, whole=True)
+        # With nothing busy the whole cluster is what is free: the same search.
+        busy = any(_slots(g, spec.resources, whole=False) < _slots(g, spec.resources, whole=True) for g in present)
+        best = _search(arch, request, spec.resources, present, prices, whole=True) if busy or now is None else now
     except ValueError as error:  # contradictory pins; the CRD's CEL rules refuse these at apply time
         return Decision(None, None, None, str(error), Reason.INVALID_SPEC)
     if best is None or best[0].chosen is None:
