@@ -172,6 +172,22 @@ build_helm() {
   mark "$stamp" helm
 }
 
+# Kueue's manager, and its CRDs and webhooks from the same module (devcluster/kueue.py installs them).
+build_kueue() {
+  local stamp src
+  stamp="$(stamp_of "$KUEUE_VERSION")"
+  up_to_date "$stamp" kueue && [ -d "$cache/kueue-config" ] && return
+  log "kueue $KUEUE_VERSION: building (cold: about 4 min)"
+  GOBIN="$bin" with_heartbeat "kueue $KUEUE_VERSION" go install -trimpath -ldflags "-s -w" \
+    "sigs.k8s.io/kueue/cmd/kueue@$KUEUE_VERSION"
+  src="$(go mod download -json "sigs.k8s.io/kueue@$KUEUE_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')"
+  rm -rf "$cache/kueue-config"
+  mkdir -p "$cache/kueue-config"
+  cp -r "$src/config/components/crd" "$src/config/components/webhook" "$cache/kueue-config/"
+  chmod -R u+w "$cache/kueue-config"
+  mark "$stamp" kueue
+}
+
 build_etcd
 build_kwok
 build_kubernetes
@@ -180,4 +196,5 @@ build_kubelet
 build_containerd
 build_coredns
 build_pause
+build_kueue
 log "all binaries ready in $bin"

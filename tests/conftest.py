@@ -9,6 +9,8 @@ import pytest
 
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
+from kubetune.devcluster.kueue import Kueue
+from tests.integration.queues import Queue
 
 ROOT = Path(__file__).resolve().parents[1]
 # A fixed folder per checkout, so a run that crashed leaves pid files the next run can clean up.
@@ -34,3 +36,24 @@ def cluster() -> Iterator[LocalCluster]:
         yield local
     finally:
         local.down()
+
+
+@pytest.fixture(scope="module")
+def kueue(cluster: LocalCluster) -> Iterator[Kueue]:
+    """A real Kueue beside the session's cluster for the module's tests; its webhooks go with it, so the
+    other modules' Jobs do not pass through it."""
+    cluster.start_kueue()
+    try:
+        yield cluster.kueue
+    finally:
+        cluster.kueue.down()
+
+
+@pytest.fixture
+def queue(cluster: LocalCluster, kueue: Kueue) -> Iterator[Queue]:
+    """A queue admin's Kueue objects for one test, removed afterwards."""
+    made = Queue(cluster)
+    try:
+        yield made
+    finally:
+        made.remove()

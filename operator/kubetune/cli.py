@@ -164,13 +164,14 @@ NameOption = typer.Option("kubetune-dev", "--name", help="Cluster name; its stat
 def dev_cluster_up(
     name: str = NameOption,
     profile: str = typer.Option("default", help="A built-in profile name or a profile .yaml path."),
+    kueue: bool = typer.Option(False, "--kueue", help="Start Kueue beside it (built by hack/build-bins.sh)."),
 ) -> None:
     """Start (or restart) the local cluster and register the profile's GPU nodes."""
     cluster = LocalCluster(name, _state_root() / name)
     try:
         chosen = profiles.load(profile)
         console.print(f"starting cluster '{name}' with profile '{chosen.name}' ...")
-        cluster.up(chosen)
+        cluster.up(chosen, kueue=kueue)
     except (ClusterError, FileNotFoundError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from error

@@ -59,6 +59,8 @@ class Reason(StrEnum):
     INVALID_INPUT = "InvalidInput"
     WORKER_FAILED = "WorkerFailed"
     WORKER_LOST = "WorkerLost"
+    # Its resources changed while it was suspended (controller/resize.py)
+    RESIZED = "Resized"
     # Output
     OUTPUT_ON_CLAIM = "OutputOnClaim"
     EPHEMERAL_OUTPUT = "EphemeralOutput"

@@ -291,6 +291,9 @@ class FineTuneJobSpec(_Model):
         ("self.method.attention != 'Eager' || self.training.seqLen <= 8192",
          "`method.attention` 'Eager' keeps a seqLen^2 score matrix per head: `training.seqLen` must be at most "
          "8192 with it"),
+        # A running job's pods are placed for its plan; a suspended one has none, and replans when it resumes.
+        ("self.resources == oldSelf.resources || oldSelf.suspend",
+         "`resources` may change only while the job is suspended (spec.suspend true)"),
     ))
 
     model: ModelSource = Field(description="model to fine-tune.",
@@ -302,8 +305,9 @@ class FineTuneJobSpec(_Model):
     training: Training = Field(default_factory=Training, description="training "
                                "hyperparameters.",
                                json_schema_extra={"default": {}, **rules(("self == oldSelf", "`training` is immutable"))})
-    resources: Resources = Field(default_factory=Resources, description="resources the plan may use.",
-                                 json_schema_extra={"default": {}, **rules(("self == oldSelf", "`resources` is immutable"))})
+    resources: Resources = Field(default_factory=Resources, description="resources the plan may use. They may "
+                                 "change while the job is suspended: it is replanned when it resumes, and goes on "
+                                 "from its checkpoints.", json_schema_extra={"default": {}})
     output: Output = Field(default_factory=Output, description="output of the run.",
                            json_schema_extra={"default": {}, **rules(
                                # A run moved to another claim or path would silently restart from step 0.
@@ -407,6 +411,8 @@ class Plan(_Model):
                                                                       "of the choice, a sentence each.")
     runners_up: list[RunnerUp] = Field(default_factory=list, max_length=8, description="runnersUp: the best "
                                        "configurations not chosen, and why.")
+    planned_for: Resources | None = Field(default=None, description="plannedFor is spec.resources as they were "
+                                          "when the plan was made: a job resumed with other resources is replanned.")
 
 
 class Children(_Model):
@@ -434,7 +440,8 @@ class Attempt(_Model):
 
     number: int = Field(description="number of the attempt, from 1.")
     reason: str = Field(max_length=64, description="reason it ended: GPUOutOfMemory, "
-                        "HostOutOfMemory, InvalidInput, WorkerLost or WorkerFailed.")
+                        "HostOutOfMemory, InvalidInput, WorkerLost, WorkerFailed, or Resized (its resources "
+                        "changed while suspended).")
     message: str = Field(max_length=4096, description="message from the failed worker or the Job.")
     plan_summary: str = Field(max_length=512, description="planSummary of the plan the attempt ran.")
     predicted_peak_bytes: int = Field(description="predictedPeakBytes of that plan, per GPU.")

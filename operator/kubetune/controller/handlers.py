@@ -20,7 +20,7 @@ from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import ConditionType, Reason
 from kubetune.catalog.cluster_gpus import GpuNodeGroup
 from kubetune.config import OperatorConfig
-from kubetune.controller import clock, events, observation, progress, recovery, refusals, suspension
+from kubetune.controller import clock, events, observation, progress, recovery, refusals, resize, suspension
 from kubetune.controller import metrics as m
 from kubetune.controller.conditions import Conditions
 from kubetune.controller.kube import Kube
@@ -116,6 +116,7 @@ def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, A
         return {}
     # Only what reconciling reads: 1,000 whole Jobs would be most of the operator's memory.
     return {(body["metadata"]["namespace"], owner): {"metadata": {"name": body["metadata"]["name"],
+                                              "uid": body["metadata"].get("uid", ""),
                                               "labels": dict(body["metadata"].get("labels", {})),
                                               "ownerReferences": copy.deepcopy(body["metadata"]["ownerReferences"])},
                                  "spec": {"suspend": body["spec"].get("suspend"),
@@ -171,6 +172,8 @@ class _Reconcile:
         plan = api.Plan.model_validate(self.status["plan"]) if self.status.get("plan") else await self._plan(spec)
         if plan is None:
             return
+        if resize.resized(spec, plan):
+            return await self._resize(spec, plan)
         # kopf fills its indexes before any handler runs, so a Job missing here is one that does not exist yet,
         # or one whose creation the watch has not delivered; creating treats the latter as existing (a
         # conflict), so no read is needed first: at 1,000 new jobs that read was a tenth of each creating
@@ -302,7 +305,8 @@ class _Reconcile:
                 return foreign[0]
             if groups:
                 manifest = job_manifest(self.name, spec, plan, groups[0], self.config.trainer_image, self.attempt,
-                                        dict(self.body["metadata"].get("annotations", {})))
+                                        dict(self.body["metadata"].get("annotations", {})),
+                                        dict(self.body["metadata"].get("labels", {})))
                 if (foreign_job := await self._ensure(manifest, created)):
                     return foreign_job
         finally:
@@ -314,9 +318,16 @@ class _Reconcile:
         return None
 
     async def _observe(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: observation.JobView) -> None:
-        held = suspension.decide(spec, job.suspended)
+        workload = None
+        # Kueue may manage a Job whose spec names no queue: asked before kubetune changes its suspension.
+        if spec.queue_name or spec.suspend != job.suspended:
+            if (found := await self.kube.workload_of(self.namespace, job.uid)) is not None:
+                workload = suspension.Workload.of(found)
+        held = suspension.decide(spec, job.suspended, workload)
         if held.set_job_suspend is not None:
             await self.kube.suspend_job(self.namespace, job.name, held.set_job_suspend)
+        if held.set_workload_active is not None and workload is not None:
+            await self.kube.set_workload_active(self.namespace, workload.name, held.set_workload_active)
         self.conds.apply(held.updates)
         seen = observation.observe(dataclasses.replace(job, suspended=held.suspended), spec.suspend, self.status)
         key = (self.namespace, self.name, self.attempt)
@@ -346,17 +357,28 @@ class _Reconcile:
         response = recovery.respond(failure, self.attempt, attempts, spec, plan,
                                     float(self.status.get("memoryScale") or 1), await self.capacity.groups(),
                                     self.config.gpu_prices)
+        self._end_attempt(response)
+        if response.plan is not None:
+            self.patch.status["memoryScale"] = f"{response.memory_scale:.3f}"
+        if response.warning is not None:
+            reason, message = response.warning
+            kopf.warn(self.body, reason=reason, message=message)
+
+    async def _resize(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> None:
+        response = resize.respond(spec, plan, self.attempt, await self.capacity.groups(), self.config.gpu_prices)
+        self._end_attempt(response)
+        if not response.gave_up:
+            kopf.event(self.body, type="Normal", reason=Reason.RESIZED, message=response.record.action)
+
+    def _end_attempt(self, response: recovery.Response) -> None:
+        """Record the attempt's end and what follows: the next reconcile replaces its Job, or none follows."""
         self.patch.status["attempts"] = [*self.status.get("attempts", []),
                                          response.record.model_dump(by_alias=True, exclude_none=True)]
         if response.plan is not None:
             self._set_plan(response.plan)
-            self.patch.status["memoryScale"] = f"{response.memory_scale:.3f}"
         self.conds.apply(response.updates)
         if response.gave_up:
             self.patch.status["completionTime"] = clock.now()
-        if response.warning is not None:
-            reason, message = response.warning
-            kopf.warn(self.body, reason=reason, message=message)
 
     def _write(self) -> None:
         for condition in self.conds.changed:

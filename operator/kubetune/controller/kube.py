@@ -9,6 +9,9 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from kubetune.controller.refusals import Refused
 
 CONFLICT, NOT_FOUND = 409, 404
+# Kueue's API (v1beta2: Kueue 0.15 and later), for the Workloads of the Jobs it manages.
+KUEUE = ("kueue.x-k8s.io", "v1beta2")
+KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 
 
 class Kube:
@@ -18,6 +21,7 @@ class Kube:
         self.batch = client.BatchV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
         self.scheduling = client.SchedulingV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
 
     @classmethod
     async def connect(cls) -> "Kube":
@@ -87,6 +91,20 @@ class Kube:
 
     async def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         await self.batch.patch_namespaced_job(name, namespace, {"spec": {"suspend": suspend}})
+
+    async def workload_of(self, namespace: str, job_uid: str) -> dict[str, Any] | None:
+        """The Workload Kueue keeps for the Job of that uid; None before Kueue made one, or without Kueue."""
+        response = await self.custom.list_namespaced_custom_object(
+            *KUEUE, namespace, "workloads", label_selector=f"{KUEUE_JOB_UID_LABEL}={job_uid}", _preload_content=False)
+        if response.status == NOT_FOUND:  # Kueue's API is not installed
+            return None
+        items = (await self._json(response))["items"]
+        return items[0] if items else None
+
+    async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
+        response = await self.custom.patch_namespaced_custom_object(
+            *KUEUE, namespace, "workloads", name, {"spec": {"active": active}}, _preload_content=False)
+        await self._json(response)
 
     async def write_lease(self, namespace: str, lease: dict[str, Any]) -> bool:
         """Create the Lease, or replace it at the resourceVersion it was read at; False when another writer got

@@ -18,6 +18,7 @@ class JobView:
     name: str
     suspended: bool
     parallelism: int
+    uid: str = ""
     active: int = 0
     ready: int = 0
     complete: bool = False
@@ -29,7 +30,8 @@ class JobView:
     def of(cls, job: dict[str, Any]) -> "JobView":
         status = job.get("status", {})
         true = {c["type"]: c for c in status.get("conditions", []) if c.get("status") == "True"}
-        return cls(name=job["metadata"]["name"], suspended=bool(job["spec"].get("suspend")),
+        return cls(name=job["metadata"]["name"], uid=job["metadata"].get("uid", ""),
+                   suspended=bool(job["spec"].get("suspend")),
                    parallelism=job["spec"].get("parallelism") or 0, active=status.get("active", 0),
                    ready=status.get("ready", 0), complete="Complete" in true,
                    failed_message=true["Failed"].get("message", "") if "Failed" in true else None,

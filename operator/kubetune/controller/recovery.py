@@ -123,7 +123,7 @@ def action(failure: Failure, attempts: list[api.Attempt], recovery: api.Recovery
             return Action.GIVE_UP
         replans = sum(1 for a in attempts if a.reason in MEMORY_KINDS)
         return Action.REPLAN if replans < recovery.max_out_of_memory_replans else Action.GIVE_UP
-    restarts = sum(1 for a in attempts if a.reason not in MEMORY_KINDS)
+    restarts = sum(1 for a in attempts if a.reason not in (*MEMORY_KINDS, Reason.RESIZED))
     return Action.RESTART if restarts < recovery.max_restarts else Action.GIVE_UP
 
 

@@ -27,6 +27,11 @@ def kwok_stages_dir() -> Path:
     return cache_dir() / "kwok-stages"
 
 
+def kueue_config_dir() -> Path:
+    """Kueue's CRDs and webhooks, from the module its manager was built from (devcluster/kueue.py)."""
+    return cache_dir() / "kueue-config"
+
+
 def built(name: str) -> Path:
     path = bin_dir() / name
     if not os.access(path, os.X_OK):

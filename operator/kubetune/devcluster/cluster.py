@@ -14,8 +14,9 @@ from typing import Any
 import psutil
 import yaml
 
-from kubetune.devcluster import binaries, host
+from kubetune.devcluster import binaries, host, pki
 from kubetune.devcluster.host import HostError
+from kubetune.devcluster.kueue import Kueue, KueueError
 from kubetune.devcluster.node import NodeError, RealNode
 from kubetune.devcluster.profile import FAKE_NODE_ANNOTATION, ClusterProfile
 from kubetune.devcluster.trainer_image import TrainerImageError
@@ -73,6 +74,11 @@ class LocalCluster:
     def node(self) -> RealNode:
         return RealNode(self.name, self.state_dir, self.cluster_dir, self.kubectl)
 
+    @property
+    def kueue(self) -> Kueue:
+        ca = pki.KeyPair(self.cluster_dir / "pki" / "ca.crt", self.cluster_dir / "pki" / "ca.key")
+        return Kueue(self.state_dir / "kueue", self.kubeconfig, ca, self.kubectl)
+
     def kwokctl(self, *args: str, timeout: float = START_TIMEOUT_SECONDS) -> subprocess.CompletedProcess[str]:
         env = dict(os.environ, KWOK_WORKDIR=str(self.workdir), KWOK_RUNTIME="binary")
         return subprocess.run(
@@ -95,8 +101,9 @@ class LocalCluster:
     def is_running(self) -> bool:
         return self.kubeconfig.exists() and self.kubectl("get", "--raw", "/readyz", timeout=10).returncode == 0
 
-    def up(self, profile: ClusterProfile) -> None:
-        """Start the cluster (replacing any earlier one of the same name) and register the profile's nodes."""
+    def up(self, profile: ClusterProfile, kueue: bool = False) -> None:
+        """Start the cluster (replacing any earlier one of the same name), register the profile's nodes, and
+        start Kueue beside it when asked."""
         missing = binaries.missing()
         if missing:
             raise ClusterError(f"binaries not built yet: {', '.join(missing)}; run hack/build-bins.sh first")
@@ -145,6 +152,14 @@ class LocalCluster:
                 self.node.up(profile, self.server())
             except (NodeError, HostError, TrainerImageError) as error:
                 raise ClusterError(f"the real node did not start: {error}") from error
+        if kueue:
+            self.start_kueue()
+
+    def start_kueue(self) -> None:
+        try:
+            self.kueue.up()
+        except (KueueError, binaries.MissingBinaryError) as error:
+            raise ClusterError(f"Kueue did not start: {error}") from error
 
     def server(self) -> str:
         return yaml.safe_load(self.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
@@ -152,6 +167,7 @@ class LocalCluster:
     def down(self) -> None:
         """Stop the cluster and every process it started; a no-op when none is there."""
         try:
+            self.kueue.stop()
             self.node.down()
         finally:
             if self.cluster_dir.exists():

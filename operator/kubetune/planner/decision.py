@@ -175,7 +175,8 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
                      f"has no free capacity now: starting on {chosen.gpu} instead of waiting")
     if notes:
         result = dataclasses.replace(result, explanation=[*notes, *result.explanation])
-    return Decision(_status_plan(chosen, result, group), group, chosen, " ".join(result.explanation))
+    plan = _status_plan(chosen, result, group).model_copy(update={"planned_for": spec.resources})
+    return Decision(plan, group, chosen, " ".join(result.explanation))
 
 
 def _search(arch: architecture.Architecture, request: search.Request, resources: api.Resources,

@@ -7,7 +7,7 @@ from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.catalog.cluster_gpus import PRODUCT_LABEL, GpuNodeGroup
 from kubetune.catalog.gpus import GPU_RESOURCE
-from kubetune.resources.names import KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, labels, names
+from kubetune.resources.names import KUEUE_PASSED_LABELS, KUEUE_QUEUE_LABEL, LABEL_ATTEMPT, labels, names
 
 # The trainer image's user (trainer_image/Dockerfile); also the pods' fsGroup, so a claim whose root is
 # owned by root (as provisioners create them) is writable.
@@ -55,8 +55,10 @@ def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int, int | None
 
 
 def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, trainer_image: str,
-        attempt: int = 1, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """`trainer_image` is the operator's (its configuration), used unless the spec names one."""
+        attempt: int = 1, annotations: dict[str, str] | None = None,
+        labels_of_job: dict[str, str] | None = None) -> dict[str, Any]:
+    """`trainer_image` is the operator's (its configuration), used unless the spec names one; `annotations`
+    and `labels_of_job` are the FineTuneJob's."""
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
     command = [
@@ -135,6 +137,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     job_labels = {**labels(name, "trainer"), LABEL_ATTEMPT: str(attempt)}
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
+        # What Kueue reads from a Job it manages, given where users of Kueue write it: on their workload.
+        job_labels.update({k: v for k, v in (labels_of_job or {}).items() if k in KUEUE_PASSED_LABELS})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -8,6 +8,9 @@ LABEL_COMPONENT = "kubetune.io/component"
 # Which attempt of the run a Job and its pods belong to: restarts replace the Job under the same name.
 LABEL_ATTEMPT = "kubetune.io/attempt"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+# Kueue's labels of a workload that a FineTuneJob passes on to its Job: the WorkloadPriorityClass it is
+# admitted and preempted by, and the time after which Kueue stops it.
+KUEUE_PASSED_LABELS = ("kueue.x-k8s.io/priority-class", "kueue.x-k8s.io/max-exec-time-seconds")
 # Set by the Job controller on an Indexed Job's pods.
 COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
