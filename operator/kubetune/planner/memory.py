@@ -43,11 +43,16 @@ def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
     """
     key = (settings.seq_len, settings.method, settings.lora, settings.attention, settings.precision,
            settings.gradient_checkpointing)
-    one, two = (_activation_bytes(arch, key, b) for b in (1, 2))
+    one, two = _activation_line(arch, key)
     return one + (settings.micro_batch - 1) * (two - one)
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=2048)
+def _activation_line(arch: Architecture, key: tuple[Any, ...]) -> tuple[int, int]:
+    """The saved activations at micro-batches 1 and 2: one cache look-up per estimate, not two."""
+    return _activation_bytes(arch, key, 1), _activation_bytes(arch, key, 2)
+
+
 def _activation_bytes(arch: Architecture, key: tuple[Any, ...], micro_batch: int) -> int:
     seq_len, method, lora, attention, precision, checkpointing = key
     settings = TrainingSettings(seq_len=seq_len, micro_batch=micro_batch, method=method, lora=lora,
@@ -59,6 +64,11 @@ def _activation_bytes(arch: Architecture, key: tuple[Any, ...], micro_batch: int
         return arch.num_layers * activations.checkpointed_layer(arch, settings) + per_layer + outside
     first = activations.first_layer(arch, settings).total
     return first + (arch.num_layers - 1) * per_layer + outside
+
+
+# In the enum's order, which breaks ties for the peak; a tuple because iterating the enum itself is slower
+# and an estimate is made for every configuration the planner tries.
+PHASES = tuple(Phase)
 
 
 def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
@@ -79,8 +89,8 @@ def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
         Phase.BACKWARD_END: 0,
         Phase.OPTIMIZER_STEP: 0,
     }
-    margin = {phase: int(coeff.allocator_fragmentation * (dynamic[phase] + states.buffers)) for phase in Phase}
-    totals = {phase: fixed + grads[phase] + dynamic[phase] + margin[phase] + overhead for phase in Phase}
+    margin = {phase: int(coeff.allocator_fragmentation * (dynamic[phase] + states.buffers)) for phase in PHASES}
+    totals = {phase: fixed + grads[phase] + dynamic[phase] + margin[phase] + overhead for phase in PHASES}
     peak = max(totals, key=totals.__getitem__)
     at_peak = peak is Phase.BACKWARD_START
     return MemoryBreakdown(

@@ -33,20 +33,19 @@ def _trainable(arch: Architecture, method: Method, lora: Lora) -> int:
 def persistent_params(arch: Architecture, settings: TrainingSettings) -> int:
     """Parameters ZeRO-3 also keeps whole on every GPU because their tensors are small (below
     stage3_param_persistence_threshold): norms, biases, small K/V projections, LoRA adapters."""
-    threshold = settings.buckets.param_persistence_threshold
+    return _persistent(arch, settings.buckets.param_persistence_threshold, settings.method, settings.lora)
+
+
+@lru_cache(maxsize=256)
+def _persistent(arch: Architecture, threshold: int, method: Method, lora: Lora) -> int:
     layer = sum(n for n in arch.layer_tensor_numels() if n < threshold)
     final_norm = arch.norm_params if arch.norm_params < threshold else 0
     adapters = 0
-    if settings.method is Method.LORA:
-        rank = settings.lora.rank
-        for d_in, d_out in arch.lora_modules(settings.lora.target_modules).values():
+    if method is Method.LORA:
+        rank = lora.rank
+        for d_in, d_out in arch.lora_modules(lora.target_modules).values():
             adapters += sum(n for n in (rank * d_in, rank * d_out) if n < threshold)
     return (layer + adapters) * arch.num_layers + final_norm
-
-
-def trainable_adapters(arch: Architecture, settings: TrainingSettings) -> int:
-    """Parameters LoRA adds to the model (all trainable ones, under LoRA)."""
-    return trainable_params(arch, settings) if settings.method is Method.LORA else 0
 
 
 @dataclass(frozen=True)
@@ -65,6 +64,7 @@ class ModelStates:
 def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     total = arch.total_params
     trainable = trainable_params(arch, settings)
+    adapters = trainable if settings.method is Method.LORA else 0  # what LoRA adds to the model: all it trains
     n = settings.num_gpus
     stage = settings.zero_stage
     mixed = settings.precision is not Precision.FP32
@@ -77,9 +77,9 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     if stage is ZeroStage.PARAMETERS:
         # Every parameter has its 1/N partition; small ones are also kept whole for compute.
         persistent = persistent_params(arch, settings) * w
-        weights = persistent if offload_params else (total + trainable_adapters(arch, settings)) * w // n + persistent
+        weights = persistent if offload_params else (total + adapters) * w // n + persistent
     else:
-        weights = (total + trainable_adapters(arch, settings)) * w
+        weights = (total + adapters) * w
 
     optimizer = 0 if offload_optimizer else optimizer_per_param * trainable
     if stage is not ZeroStage.DISABLED:

@@ -2,8 +2,9 @@
 explain the choice. Anything the request pins is honoured; a pinned choice that cannot work says why."""
 
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import product
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -179,8 +180,62 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list[Any], ...]:
     return [precision], [attention], methods, checkpointing, zero
 
 
-def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings, memory_scale: float = 1.0) -> Candidate:
-    estimate = memory.estimate(arch, settings)
+class _Shape(NamedTuple):
+    """What varies between the configurations of one plan, all but the micro-batch."""
+
+    precision: Precision
+    attention: Attention
+    method: Method
+    gradient_checkpointing: bool
+    zero_stage: ZeroStage
+    offload: Offload
+    num_gpus: int
+    gpus_per_node: int
+
+
+class _Configuration:
+    """A configuration with what it needs whatever the GPU type: its memory and (made when it first fits some
+    type) its step's work."""
+
+    def __init__(self, arch: Architecture, settings: TrainingSettings) -> None:
+        self._arch = arch
+        self.settings = settings
+        self.memory = memory.estimate(arch, settings)
+
+    @cached_property
+    def work(self) -> throughput.StepWork:
+        return throughput.step_work(self._arch, self.settings)
+
+
+class _Configurations:
+    """One plan's configurations, each made once however many GPU types try it: most are tried on every type
+    in the cluster, and only whether one fits and how fast it runs depend on the type."""
+
+    def __init__(self, arch: Architecture, request: Request) -> None:
+        self._arch = arch
+        self._request = request
+        self._buckets = request.buckets or Buckets.for_hidden_size(arch.hidden_size)
+        # Keyed on the shape and micro-batch rather than on the settings: the request fixes the rest for the
+        # whole plan, and hashing the settings would hash their pydantic LoRA and bucket fields every time.
+        self._made: dict[tuple[_Shape, int], _Configuration] = {}
+
+    def get(self, shape: _Shape, micro_batch: int) -> _Configuration:
+        made = self._made.get((shape, micro_batch))
+        if made is None:
+            request = self._request
+            settings = TrainingSettings(
+                seq_len=request.seq_len, micro_batch=micro_batch,
+                gradient_accumulation=request.global_batch // (micro_batch * shape.num_gpus),
+                precision=shape.precision, optimizer=request.optimizer, method=shape.method, lora=request.lora,
+                gradient_checkpointing=shape.gradient_checkpointing, attention=shape.attention,
+                zero_stage=shape.zero_stage, offload=shape.offload, buckets=self._buckets,
+                num_gpus=shape.num_gpus, gpus_per_node=shape.gpus_per_node)
+            made = self._made[(shape, micro_batch)] = _Configuration(self._arch, settings)
+        return made
+
+
+def _evaluate(pool: GpuPool, configuration: _Configuration, memory_scale: float = 1.0) -> Candidate:
+    settings, estimate = configuration.settings, configuration.memory
     capacity = pool.gpu.memory_bytes
     usable = int(capacity * (1 - memory.coefficients().fit_headroom_fraction))
     reasons = []
@@ -196,7 +251,7 @@ def _evaluate(arch: Architecture, pool: GpuPool, settings: TrainingSettings, mem
         # Throughput is only worth computing for configurations that can run.
         return Candidate(gpu=pool.gpu.id, settings=settings, memory=estimate, time=None, fits=False,
                          reasons=reasons, usd_per_million_tokens=float("inf"))
-    time = throughput.step_time(arch, settings, pool.gpu)
+    time = throughput.time_on(configuration.work, settings, pool.gpu)
     cost = settings.num_gpus * pool.price / 3600 / time.tokens_per_second * 1e6
     return Candidate(gpu=pool.gpu.id, settings=settings, memory=estimate, time=time, fits=True,
                      reasons=["fits"], usd_per_million_tokens=cost)
@@ -226,8 +281,12 @@ def _rank(candidates: list[Candidate], objective: Objective) -> list[Candidate]:
     by_metric = sorted(candidates, key=lambda c: _metric(c, objective))
     best = _metric(by_metric[0], objective)
     tolerance = abs(best) * EQUIVALENT_WITHIN if objective is not Objective.FEWEST_GPUS else 0.5
-    equivalent = [c for c in by_metric if _metric(c, objective) - best <= tolerance]
-    rest = [c for c in by_metric if c not in equivalent]
+    equivalent: list[Candidate] = []
+    rest: list[Candidate] = []
+    for c in by_metric:
+        # Split by the test itself: a membership test (`c not in equivalent`) compares whole dataclasses,
+        # quadratic in the candidates.
+        (equivalent if _metric(c, objective) - best <= tolerance else rest).append(c)
     return sorted(equivalent, key=_preference) + rest
 
 
@@ -235,13 +294,13 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
     candidates: list[Candidate] = []
     rejected: list[Candidate] = []
     pinned_problems: list[str] = []
+    configurations = _Configurations(arch, request)
     for pool in pools:
         problems = _pinned_problems(pool, request)
         if problems:
             pinned_problems += problems
             continue
         precisions, attentions, methods, checkpointing, zero = _choices(pool, request)
-        buckets = request.buckets or Buckets.for_hidden_size(arch.hidden_size)
         # Largest GPU count first: per-GPU memory only shrinks as GPUs are added (the one-GPU case aside,
         # which has no NCCL), so a configuration that fails on N GPUs is not tried on fewer.
         counts = sorted(_gpu_counts(pool, request), reverse=True)
@@ -261,11 +320,8 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                         continue
                     if offload is not Offload.NONE and request.offload is None and (ckpt, n) in fits_without_offload:
                         continue
-                    base = dict(seq_len=request.seq_len, precision=precision, optimizer=request.optimizer,
-                                method=method, lora=request.lora, gradient_checkpointing=ckpt,
-                                attention=attention, zero_stage=stage, offload=offload, num_gpus=n,
-                                gpus_per_node=_per_node(n, pool, request), buckets=buckets)
-                    if not _micro_batches(arch, pool, request, base, candidates, rejected):
+                    shape = _Shape(precision, attention, method, ckpt, stage, offload, n, _per_node(n, pool, request))
+                    if not _micro_batches(pool, request, shape, configurations, candidates, rejected):
                         failed_on_more_gpus = True
                         continue
                     if not ckpt:
@@ -286,19 +342,17 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                 smallest_need=None)
 
 
-def _micro_batches(arch: Architecture, pool: GpuPool, request: Request, base: dict[str, Any],
+def _micro_batches(pool: GpuPool, request: Request, shape: _Shape, configurations: _Configurations,
                    candidates: list[Candidate], rejected: list[Candidate]) -> bool:
     """Evaluate growing micro-batches until one does not fit; True when at least one fits."""
-    n = base["num_gpus"]
+    n = shape.num_gpus
     micro_batches = [request.micro_batch] if request.micro_batch else [
         b for b in (1, 2, 4, 8, 16, 32, 64) if b * n <= request.global_batch]
     fitted = False
     for micro_batch in micro_batches:
         if request.global_batch % (micro_batch * n):
             continue
-        settings = TrainingSettings(
-            micro_batch=micro_batch, gradient_accumulation=request.global_batch // (micro_batch * n), **base)
-        candidate = _evaluate(arch, pool, settings, request.memory_scale)
+        candidate = _evaluate(pool, configurations.get(shape, micro_batch), request.memory_scale)
         if not candidate.fits:
             rejected.append(candidate)
             break  # a larger micro-batch only needs more memory

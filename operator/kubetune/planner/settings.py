@@ -1,7 +1,7 @@
 """The training settings a memory estimate is made for: one candidate configuration."""
 
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import Enum, StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -60,6 +60,11 @@ class Buckets(BaseModel):
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
 
 
+_ENUM_FIELDS: tuple[tuple[str, type[Enum]], ...] = (
+    ("precision", Precision), ("optimizer", Optimizer), ("method", Method), ("attention", Attention),
+    ("zero_stage", ZeroStage), ("offload", Offload))
+
+
 @dataclass(frozen=True)
 class TrainingSettings:
     """One candidate configuration. A plain frozen dataclass rather than a pydantic model: the planner builds
@@ -81,10 +86,12 @@ class TrainingSettings:
     gpus_per_node: int = 1
 
     def __post_init__(self) -> None:
-        # Accept enum values given as plain strings or ints (from JSON, the CLI or tests).
-        for name, kind in (("precision", Precision), ("optimizer", Optimizer), ("method", Method),
-                           ("attention", Attention), ("zero_stage", ZeroStage), ("offload", Offload)):
-            object.__setattr__(self, name, kind(getattr(self, name)))
+        # Accept enum values given as plain strings or ints (from JSON, the CLI or tests). Members are left as
+        # they are: the planner passes members, and an enum lookup per field per candidate is measurable.
+        for name, kind in _ENUM_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, kind):
+                object.__setattr__(self, name, kind(value))
         for name in ("seq_len", "micro_batch", "gradient_accumulation", "num_gpus", "gpus_per_node"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1")

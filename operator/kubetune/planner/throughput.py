@@ -48,7 +48,22 @@ def training_flops_per_token(arch: Architecture, settings: TrainingSettings) -> 
     return forward_flops_per_token(arch, settings) * passes
 
 
-def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> StepTime:
+@dataclass(frozen=True)
+class StepWork:
+    """What one optimizer step moves and computes on each GPU, whatever the GPU: the planner works it out once
+    per configuration and times it on every GPU type the configuration fits. Terms that do not apply are 0."""
+
+    flops: float  # all micro-steps
+    communication_bytes: float  # ZeRO traffic, before overlap
+    overlap: float  # the share of the communication hidden behind compute
+    offload_bytes: float  # gradients down and updated parameters up over PCIe, once per step
+    offload_parameter_bytes: float  # parameters streamed up in every micro-step (offload 'all')
+    cpu_optimizer_seconds: float  # the update on the CPU
+    optimizer_bytes: float  # what the optimizer step on the GPU reads and writes
+    tokens: int  # across all GPUs
+
+
+def step_work(arch: Architecture, settings: TrainingSettings) -> StepWork:
     coeff = coefficients()
     n = settings.num_gpus
     w = settings.precision.bytes
@@ -57,11 +72,8 @@ def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> S
     micro_steps = settings.gradient_accumulation
 
     flops = training_flops_per_token(arch, settings) * settings.tokens_per_micro_batch
-    compute = micro_steps * flops / (peak_tflops(gpu, settings.precision) * 1e12 * coeff.achievable_flops_fraction)
 
     ring = (n - 1) / n
-    bandwidth = 1e9 * (gpu.intra_node_gb_per_second if settings.num_nodes == 1
-                       else min(gpu.intra_node_gb_per_second, gpu.inter_node_gb_per_second))
     gradient_sync = 2 * trainable * w * ring  # reduce-scatter + all-gather (or one all-reduce)
     if settings.zero_stage is ZeroStage.PARAMETERS:
         gathers = 3 if settings.gradient_checkpointing else 2  # forward, backward (and recompute)
@@ -72,18 +84,33 @@ def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> S
     else:
         comm_bytes = gradient_sync
     overlap = coeff.comm_overlap_fraction if settings.buckets.overlaps(settings.zero_stage) else 0.0
-    communication = comm_bytes / bandwidth * (1 - overlap) if n > 1 else 0.0
 
-    offload = 0.0
-    host = gpu.host_link_gb_per_second * 1e9
-    if settings.offload is not Offload.NONE:
+    offloaded = settings.offload is not Offload.NONE
+    return StepWork(
+        flops=micro_steps * flops,
+        communication_bytes=comm_bytes,
+        overlap=overlap,
         # Gradients down and updated parameters up over PCIe, and the update itself on the CPU.
-        offload += 2 * trainable * w / n / host + trainable / n / coeff.cpu_adam_params_per_second
-    if settings.offload is Offload.ALL:
-        offload += micro_steps * 2 * total * w / n / host
-    optimizer = 0.0 if settings.offload is not Offload.NONE else (
-        coeff.optimizer_step_bytes_per_param * trainable / n / (gpu.memory_bandwidth_gb_per_second * 1e9))
+        offload_bytes=2 * trainable * w / n if offloaded else 0.0,
+        offload_parameter_bytes=micro_steps * 2 * total * w / n if settings.offload is Offload.ALL else 0.0,
+        cpu_optimizer_seconds=trainable / n / coeff.cpu_adam_params_per_second if offloaded else 0.0,
+        optimizer_bytes=0.0 if offloaded else coeff.optimizer_step_bytes_per_param * trainable / n,
+        tokens=n * micro_steps * settings.tokens_per_micro_batch,
+    )
 
+
+def step_time(arch: Architecture, settings: TrainingSettings, gpu: GpuType) -> StepTime:
+    return time_on(step_work(arch, settings), settings, gpu)
+
+
+def time_on(work: StepWork, settings: TrainingSettings, gpu: GpuType) -> StepTime:
+    """The step time of `work` (the step work of `settings`) on `gpu`."""
+    compute = work.flops / (peak_tflops(gpu, settings.precision) * 1e12 * coefficients().achievable_flops_fraction)
+    bandwidth = 1e9 * (gpu.intra_node_gb_per_second if settings.num_nodes == 1
+                       else min(gpu.intra_node_gb_per_second, gpu.inter_node_gb_per_second))
+    communication = work.communication_bytes / bandwidth * (1 - work.overlap) if settings.num_gpus > 1 else 0.0
+    host = gpu.host_link_gb_per_second * 1e9
+    offload = work.offload_bytes / host + work.cpu_optimizer_seconds + work.offload_parameter_bytes / host
+    optimizer = work.optimizer_bytes / (gpu.memory_bandwidth_gb_per_second * 1e9)
     step = compute + communication + offload + optimizer
-    tokens = n * micro_steps * settings.tokens_per_micro_batch
-    return StepTime(step, compute, communication, offload, tokens / step)
+    return StepTime(step, compute, communication, offload, work.tokens / step)
