@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+import yaml
 
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
@@ -22,8 +23,8 @@ class Nodes:
         self.added: list[str] = []
 
     def add(self, manifests: list[dict]) -> None:
-        self.cluster.kubectl_ok("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                                      "items": manifests}))
+        # As the cluster registers its profile's nodes (a List's items are validated more strictly).
+        self.cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
         names = {n["metadata"]["name"] for n in manifests}
         self.added.extend(names)
         wait_until(f"{len(names)} added node(s) Ready", lambda: names <= self.cluster.ready_nodes())
@@ -74,6 +75,9 @@ def test_a_waiting_job_starts_on_a_node_added_later(cluster: LocalCluster, opera
     for node in l4:
         cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(
             holder(node["metadata"]["name"], int(node["status"]["allocatable"]["nvidia.com/gpu"]))))
+    wait_until("the other workload to hold every L4", lambda: all(
+        (pod := get(cluster, namespace, "pod", f"holds-{node['metadata']['name']}")) and
+        pod["status"].get("phase") == "Running" for node in l4))
     assert apply(cluster, namespace, job("later", "L4-24GB")).returncode == 0
     wait_until("the job to wait for its GPUs", in_phase(cluster, namespace, "later", "Waiting"))
 

@@ -103,7 +103,8 @@ class Kube:
 
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
         response = await self.custom.patch_namespaced_custom_object(
-            *KUEUE, namespace, "workloads", name, {"spec": {"active": active}}, _preload_content=False)
+            *KUEUE, namespace, "workloads", name, {"spec": {"active": active}},
+            _content_type="application/merge-patch+json", _preload_content=False)
         await self._json(response)
 
     async def write_lease(self, namespace: str, lease: dict[str, Any]) -> bool:

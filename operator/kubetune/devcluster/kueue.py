@@ -86,6 +86,10 @@ class Kueue:
     def stop(self) -> None:
         """Stop the manager alone: for a cluster that goes down with it."""
         host.stop_recorded(self.state_dir / "pids", "kueue", str(self.state_dir))
+        for pem in ("tls.crt", "tls.key"):  # ours only: another cluster's Kueue may have put its own there
+            ours, there = self.state_dir / "certs" / pem, METRICS_CERT_DIR / pem
+            if ours.exists() and there.exists() and ours.read_bytes() == there.read_bytes():
+                there.unlink()
 
     def _apply(self, documents: list[dict[str, Any]], server_side: bool = False) -> None:
         # Kueue's CRDs exceed the annotation a client-side apply keeps.
