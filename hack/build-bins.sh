@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the local control plane's and the real node's binaries from Go modules into a cache outside the checkout, so every
 # clone on this machine (CI's included) reuses them. A binary is rebuilt only when its stamp (version and
-# module checksums) changes. A cold build takes about 13 minutes on 2 cores; progress is printed as it goes.
+# module checksums) changes. A cold build takes about 25-30 minutes on 2 cores; progress is printed as it goes.
 #
 #   KUBETUNE_CACHE   cache root (default ~/.cache/kubetune); binaries land in $KUBETUNE_CACHE/bin
 set -euo pipefail

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine for kubetune's demo and tests; idempotent, so a warm machine passes in seconds.
 # Installs the Python package with its test tools into .venv, builds the local control plane's and real node's
-# binaries into ~/.cache/kubetune and the trainer image (cold: about 13 minutes on 2 cores; warm: seconds).
+# binaries into ~/.cache/kubetune and the trainer image (cold: about 35-45 minutes on 2 cores, most of it the Go builds; warm: seconds).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"

@@ -35,7 +35,7 @@ def kueue_config_dir() -> Path:
 def built(name: str) -> Path:
     path = bin_dir() / name
     if not os.access(path, os.X_OK):
-        raise MissingBinaryError(f"{path} is missing: run hack/build-bins.sh (a cold build takes about 13 minutes)")
+        raise MissingBinaryError(f"{path} is missing: run hack/build-bins.sh (a cold build takes about 25-30 minutes)")
     return path
 
 
