@@ -11,7 +11,7 @@ import yaml
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, apply, condition, example, get, in_phase, trainer_pods
-from tests.integration.test_waiting import holder
+from tests.integration.test_waiting import hold_every
 from tests.integration.waiting import wait_until
 
 SPECIAL_POOLS = ("a100-shared", "a100-mig", "h100-nvl")
@@ -70,14 +70,7 @@ def test_shared_sliced_and_off_catalog_gpus_are_read_as_gfd_labels_them(cluster:
 
 def test_a_waiting_job_starts_on_a_node_added_later(cluster: LocalCluster, operator: Operator, namespace: str,
                                                     nodes: Nodes) -> None:
-    l4 = [n for n in json.loads(cluster.kubectl_ok("get", "nodes", "-o", "json"))["items"]
-          if n["metadata"]["labels"].get("nvidia.com/gpu.product") == "NVIDIA-L4"]
-    for node in l4:
-        cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(
-            holder(node["metadata"]["name"], int(node["status"]["allocatable"]["nvidia.com/gpu"]))))
-    wait_until("the other workload to hold every L4", lambda: all(
-        (pod := get(cluster, namespace, "pod", f"holds-{node['metadata']['name']}")) and
-        pod["status"].get("phase") == "Running" for node in l4))
+    hold_every(cluster, namespace, "NVIDIA-L4")
     assert apply(cluster, namespace, job("later", "L4-24GB")).returncode == 0
     wait_until("the job to wait for its GPUs", in_phase(cluster, namespace, "later", "Waiting"))
 

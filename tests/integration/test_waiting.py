@@ -16,17 +16,21 @@ def holder(node: str, gpus: int) -> dict:
                          "limits": {"nvidia.com/gpu": str(gpus)}, "requests": {"nvidia.com/gpu": str(gpus)}}}]}}
 
 
-def test_a_job_whose_gpus_are_busy_waits_for_them_and_starts_when_they_free(cluster: LocalCluster, operator: Operator,
-                                                                          namespace: str) -> None:
-    l4 = [node for node in json.loads(cluster.kubectl_ok("get", "nodes", "-o", "json"))["items"]
-          if node["metadata"]["labels"].get("nvidia.com/gpu.product") == "NVIDIA-L4"]
-    for node in l4:
+def hold_every(cluster: LocalCluster, namespace: str, product: str) -> None:
+    """Another workload's pods holding every GPU of the nodes of `product`, running."""
+    held = [node for node in json.loads(cluster.kubectl_ok("get", "nodes", "-o", "json"))["items"]
+            if node["metadata"]["labels"].get("nvidia.com/gpu.product") == product]
+    for node in held:
         cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(
             holder(node["metadata"]["name"], int(node["status"]["allocatable"]["nvidia.com/gpu"]))))
-    wait_until("the other workload to hold every L4", lambda: all(
+    wait_until(f"the other workload to hold every {product}", lambda: all(
         (pod := get(cluster, namespace, "pod", f"holds-{node['metadata']['name']}")) and
-        pod["status"].get("phase") == "Running" for node in l4))
+        pod["status"].get("phase") == "Running" for node in held))
 
+
+def test_a_job_whose_gpus_are_busy_waits_for_them_and_starts_when_they_free(cluster: LocalCluster, operator: Operator,
+                                                                          namespace: str) -> None:
+    hold_every(cluster, namespace, "NVIDIA-L4")
     manifest = example("minimal")
     manifest["spec"]["resources"] = {"gpuTypes": ["L4-24GB"]}
     assert apply(cluster, namespace, manifest).returncode == 0

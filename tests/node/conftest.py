@@ -12,6 +12,7 @@ import yaml
 from kubetune.devcluster import seed
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, operator_running, temporary_namespace
+from tests.integration.waiting import wait_until
 from tests.observability.prometheus import free_port
 
 
@@ -40,6 +41,17 @@ def claim_folder(cluster: LocalCluster, namespace: str, claim: str) -> Path:
     """Where a bound claim's files are on this machine: its local PersistentVolume's folder."""
     volume = json.loads(cluster.kubectl_ok("get", "pvc", claim, "-n", namespace, "-o", "json"))["spec"]["volumeName"]
     return Path(json.loads(cluster.kubectl_ok("get", "pv", volume, "-o", "json"))["spec"]["local"]["path"])
+
+
+def train_log_once(cluster: LocalCluster, claims: Claims, steps: int) -> Path:
+    """The run's train_log.jsonl on the output claim, once it holds `steps` steps."""
+    def bound() -> Path | None:
+        phase = cluster.kubectl("get", "pvc", claims.output, "-n", claims.namespace, "-o", "jsonpath={.status.phase}")
+        return claim_folder(cluster, claims.namespace, claims.output) if phase.stdout == "Bound" else None
+    log: Path = wait_until("the output claim bound", bound, timeout=180) / "train_log.jsonl"
+    wait_until(f"{steps} steps logged", lambda: log.exists() and len(log.read_text().splitlines()) >= steps,
+               timeout=300)
+    return log
 
 
 @pytest.fixture

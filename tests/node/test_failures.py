@@ -13,7 +13,7 @@ from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, apply, condition, example, get, trainer_pods
 from tests.integration.waiting import wait_until
 from tests.node import reports
-from tests.node.conftest import Claims, claim_folder
+from tests.node.conftest import Claims, claim_folder, train_log_once
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -48,10 +48,7 @@ def test_a_deleted_pod_restarts_the_gang_which_resumes_after_the_newest_checkpoi
     manifest["spec"]["checkpointIntervalSteps"] = 10
     watch = reports.PodWatch(cluster, claims.namespace, "deleted-pod")
     assert apply(cluster, claims.namespace, manifest).returncode == 0
-    output = wait_until("the output claim bound", lambda: _bound_folder(cluster, claims), timeout=180)
-    log = output / "train_log.jsonl"
-    wait_until("a checkpoint and a few more steps", lambda: log.exists() and len(log.read_text().splitlines()) >= 25,
-               timeout=300)
+    log = train_log_once(cluster, claims, 25)  # a checkpoint and a few more steps
     victim = next(p for p in trainer_pods(cluster, claims.namespace, "deleted-pod")
                   if p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] == "1")
     cluster.kubectl_ok("delete", "pod", "-n", claims.namespace, victim["metadata"]["name"], "--wait=false")
@@ -126,11 +123,6 @@ def test_a_pod_the_kernel_kills_for_its_memory_limit_fails_the_job_once_naming_t
     killed = [s["state"]["terminated"] for p in pods for s in p["status"]["containerStatuses"]
               if s["state"].get("terminated", {}).get("exitCode") == contract.HOST_OOM_EXIT_CODE]
     assert killed and killed[0]["message"].startswith("kubetune-host-oom limit_bytes="), pods
-
-
-def _bound_folder(cluster: LocalCluster, claims: Claims):
-    phase = cluster.kubectl("get", "pvc", claims.output, "-n", claims.namespace, "-o", "jsonpath={.status.phase}")
-    return claim_folder(cluster, claims.namespace, claims.output) if phase.stdout == "Bound" else None
 
 
 @pytest.mark.parametrize(("change", "reason"), [

@@ -11,7 +11,7 @@ from tests.integration import queues
 from tests.integration.ftj import Operator, apply, condition, example, get, in_phase
 from tests.integration.queues import Queue
 from tests.integration.waiting import wait_until
-from tests.node.conftest import Claims, claim_folder
+from tests.node.conftest import Claims, train_log_once
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -34,12 +34,7 @@ def test_a_preempted_job_saves_and_resumes_after_the_step_it_stopped_at_when_kue
     first = queued_job("low", low, 200)
     first["spec"]["checkpointIntervalSteps"] = 50
     assert apply(cluster, claims.namespace, first).returncode == 0
-    output = wait_until("the output claim bound", lambda: get(cluster, claims.namespace, "pvc", claims.output)
-                        ["status"].get("phase") == "Bound", timeout=180) and \
-        claim_folder(cluster, claims.namespace, claims.output)
-    log = output / "train_log.jsonl"
-    wait_until("the low job to train a few steps", lambda: log.exists() and len(log.read_text().splitlines()) >= 15,
-               timeout=300)
+    log = train_log_once(cluster, claims, 15)
 
     second = queued_job("high", high, 10)
     second["spec"]["output"] = {}  # its own, ephemeral: the low job's claim holds the low job's run
@@ -60,4 +55,4 @@ def test_a_preempted_job_saves_and_resumes_after_the_step_it_stopped_at_when_kue
     # readmitted run goes on right after it: every step trained once, none lost and none again.
     steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
     assert steps == list(range(1, 201)), steps
-    assert (output / "final" / "adapter_model.safetensors").exists()
+    assert (log.parent / "final" / "adapter_model.safetensors").exists()
