@@ -114,14 +114,17 @@ def run_operator(
     lease_name: str = typer.Option("kubetune-operator", help="Name of the leader election Lease."),
 ) -> None:
     """Run the operator against the cluster of the current kubeconfig (or in-cluster). The chart's values
-    arrive as KUBETUNE_RECONCILE_SECONDS, KUBETUNE_GPU_PRICES (JSON) and KUBETUNE_TRAINER_IMAGE."""
+    arrive as KUBETUNE_RECONCILE_SECONDS, KUBETUNE_GPU_PRICES (JSON), KUBETUNE_TRAINER_IMAGE and
+    KUBETUNE_AUTOSCALED_GPU_POOLS (JSON)."""
+    from kubetune.catalog.cluster_gpus import check_pools
     from kubetune.config import ConfigError, load
     from kubetune.controller import runtime
 
     try:
         config = load(os.environ, namespaces=tuple(namespace), liveness_endpoint=liveness, metrics_port=metrics_port,
                       leader_election_namespace=leader_election_namespace, lease_name=lease_name)
-    except ConfigError as error:
+        check_pools(config.autoscaled_pools)
+    except (ConfigError, LookupError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     if not runtime.run(config):

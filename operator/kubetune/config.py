@@ -12,11 +12,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 DEFAULT_TRAINER_IMAGE = "kubetune/trainer:0.1.0"
 # The chart's values reach the operator as these variables (charts/kubetune/templates/deployment.yaml).
 ENVIRONMENT = {"reconcile_seconds": "KUBETUNE_RECONCILE_SECONDS", "gpu_prices": "KUBETUNE_GPU_PRICES",
-               "trainer_image": "KUBETUNE_TRAINER_IMAGE", "identity": "POD_NAME"}
+               "trainer_image": "KUBETUNE_TRAINER_IMAGE", "identity": "POD_NAME",
+               "autoscaled_pools": "KUBETUNE_AUTOSCALED_GPU_POOLS"}
+JSON_FIELDS = ("gpu_prices", "autoscaled_pools")
 
 
 class ConfigError(ValueError):
     """A flag or variable the operator cannot start with; the message names it."""
+
+
+class AutoscaledPool(BaseModel):
+    """A GPU node pool a cluster autoscaler grows (from zero, or beyond the nodes it has now): its nodes' shape,
+    which the planner cannot read from nodes that do not exist yet."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    gpu_type: str = Field(alias="gpuType", min_length=1, description="The kubetune GPU id of its nodes.")
+    gpus_per_node: int = Field(alias="gpusPerNode", ge=1, le=16)
+    max_nodes: int = Field(alias="maxNodes", ge=1, le=10000, description="The most nodes the autoscaler makes.")
+    cpu: str = Field(min_length=1, description="A node's allocatable CPU, a Quantity.")
+    memory: str = Field(min_length=1, description="A node's allocatable memory, a Quantity.")
 
 
 class OperatorConfig(BaseModel):
@@ -34,6 +49,8 @@ class OperatorConfig(BaseModel):
                                          "overriding the catalog's list prices.")
     trainer_image: str = Field(default=DEFAULT_TRAINER_IMAGE, min_length=1,
                                description="The trainer image of jobs that do not name one.")
+    autoscaled_pools: tuple[AutoscaledPool, ...] = Field(default=(), description="GPU pools a cluster "
+                                                         "autoscaler grows: planned on up to their size.")
 
 
 def load(environ: Mapping[str, str], **flags: object) -> OperatorConfig:
@@ -43,7 +60,7 @@ def load(environ: Mapping[str, str], **flags: object) -> OperatorConfig:
         if field not in values and environ.get(variable):
             raw = environ[variable]
             try:
-                values[field] = json.loads(raw) if field == "gpu_prices" else raw
+                values[field] = json.loads(raw) if field in JSON_FIELDS else raw
             except json.JSONDecodeError as error:
                 raise ConfigError(f"{variable} is not JSON ({error}): {raw!r}") from error
     try:

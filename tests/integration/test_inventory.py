@@ -3,41 +3,15 @@ MIG and off-catalog nodes added to the running cluster (kwok plays them), and a 
 for capacity. Each node added here is removed afterwards."""
 
 import json
-from collections.abc import Iterator
-
-import pytest
-import yaml
 
 from kubetune.devcluster import profile
 from kubetune.devcluster.cluster import LocalCluster
+from tests.integration.conftest import Nodes
 from tests.integration.ftj import Operator, apply, condition, example, get, in_phase, trainer_pods
 from tests.integration.test_waiting import hold_every
 from tests.integration.waiting import wait_until
 
 SPECIAL_POOLS = ("a100-shared", "a100-mig", "h100-nvl")
-
-
-class Nodes:
-    def __init__(self, cluster: LocalCluster) -> None:
-        self.cluster = cluster
-        self.added: list[str] = []
-
-    def add(self, manifests: list[dict]) -> None:
-        # As the cluster registers its profile's nodes (a List's items are validated more strictly).
-        self.cluster.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(manifests))
-        names = {n["metadata"]["name"] for n in manifests}
-        self.added.extend(names)
-        wait_until(f"{len(names)} added node(s) Ready", lambda: names <= self.cluster.ready_nodes())
-
-
-@pytest.fixture
-def nodes(cluster: LocalCluster) -> Iterator[Nodes]:
-    added = Nodes(cluster)
-    try:
-        yield added
-    finally:
-        if added.added:
-            cluster.kubectl("delete", "node", *added.added, "--wait=false")
 
 
 def job(name: str, gpu_type: str) -> dict:

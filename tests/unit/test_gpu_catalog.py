@@ -65,5 +65,7 @@ def test_every_product_label_is_unique_and_a_valid_label_value() -> None:
 
 def test_the_charts_schema_lists_exactly_the_catalogs_gpu_ids() -> None:
     schema = json.loads((ROOT / "charts" / "kubetune" / "values.schema.json").read_text())
-    listed = schema["properties"]["operator"]["properties"]["gpuPrices"]["propertyNames"]["enum"]
-    assert listed == [gpu.id for gpu in gpus.catalog()]
+    operator = schema["properties"]["operator"]["properties"]
+    ids = [gpu.id for gpu in gpus.catalog()]
+    assert operator["gpuPrices"]["propertyNames"]["enum"] == ids
+    assert operator["autoscaledGpuPools"]["items"]["properties"]["gpuType"]["enum"] == ids

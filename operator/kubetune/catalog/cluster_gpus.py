@@ -1,5 +1,6 @@
 """What GPUs the cluster has, from Node objects labelled by GPU Feature Discovery, less what pods hold."""
 
+import dataclasses
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -7,6 +8,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from kubetune.catalog import gpus
+from kubetune.config import AutoscaledPool
 
 PRODUCT_LABEL = "nvidia.com/gpu.product"
 # The device plugin's time-slicing: each GPU is advertised this many times.
@@ -37,13 +39,19 @@ class GpuNodeGroup:
     unusable: str | None = None
     # Set for a product outside the catalog, planned from its labels: how its speed was assumed.
     estimated: str | None = None
+    # Nodes a cluster autoscaler may still add to the group (the operator's autoscaled pools).
+    autoscaled_nodes: int = 0
 
     def pod_slots(self, gpus_per_pod: int, whole: bool = False) -> int:
         """How many pods of `gpus_per_pod` GPUs the group's free GPUs hold (pods may share a node), or
-        (`whole`) all of its GPUs, busy or not."""
+        (`whole`) all of its GPUs, busy or not, with the nodes the autoscaler may add."""
         if whole:
-            return self.nodes * (self.gpus_per_node // gpus_per_pod)
+            return (self.nodes + self.autoscaled_nodes) * (self.gpus_per_node // gpus_per_pod)
         return sum(free // gpus_per_pod for free in self.free_gpus)
+
+    def autoscaled_slots(self, gpus_per_pod: int) -> int:
+        """Pods the nodes the autoscaler may add would hold: their pods wait pending, not in kubetune."""
+        return self.autoscaled_nodes * (self.gpus_per_node // gpus_per_pod)
 
 
 # A Quantity as the API server accepts it (k8s.io/apimachinery resource.ParseQuantity): a signed decimal number
@@ -162,3 +170,32 @@ def allowed(group: GpuNodeGroup, gpu_types: list[str] | None) -> bool:
         return not group.simulated
     wanted = {t.lower() for t in gpu_types}
     return group.gpu.id.lower() in wanted or group.product.lower() in wanted
+
+
+def check_pools(pools: tuple[AutoscaledPool, ...]) -> None:
+    """Refuse, at start, a pool the planner could not plan on: an unknown GPU id, a Quantity that is none."""
+    for pool in pools:
+        gpus.by_id(pool.gpu_type)  # LookupError names the id
+        if _cpu_millis(pool.cpu) is None or _rounded_up(pool.memory) is None:
+            raise ValueError(f"autoscaled pool {pool.gpu_type}: cpu {pool.cpu!r} or memory {pool.memory!r} is "
+                             "not a Quantity")
+
+
+def with_autoscaled(groups: list[GpuNodeGroup], pools: tuple[AutoscaledPool, ...]) -> list[GpuNodeGroup]:
+    """The groups with the nodes autoscaled pools may still add: to the pool's group when it has nodes now,
+    as a group of no nodes yet when it is scaled to zero."""
+    grown = list(groups)
+    for pool in pools:
+        gpu = gpus.by_id(pool.gpu_type)
+        same = [i for i, g in enumerate(grown) if g.gpu.id == gpu.id and g.gpus_per_node == pool.gpus_per_node
+                and g.unusable is None and not g.simulated]
+        extra = max(0, pool.max_nodes - sum(grown[i].nodes for i in same))
+        if same:
+            largest = max(same, key=lambda i: grown[i].nodes)
+            grown[largest] = dataclasses.replace(grown[largest],
+                                                 autoscaled_nodes=grown[largest].autoscaled_nodes + extra)
+        elif extra:
+            grown.append(GpuNodeGroup(gpu=gpu, product=gpu.gfd_products[0], gpus_per_node=pool.gpus_per_node,
+                                      host_memory_bytes=_rounded_up(pool.memory), cpu_millis=_cpu_millis(pool.cpu),
+                                      autoscaled_nodes=extra))
+    return grown

@@ -65,7 +65,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # succeeded") was most of the operator's apiserver traffic at 1,000 jobs. Ours are posted explicitly.
     settings.posting.level = 30
     memo.kube = await Kube.connect()
-    memo.capacity = CapacitySnapshot(memo.kube)
+    memo.capacity = CapacitySnapshot(memo.kube, memo.config.autoscaled_pools)
     memo.series = m.JobSeries()
     memo.progress = progress.ProgressReader()
     memo.serial = Serial()

@@ -102,7 +102,8 @@ class Kube:
         return items[0] if items else None
 
     async def set_workload_active(self, namespace: str, name: str, active: bool) -> None:
-        response = await self.custom.patch_namespaced_custom_object(
+        # A merge patch: the client's default for custom objects is a JSON patch, a list of operations.
+        response = await self.custom.patch_namespaced_custom_object(  # type: ignore[call-arg]
             *KUEUE, namespace, "workloads", name, {"spec": {"active": active}},
             _content_type="application/merge-patch+json", _preload_content=False)
         await self._json(response)

@@ -12,7 +12,8 @@ import logging
 import time
 from typing import Any
 
-from kubetune.catalog.cluster_gpus import GpuNodeGroup, node_groups
+from kubetune.catalog.cluster_gpus import GpuNodeGroup, node_groups, with_autoscaled
+from kubetune.config import AutoscaledPool
 from kubetune.controller import recovery
 from kubetune.controller.kube import Kube
 from kubetune.resources import names
@@ -24,8 +25,9 @@ log = logging.getLogger("kubetune.capacity")
 
 
 class CapacitySnapshot:
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kube, autoscaled: tuple[AutoscaledPool, ...] = ()) -> None:
         self.kube = kube
+        self.autoscaled = autoscaled
         self._read_at = float("-inf")
         self._all: list[GpuNodeGroup] = []
         self._free: list[GpuNodeGroup] = []
@@ -66,7 +68,8 @@ class CapacitySnapshot:
             self._nodes, self._nodes_read_at = await self.kube.nodes(), time.monotonic()
         nodes, pods = self._nodes, await self.kube.active_pods()
         # Grouped once per read, not per plan: at 500 nodes grouping was 8% of the operator's time.
-        self._all, self._free = node_groups(nodes, []), node_groups(nodes, pods)
+        self._all = with_autoscaled(node_groups(nodes, []), self.autoscaled)
+        self._free = with_autoscaled(node_groups(nodes, pods), self.autoscaled)
         self._blocked = _blocked_workers(pods)
         self._rank0 = _rank0_ips(pods)
         self._read_at = time.monotonic()

@@ -56,10 +56,10 @@ def gpus_per_pod(resources: api.Resources) -> int | None:
 
 def _slots(group: GpuNodeGroup, resources: api.Resources, whole: bool) -> int:
     """How many of the plan's nodes the group holds: whole nodes, or pods of a pinned size; of its free GPUs
-    now, or (`whole`) of all of them, busy or not."""
+    now, or (`whole`) of all of them, busy or not, with the nodes an autoscaler may add."""
     per_pod = gpus_per_pod(resources)
     if per_pod is None:
-        return group.nodes if whole else group.free_nodes
+        return group.nodes + group.autoscaled_nodes if whole else group.free_nodes
     return group.pod_slots(per_pod, whole)
 
 
@@ -93,9 +93,12 @@ def room(plan: api.Plan, groups: list[GpuNodeGroup]) -> tuple[int, int]:
 
 
 def waiting_for_capacity(plan: api.Plan, groups: list[GpuNodeGroup]) -> str | None:
-    """Why the plan cannot start now, when its GPUs are busy; None when it can."""
+    """Why the plan cannot start now, when its GPUs are busy; None when it can. Pods an autoscaled pool would
+    hold start now too: the autoscaler adds nodes for pending pods, and sees none that kubetune holds back."""
     now, total = room(plan, groups)
-    if now >= plan.nodes:
+    scalable = sum(g.autoscaled_slots(plan.gpus_per_node) for g in groups
+                   if g.product == plan.gpu_product and g.unusable is None)
+    if now + scalable >= plan.nodes:
         return None
     return (f"waiting for capacity: the plan needs {plan.nodes} pod(s) of {plan.gpus_per_node} {plan.gpu_type} GPUs; "
             f"the cluster's {plan.gpu_product} nodes hold {now} such pod(s) now and {total} when free")
@@ -169,6 +172,10 @@ def decide(spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup], prices: dict[s
     assert chosen is not None  # `now` is taken only with a choice, `best` has one
     group = by_type[chosen.gpu]
     notes = [group.estimated] if group.estimated is not None else []
+    if group.autoscaled_nodes:
+        notes.append(f"{group.product} is an autoscaled pool ({group.nodes} node(s) now, up to "
+                     f"{group.nodes + group.autoscaled_nodes}): pods that do not fit now wait pending while the "
+                     "cluster autoscaler adds nodes")
     if result is not best[0] and best[0].chosen is not None and best[0].chosen.gpu != chosen.gpu:
         # The policy: a job starts on what is free rather than wait for what would suit it best.
         notes.append(f"{best[0].chosen.gpu} x {best[0].chosen.settings.num_gpus} would suit the objective better but "
@@ -201,7 +208,8 @@ def _state(group: GpuNodeGroup) -> str:
     if group.unusable is not None:
         return f"not for training: {group.unusable}"
     simulated = "; simulated, only for jobs that name it in resources.gpuTypes" if group.simulated else ""
-    return f"{group.free_nodes} free{simulated}"
+    autoscaled = f"; the autoscaler may add {group.autoscaled_nodes}" if group.autoscaled_nodes else ""
+    return f"{group.free_nodes} free{simulated}{autoscaled}"
 
 
 def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: GpuNodeGroup) -> api.Plan:
