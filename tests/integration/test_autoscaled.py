@@ -20,9 +20,10 @@ def test_a_job_on_a_pool_scaled_to_zero_creates_pending_pods_and_runs_when_the_a
         manifest = example("minimal")
         manifest["spec"]["resources"] = {"gpuTypes": ["H100-PCIe-80GB"]}
         assert apply(cluster, namespace, manifest).returncode == 0
-        ftj = wait_until("the job's pods to wait for the autoscaler", lambda: (
-            (f := get(cluster, namespace, "ftj", "minimal")) and trainer_pods(cluster, namespace, "minimal") and
-            all(p["status"].get("phase") == "Pending" for p in trainer_pods(cluster, namespace, "minimal")) and f))
+        wait_until("the job's pods to wait for the autoscaler", lambda: (pods := trainer_pods(
+            cluster, namespace, "minimal")) and all(p["status"].get("phase") == "Pending" for p in pods))
+        ftj = wait_until("the plan in status", lambda: (f := get(cluster, namespace, "ftj", "minimal")) and
+                         f.get("status", {}).get("plan") and f)
         assert ftj["status"]["plan"]["gpuType"] == "H100-PCIe-80GB", ftj["status"]
         assert any("autoscaled pool (0 node(s) now, up to 2)" in line for line in ftj["status"]["plan"]["explanation"])
 

@@ -252,7 +252,7 @@ class _Reconcile:
         when all of its pods fit what is free, so no pod holds GPUs while its peers cannot start. A first
         attempt is replanned when the cluster changed and another plan can start now (nodes added, other GPUs
         freed); a later one resumes from checkpoints its plan's layout wrote, and waits for its own."""
-        groups = await self.capacity.groups()
+        groups = await self.capacity.groups(fresh=True)
         waiting = decision.waiting_for_capacity(plan, groups)
         if waiting is None:
             return plan

@@ -2,7 +2,10 @@
 
 Planning needs all nodes and every pod that holds GPUs. Listing them per FineTuneJob made a burst of new jobs
 cost one cluster-wide pod list each; now one read at a time refreshes a shared copy once it is older than
-MAX_AGE_SECONDS, and reconciles never wait for it except the very first. Staleness is harmless for planning:
+MAX_AGE_SECONDS, and reconciles never wait for it except the very first, and those about to create a job's
+pods, which wait for a read no older than PLACE_MAX_AGE_SECONDS (one read serves all that wait): an older one
+may count GPUs other pods took since, and the job's pods would hold GPUs while their peers could not start.
+Staleness is harmless for planning:
 the scheduler still places every pod against live capacity, and a plan on capacity that went away waits in
 Pending like any other pod. The same read finds the training pods that cannot start (recovery.blocked), for
 which reconciles of workers slow to become ready used to list pods per job."""
@@ -19,6 +22,7 @@ from kubetune.controller.kube import Kube
 from kubetune.resources import names
 
 MAX_AGE_SECONDS = 5.0
+PLACE_MAX_AGE_SECONDS = 1.0
 # Nodes come and go far more slowly than pods, and a list of 500 is the largest read the operator makes.
 NODES_MAX_AGE_SECONDS = 30.0
 log = logging.getLogger("kubetune.capacity")
@@ -41,9 +45,14 @@ class CapacitySnapshot:
         self._first = asyncio.Lock()
         self._refreshing: asyncio.Task | None = None
 
-    async def groups(self, count_pods: bool = True) -> list[GpuNodeGroup]:
-        """GPU node groups, with the GPUs that running and pending pods hold taken out unless told not to."""
+    async def groups(self, count_pods: bool = True, fresh: bool = False) -> list[GpuNodeGroup]:
+        """GPU node groups, with the GPUs that running and pending pods hold taken out unless told not to.
+        `fresh`: from a read no older than PLACE_MAX_AGE_SECONDS, waited for."""
         await self._fresh_enough()
+        if fresh and time.monotonic() - self._read_at > PLACE_MAX_AGE_SECONDS:
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.create_task(self._refresh_logged())
+            await asyncio.shield(self._refreshing)
         return self._free if count_pods else self._all
 
     async def blocked_workers(self, namespace: str, name: str, attempt: int) -> list[dict[str, Any]]:
