@@ -100,7 +100,8 @@ class Kueue:
 
     def _ready(self, health_port: int) -> bool:
         if not _serving(f"http://{HOST}:{health_port}/readyz"):
-            if "kueue" not in host.cmdline(int((self.state_dir / "pids" / "kueue.pid").read_text())):
+            # Whether it lives, not what it runs: a process just forked may show no command line yet.
+            if not host.alive(int((self.state_dir / "pids" / "kueue.pid").read_text())):
                 raise KueueError(f"Kueue's manager exited; its log {self.log} ends:\n{_tail(self.log)}")
             return False
         return True
