@@ -45,7 +45,8 @@ def test_cluster_wide_mode_writes_only_its_own_kinds() -> None:
     writes = [rule for doc in docs if doc["kind"] == "ClusterRole" for rule in doc["rules"]
               if set(rule["verbs"]) - {"get", "list", "watch"}]
     resources = {r for rule in writes for r in rule["resources"]}
-    assert resources == {"finetunejobs", "finetunejobs/status", "events", "jobs", "configmaps", "services"}
+    # workloads: a queued job's suspension goes through its Kueue Workload (spec.active).
+    assert resources == {"finetunejobs", "finetunejobs/status", "events", "jobs", "configmaps", "services", "workloads"}
     assert not any("*" in rule["verbs"] for rule in writes)
     # The only delete: a failed attempt's Job, which the next attempt replaces.
     assert [rule["resources"] for rule in writes if "delete" in rule["verbs"]] == [["jobs"]]
