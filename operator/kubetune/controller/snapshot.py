@@ -50,9 +50,7 @@ class CapacitySnapshot:
         `fresh`: from a read no older than PLACE_MAX_AGE_SECONDS, waited for."""
         await self._fresh_enough()
         if fresh and time.monotonic() - self._read_at > PLACE_MAX_AGE_SECONDS:
-            if self._refreshing is None or self._refreshing.done():
-                self._refreshing = asyncio.create_task(self._refresh_logged())
-            await asyncio.shield(self._refreshing)
+            await asyncio.shield(self._refresh_in_background())
         return self._free if count_pods else self._all
 
     async def blocked_workers(self, namespace: str, name: str, attempt: int) -> list[dict[str, Any]]:
@@ -69,8 +67,14 @@ class CapacitySnapshot:
             async with self._first:
                 if self._read_at == float("-inf"):
                     await self._refresh()
-        elif time.monotonic() - self._read_at > MAX_AGE_SECONDS and (self._refreshing is None or self._refreshing.done()):
+        elif time.monotonic() - self._read_at > MAX_AGE_SECONDS:
+            self._refresh_in_background()
+
+    def _refresh_in_background(self) -> asyncio.Task:
+        """The read in flight, or a new one: one read at a time, shared by whoever waits for it."""
+        if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.create_task(self._refresh_logged())
+        return self._refreshing
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._nodes_read_at > NODES_MAX_AGE_SECONDS:

@@ -85,21 +85,14 @@ def _pool(group: GpuNodeGroup, resources: api.Resources, usd_per_hour: float | N
                           host_memory_bytes=group.host_memory_bytes, usd_per_hour=usd_per_hour)
 
 
-def room(plan: api.Plan, groups: list[GpuNodeGroup]) -> tuple[int, int]:
-    """How many of the plan's pods the cluster's nodes of its GPU product hold now, and when all are free."""
-    same = [g for g in groups if g.product == plan.gpu_product and g.unusable is None]
-    return (sum(g.pod_slots(plan.gpus_per_node) for g in same),
-            sum(g.pod_slots(plan.gpus_per_node, whole=True) for g in same))
-
-
 def waiting_for_capacity(plan: api.Plan, groups: list[GpuNodeGroup]) -> str | None:
     """Why the plan cannot start now, when its GPUs are busy; None when it can. Pods an autoscaled pool would
     hold start now too: the autoscaler adds nodes for pending pods, and sees none that kubetune holds back."""
-    now, total = room(plan, groups)
-    scalable = sum(g.autoscaled_slots(plan.gpus_per_node) for g in groups
-                   if g.product == plan.gpu_product and g.unusable is None)
-    if now + scalable >= plan.nodes:
+    same = [g for g in groups if g.product == plan.gpu_product and g.unusable is None]
+    now = sum(g.pod_slots(plan.gpus_per_node) for g in same)
+    if now + sum(g.autoscaled_slots(plan.gpus_per_node) for g in same) >= plan.nodes:
         return None
+    total = sum(g.pod_slots(plan.gpus_per_node, whole=True) for g in same)
     return (f"waiting for capacity: the plan needs {plan.nodes} pod(s) of {plan.gpus_per_node} {plan.gpu_type} GPUs; "
             f"the cluster's {plan.gpu_product} nodes hold {now} such pod(s) now and {total} when free")
 
