@@ -124,7 +124,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         lr = engine.get_lr()[0]
         metrics.record_step(step, seconds, samples, config.training.seq_len, flops_per_token, mean_loss, lr)
         if log:
-            entry = {"step": step, "loss": mean_loss, "lr": lr, "seconds": seconds,
+            entry = {"step": step, "time": time.time(), "loss": mean_loss, "lr": lr, "seconds": seconds,
                      "tokens_per_second": samples * config.training.seq_len * world / seconds}
             if torch.cuda.is_available():
                 entry["peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
