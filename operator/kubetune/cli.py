@@ -1,6 +1,7 @@
 """The `kubetune` command line."""
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -112,6 +113,8 @@ def run_operator(
     leader_election_namespace: str | None = typer.Option(
         None, help="Elect a leader among replicas on a Lease in this namespace; only the leader reconciles."),
     lease_name: str = typer.Option("kubetune-operator", help="Name of the leader election Lease."),
+    log_reconcile_timings: bool = typer.Option(
+        False, help="Log every reconcile's wall time and whether it changed the status (benchmarks/scale.py)."),
 ) -> None:
     """Run the operator against the cluster of the current kubeconfig (or in-cluster). The chart's values
     arrive as KUBETUNE_RECONCILE_SECONDS, KUBETUNE_GPU_PRICES (JSON), KUBETUNE_TRAINER_IMAGE and
@@ -127,6 +130,8 @@ def run_operator(
     except (ConfigError, LookupError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
+    if log_reconcile_timings:
+        logging.getLogger("kubetune.reconciles").setLevel(logging.DEBUG)
     if not runtime.run(config):
         raise typer.Exit(1)
 
