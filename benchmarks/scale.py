@@ -1,34 +1,43 @@
 """The operator at scale on the local control plane: 500 simulated GPU nodes and 1,000 FineTuneJobs created at
 once, the operator running as its real command.
 
-    .venv/bin/python benchmarks/scale.py [--jobs 1000] [--profile scale] [--kubeconfig PATH] [--smoke]
+    .venv/bin/python benchmarks/scale.py [--jobs 1000] [--specs varied|identical] [--seed 0] [--profile scale]
+                                         [--kubeconfig PATH] [--out PATH] [--smoke]
 
-Reports the time until every job is planned and its Job exists, reconcile latency (the operator's own
-histogram), operator CPU seconds and peak RSS, apiserver requests per job, and the correctness checks: no
-duplicate children, no job without a status. Targets (2-core machine): all planned within 120 s, p99
-reconcile under 1 s, RSS under 300 MB. docs/benchmarks.md records the figures.
+The specs are a seeded mix of catalog models, sequence lengths, methods, GPU-type limits and pins (`varied`,
+what a fleet submits), or one spec repeated (`identical`: the plan cache then plans about once per capacity
+read). Reports the time until every job is settled (planned with its Job created, planned and waiting for
+free GPUs, or refused), exact wall times of the reconciles that changed something (planned, created children,
+observed a change) apart from the no-op timer ticks (from the operator's `--log-reconcile-timings` lines),
+operator CPU seconds and peak RSS, apiserver requests per job, and the correctness checks: no duplicate
+children, no job without a status. Targets (2-core machine): all settled within 10 s after the last create,
+p99 of working reconciles under 1 s, RSS under 300 MB. The raw output (each job's outcome, every reconcile's
+time) is saved as JSON (`--out`, default benchmarks/results/scale-<specs>-<jobs>.json) next to the table in
+docs/benchmarks.md.
 
 By default it starts its own local control plane with the profile's nodes and stops it at the end;
 `--kubeconfig` uses a cluster that is already up instead (the CRD applied, a namespace of its own, deleted
-afterwards with its FineTuneJobs). `--smoke` creates a few jobs on the default profile's simulated nodes: it
-checks the script and the operator end to end (CI, on the test session's cluster), not the figures.
+afterwards with its FineTuneJobs). `--smoke` creates a few jobs on the default profile's simulated nodes, raw
+output in a temporary folder: it checks the script and the operator end to end (CI, on the test session's
+cluster), not the figures.
 """
 
 import argparse
 import json
+import math
 import os
 import platform
+import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 from kubetune.devcluster import binaries, profile
@@ -42,10 +51,75 @@ SMOKE_JOBS = 5
 OPERATOR_RESOURCES = ("finetunejobs", "configmaps", "services", "jobs", "nodes", "pods", "events")
 
 
-def finetunejob(index: int) -> dict:
+# What a fleet submits, weighted towards the small and mid-sized models most fine-tuning runs use.
+MODELS = {"Qwen/Qwen2.5-0.5B": 4, "Qwen/Qwen2.5-1.5B": 3, "Qwen/Qwen2.5-3B": 3, "Qwen/Qwen2.5-7B": 3,
+          "Qwen/Qwen2.5-14B": 2, "Qwen/Qwen2.5-32B": 1, "meta-llama/Llama-3.2-1B": 3, "meta-llama/Llama-3.2-3B": 3,
+          "meta-llama/Llama-3.1-8B": 4, "meta-llama/Llama-3.1-70B": 1, "mistralai/Mistral-7B-v0.1": 2,
+          "Qwen/Qwen3-8B": 2, "google/gemma-7b": 1, "microsoft/Phi-3-mini-4k-instruct": 2}
+SEQ_LENS = (512, 1024, 2048, 4096, 8192)
+METHODS = ("Auto", "Auto", "LoRA", "Full")
+GPU_LIMITS = (None, None, ["H100-SXM-80GB"], ["A100-SXM4-80GB"])
+MAX_GPUS = (1, 1, 2, 4, 8)
+REFUSED_PHASES = ("Failed", "Unschedulable")
+
+
+def identical(index: int, rng: random.Random) -> dict:
+    return {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "tatsu-lab/alpaca"},
+            "resources": {"maxGPUs": 1}}
+
+
+def varied(index: int, rng: random.Random) -> dict:
+    """One spec of the seeded mix: a model, a length, a method hint, a GPU-type limit, and one job in five pins
+    a ZeRO stage or its GPU count."""
+    spec: dict = {"model": {"name": rng.choices(list(MODELS), weights=list(MODELS.values()))[0]},
+                  "dataset": {"source": "tatsu-lab/alpaca"}, "training": {"seqLen": rng.choice(SEQ_LENS)},
+                  "resources": {"maxGPUs": rng.choice(MAX_GPUS)}}
+    method: dict = {} if (kind := rng.choice(METHODS)) == "Auto" else {"type": kind}
+    if (types := rng.choice(GPU_LIMITS)) is not None:
+        spec["resources"]["gpuTypes"] = types
+    pin = rng.random()
+    if pin < 0.1:
+        method["zeroStage"] = rng.choice((2, 3))
+    elif pin < 0.2:
+        spec["resources"]["gpus"] = spec["resources"]["maxGPUs"]
+    if method:
+        spec["method"] = method
+    return spec
+
+
+SPECS = {"varied": varied, "identical": identical}
+
+
+def finetunejob(index: int, spec: dict) -> dict:
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"ft-{index:04d}"},
-            "spec": {"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "tatsu-lab/alpaca"},
-                     "resources": {"maxGPUs": 1}}}
+            "spec": spec}
+
+
+def outcome(ftj: dict, with_job: set[str]) -> str | None:
+    """Where a job has settled: its Job created, planned and waiting for free GPUs, or refused; None before."""
+    status = ftj.get("status", {})
+    if status.get("phase") in REFUSED_PHASES:
+        return "refused"
+    if not status.get("plan"):
+        return None
+    if ftj["metadata"]["name"] in with_job:
+        return "created"
+    running: dict = next((c for c in status.get("conditions", []) if c["type"] == "Running"), {})
+    return "waiting for GPUs" if running.get("reason") == "WaitingForCapacity" else None
+
+
+RECONCILE_LINE = re.compile(r"reconciled (\S+) in ([\d.]+) ms: (changed|unchanged)")
+
+
+def reconcile_timings(log: str) -> list[tuple[str, float, bool]]:
+    """(namespace/name, milliseconds, changed) of every reconcile the operator logged."""
+    return [(found[1], float(found[2]), found[3] == "changed") for found in RECONCILE_LINE.finditer(log)]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile: a value that was measured, not interpolated."""
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)] if ordered else float("nan")
 
 
 @dataclass(frozen=True)
@@ -63,12 +137,6 @@ class RunningCluster:
         if result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def apiserver_metrics(cluster: LocalCluster | RunningCluster) -> list[tuple[str, dict[str, str], float]]:
@@ -114,11 +182,6 @@ def _bound(le: str) -> float:
     return float("inf") if le == "+Inf" else float(le)
 
 
-def histogram_quantile(page: str, metric: str, q: float) -> float:
-    return quantile({_bound(le): float(value)
-                     for le, value in re.findall(rf'{metric}_bucket{{le="([^"]+)"}} (\S+)', page)}, q)
-
-
 def quantile(cumulative: dict[float, float], q: float) -> float:
     """The q-quantile of a histogram's cumulative bucket counts by upper bound, as Prometheus interpolates it."""
     buckets = sorted(cumulative.items())
@@ -136,11 +199,15 @@ def quantile(cumulative: dict[float, float], q: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--jobs", type=int, default=1000)
+    parser.add_argument("--specs", choices=tuple(SPECS), default="varied")
+    parser.add_argument("--seed", type=int, default=0, help="of the varied mix")
     parser.add_argument("--profile", default=None, help="the cluster profile to start (default: scale; default "
                         "with --smoke)")
-    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all jobs to be planned")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for all jobs to settle")
     parser.add_argument("--kubeconfig", type=Path, default=None, help="use this running cluster instead of "
                         "starting one (it is left running)")
+    parser.add_argument("--out", type=Path, default=None, help="the raw output's JSON (default: "
+                        "benchmarks/results/scale-<specs>-<jobs>.json)")
     parser.add_argument("--smoke", action="store_true", help=f"{SMOKE_JOBS} jobs, the default profile: checks the "
                         "script, not the figures")
     args = parser.parse_args()
@@ -150,6 +217,10 @@ def main() -> None:
         parser.error("--profile names the cluster to start; --kubeconfig uses one that is up")
     args.profile = args.profile or ("default" if args.smoke else "scale")
     state = Path(tempfile.mkdtemp(prefix="kubetune-scale-"))
+    out = args.out or (Path(tempfile.mkdtemp(prefix="kubetune-scale-raw-")) / "scale.json" if args.smoke else
+                       ROOT / "benchmarks" / "results" / f"scale-{args.specs}-{args.jobs}.json")
+    rng = random.Random(args.seed)
+    specs = [SPECS[args.specs](index, rng) for index in range(args.jobs)]
     cluster: LocalCluster | RunningCluster
     if args.kubeconfig is None:
         cluster = LocalCluster("kubetune-scale", state)
@@ -170,37 +241,38 @@ def main() -> None:
         cluster.kubectl_ok("apply", "-f", str(ROOT / "crds"))
         cluster.kubectl_ok("wait", "--for=condition=Established", "crd/finetunejobs.kubetune.io", "--timeout=60s")
         cluster.kubectl_ok("create", "namespace", namespace)
-        port = free_port()
         env = dict(os.environ, KUBECONFIG=str(cluster.kubeconfig))
-        operator = subprocess.Popen([KUBETUNE, "run-operator", f"--metrics-port={port}"], env=env,
-                                    stdout=(state / "operator.log").open("w"), stderr=subprocess.STDOUT)
+        operator_log = state / "operator.log"
+        operator = subprocess.Popen([KUBETUNE, "run-operator", "--log-reconcile-timings"],
+                                    env=env, stdout=operator_log.open("w"), stderr=subprocess.STDOUT)
         time.sleep(5)
         cpu_before, rss_at_start = process_usage(operator.pid)
         requests_before = apiserver_requests(apiserver_metrics(cluster))
 
-        manifests = {"apiVersion": "v1", "kind": "List", "items": [finetunejob(i) for i in range(args.jobs)]}
+        manifests = {"apiVersion": "v1", "kind": "List",
+                     "items": [finetunejob(i, spec) for i, spec in enumerate(specs)]}
         t0 = time.monotonic()
-        cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(manifests), timeout=600)
+        cluster.kubectl_ok("create", "-n", namespace, "-f", "-", stdin=json.dumps(manifests), timeout=1800)
         created = time.monotonic() - t0
-        planned_at = jobs_at = None
+        settled_at = None
+        outcomes: dict[str, str | None] = {}
         while time.monotonic() - t0 < args.timeout:
             ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", namespace, "-o", "json", timeout=120))["items"]
-            planned = sum(1 for f in ftjs if f.get("status", {}).get("plan"))
             jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", namespace, "-o", "json", timeout=120))["items"]
-            if planned_at is None and planned == args.jobs:
-                planned_at = time.monotonic() - t0
-            if planned_at is not None and len(jobs) >= args.jobs:
-                jobs_at = time.monotonic() - t0
+            with_job = {ref["name"] for job in jobs for ref in job["metadata"].get("ownerReferences", [])}
+            outcomes = {ftj["metadata"]["name"]: outcome(ftj, with_job) for ftj in ftjs}
+            settled = sum(1 for where in outcomes.values() if where is not None)
+            if settled == args.jobs:
+                settled_at = time.monotonic() - t0
                 break
-            print(f"  {time.monotonic() - t0:5.0f} s: {planned} planned, {len(jobs)} Jobs", file=sys.stderr)
+            print(f"  {time.monotonic() - t0:5.0f} s: {settled} settled, {len(jobs)} Jobs", file=sys.stderr)
             time.sleep(2)
         time.sleep(3 if args.smoke else 15)  # let the reconcile timers run over the settled jobs too
         cpu_after, peak_rss = process_usage(operator.pid)
         samples = apiserver_metrics(cluster)
         requests = apiserver_requests(samples) - requests_before
         write_latency = apiserver_write_latency(samples)
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()
-        reconciles = float(re.search(r"kubetune_reconcile_duration_seconds_count (\S+)", page)[1])
+        timings = [t for t in reconcile_timings(operator_log.read_text()) if t[0].startswith(f"{namespace}/")]
 
         ftjs = json.loads(cluster.kubectl_ok("get", "ftj", "-n", namespace, "-o", "json", timeout=120))["items"]
         jobs = json.loads(cluster.kubectl_ok("get", "jobs", "-n", namespace, "-o", "json", timeout=120))["items"]
@@ -211,28 +283,49 @@ def main() -> None:
 
         where = f"profile '{args.profile}'" if args.kubeconfig is None else f"the cluster of {args.kubeconfig}"
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {where} ({nodes} nodes); "
-              f"{args.jobs} FineTuneJobs created in {created:.1f} s\n")
+              f"{args.jobs} FineTuneJobs ({args.specs} specs, seed {args.seed}) created in {created:.1f} s\n")
+        rows: list[tuple[str, str, str]] = []
+        if settled_at is not None:
+            rows.append(("all settled", f"{settled_at:.1f} s", ""))
+            rows.append(("after the last create", f"{settled_at - created:.1f} s", "within 10 s"))
+        else:
+            rows.append(("all settled", "not reached", ""))
+        kinds = Counter(where for where in outcomes.values())
+        rows.append(("outcomes", ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items(), key=str)), ""))
+        for changed, label, target in ((True, "working", "p99 under 1 s"), (False, "no-op", "")):
+            chosen = [ms for _, ms, c in timings if c == changed]
+            rows.append((f"{label} reconciles p50 / p99 / max",
+                         f"{percentile(chosen, 0.5):.0f} / {percentile(chosen, 0.99):.0f} / "
+                         f"{max(chosen, default=float('nan')):.0f} ms ({len(chosen)})", target))
+        for resource, (p50, p99) in write_latency.items():
+            rows.append((f"apiserver POST {resource} p50 / p99", f"{p50 * 1000:.0f} / {p99 * 1000:.0f} ms", ""))
+        rows.append(("operator CPU", f"{cpu_after - cpu_before:.1f} s", ""))
+        rows.append(("operator peak RSS", f"{peak_rss / 2**20:.0f} MiB ({rss_at_start / 2**20:.0f} MiB idle at start)",
+                     "under 300 MB"))
+        total = sum(requests.values())
+        rows.append(("apiserver requests on the operator's resources", f"{total:.0f} ({total / args.jobs:.1f} per job)",
+                     ""))
+        for (resource, verb), count in sorted(requests.items(), key=lambda item: -item[1])[:8]:
+            rows.append((f"  {verb} {resource}", f"{count:.0f} ({count / args.jobs:.2f} per job)", ""))
+        rows.append(("FineTuneJobs with more than one Job / ConfigMap",
+                     f"{sum(1 for c in owners.values() if c > 1)} / {sum(1 for c in map_owners.values() if c > 1)}",
+                     "0"))
+        rows.append(("FineTuneJobs without a status", str(without_status), "0"))
         print("| measure | value | target |")
         print("|---|---:|---|")
-        print(f"| all planned | {planned_at:.1f} s | within 120 s |" if planned_at else "| all planned | not reached | |")
-        print(f"| all Jobs exist | {jobs_at:.1f} s | |" if jobs_at else "| all Jobs exist | not reached | |")
-        for q in (0.5, 0.99):
-            print(f"| reconcile p{int(q * 100)} | {histogram_quantile(page, 'kubetune_reconcile_duration_seconds', q) * 1000:.0f} ms"
-                  f" | {'under 1 s' if q == 0.99 else ''} |")
-        within = float(re.search(r'kubetune_reconcile_duration_seconds_bucket{le="1.0"} (\S+)', page)[1])
-        print(f"| reconciles | {reconciles:.0f} ({reconciles - within:.0f} over 1 s) | |")
-        for resource, (p50, p99) in write_latency.items():
-            print(f"| apiserver POST {resource} p50 / p99 | {p50 * 1000:.0f} / {p99 * 1000:.0f} ms | |")
-        print(f"| operator CPU | {cpu_after - cpu_before:.1f} s | |")
-        print(f"| operator peak RSS | {peak_rss / 2**20:.0f} MiB ({rss_at_start / 2**20:.0f} MiB idle at start) | "
-              "under 300 MB |")
-        total = sum(requests.values())
-        print(f"| apiserver requests on the operator's resources | {total:.0f} ({total / args.jobs:.1f} per job) | |")
-        for (resource, verb), count in sorted(requests.items(), key=lambda item: -item[1])[:8]:
-            print(f"|   {verb} {resource} | {count:.0f} ({count / args.jobs:.2f} per job) | |")
-        print(f"| FineTuneJobs with more than one Job / ConfigMap | {sum(1 for c in owners.values() if c > 1)} / "
-              f"{sum(1 for c in map_owners.values() if c > 1)} | 0 |")
-        print(f"| FineTuneJobs without a status | {without_status} | 0 |")
+        for row in rows:
+            print("| " + " | ".join(row) + " |")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({
+            "date": date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+            "cluster": where, "nodes": nodes, "jobs": args.jobs, "specs": args.specs, "seed": args.seed,
+            "created_seconds": round(created, 2), "settled_seconds": settled_at and round(settled_at, 2),
+            "table": [list(row) for row in rows],
+            "outcomes": {f["metadata"]["name"]: {"outcome": outcomes.get(f["metadata"]["name"]), "spec": f["spec"],
+                                                 "plan": _plan_summary(f)} for f in ftjs},
+            "reconciles": [[name.split("/", 1)[1], round(ms, 3), changed] for name, ms, changed in timings],
+        }, indent=1) + "\n")
+        print(f"\nraw output: {out}")
     finally:
         if args.kubeconfig is not None and operator is not None:
             # While the operator runs, so that it removes its finalizers and the namespace can go.
@@ -245,6 +338,14 @@ def main() -> None:
         else:
             cluster.kubectl("delete", "namespace", namespace, "--wait=false")
         shutil.rmtree(state, ignore_errors=True)
+
+
+def _plan_summary(ftj: dict) -> str | None:
+    plan = ftj.get("status", {}).get("plan")
+    if not plan:
+        return None
+    return (f"{plan['gpuType']} x{plan['gpus']} {plan['method']} ZeRO-{plan['zeroStage']} "
+            f"mb{plan['microBatch']} ga{plan['gradientAccumulation']}")
 
 
 if __name__ == "__main__":

@@ -120,8 +120,12 @@ def test_scale(cluster: LocalCluster) -> None:
     header, rows = table(stdout)
     assert header == ["measure", "value", "target"]
     values = {row[0]: row[1] for row in rows}
-    assert re.fullmatch(r"[\d.]+ s", values["all planned"]), values
-    assert re.fullmatch(r"[\d.]+ s", values["all Jobs exist"]), values
-    assert re.fullmatch(r"\d+ ms", values["reconcile p99"]), values
+    assert re.fullmatch(r"[\d.]+ s", values["all settled"]), values
+    assert re.fullmatch(r"-?[\d.]+ s", values["after the last create"]), values
+    working = re.fullmatch(r"\d+ / \d+ / \d+ ms \((\d+)\)", values["working reconciles p50 / p99 / max"])
+    assert working and int(working[1]) >= 5, values  # at least one plan-and-create reconcile per job
     assert values["FineTuneJobs with more than one Job / ConfigMap"] == "0 / 0"
     assert values["FineTuneJobs without a status"] == "0"
+    saved = json.loads(raw_output(stdout).read_text())
+    assert len(saved["outcomes"]) == 5 and all(job["outcome"] for job in saved["outcomes"].values()), saved
+    assert sum(1 for _, _, changed in saved["reconciles"] if changed) == int(working[1])
