@@ -12,6 +12,10 @@ CONFLICT, NOT_FOUND = 409, 404
 # Kueue's API (v1beta2: Kueue 0.15 and later), for the Workloads of the Jobs it manages.
 KUEUE = ("kueue.x-k8s.io", "v1beta2")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
+FINETUNEJOBS = ("kubetune.io", "v1alpha1", "finetunejobs")
+# What callers outside the operator (the kubectl plugin) catch without importing the client.
+ApiError = ApiException
+KubeconfigError = config.ConfigException
 
 
 class Kube:
@@ -22,6 +26,7 @@ class Kube:
         self.coordination = client.CoordinationV1Api(api)
         self.scheduling = client.SchedulingV1Api(api)
         self.custom = client.CustomObjectsApi(api)
+        self.apps = client.AppsV1Api(api)
 
     @classmethod
     async def connect(cls) -> "Kube":
@@ -30,6 +35,12 @@ class Kube:
         except config.ConfigException:
             await config.load_kube_config()
         return cls(client.ApiClient())
+
+    @classmethod
+    async def from_kubeconfig(cls, paths: str, context: str) -> "Kube":
+        """A client for one context of the kubeconfig files in `paths` (joined as in KUBECONFIG), as kubectl
+        would connect: no in-cluster fallback, and the files are never written back."""
+        return cls(await config.new_client_from_config(config_file=paths, context=context, persist_config=False))
 
     async def close(self) -> None:
         await self.api.close()
@@ -135,3 +146,32 @@ class Kube:
         response = await self.core.patch_namespaced_config_map(name, namespace, {"data": data},
                                                                _preload_content=False)
         await self._json(response)
+
+    async def finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
+        response = await self.custom.get_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], name,
+                                                                  _preload_content=False)
+        return None if response.status == NOT_FOUND else await self._json(response)
+
+    async def dry_run_create(self, namespace: str, manifest: dict[str, Any]) -> None:
+        """Submit without storing (dryRun=All): the API server runs the CRD's schema and CEL rules and admission,
+        raising ApiError with its message when they refuse. An existing object of that name passed them."""
+        response = await self.custom.create_namespaced_custom_object(
+            *FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], manifest, dry_run="All", _preload_content=False)
+        if response.status != CONFLICT:
+            await self._json(response)
+
+    async def events_of(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
+        response = await self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.kind={kind},involvedObject.name={name}", _preload_content=False)
+        return (await self._json(response))["items"]
+
+    async def deployments(self, selector: str) -> list[dict[str, Any]]:
+        response = await self.apps.list_deployment_for_all_namespaces(label_selector=selector, _preload_content=False)
+        return (await self._json(response))["items"]
+
+    async def pod_page(self, namespace: str, pod: str, port: int, path: str) -> str | None:
+        """A pod's HTTP page through the API server's pod proxy (reachable wherever the API server is); None
+        when the pod does not answer."""
+        response: Any = await self.core.connect_get_namespaced_pod_proxy_with_path(
+            f"{pod}:{port}", namespace, path, _preload_content=False)
+        return await response.text() if response.status == 200 else None

@@ -1,11 +1,13 @@
 """A plan as JSON (the stable interface other tools read), as rich tables, and as an SVG chart."""
 
+from collections.abc import Sequence
 from html import escape
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
+from kubetune.api.v1alpha1 import MemoryBreakdown
 from kubetune.api.vocabulary import Method
 from kubetune.planner.search import GIB, Candidate, Request, SearchResult, describe
 
@@ -90,17 +92,40 @@ def print_plan(console: Console, plan: SearchResult, capacities: dict[str, int])
             f"{c.step.tokens_per_second:,.0f}", f"{c.usd_per_million_tokens:.2f}", "" if index == 0 else why,
         )
     console.print(table)
-    breakdown = Table(title=f"chosen: GiB per GPU at {plan.chosen.memory.peak_phase}")
-    breakdown.add_column("term")
-    breakdown.add_column("GiB", justify="right")
-    for key in MEMORY_KEYS:
-        breakdown.add_row(_term(key), f"{getattr(plan.chosen.memory, key) / GIB:.2f}")
-    breakdown.add_row("total", f"{plan.chosen.memory.total_bytes / GIB:.2f}")
-    if plan.chosen.memory.host_bytes_per_node:
-        breakdown.add_row("host memory per node", f"{plan.chosen.memory.host_bytes_per_node / GIB:.2f}")
-    console.print(breakdown)
+    console.print(memory_bars(plan.chosen.memory, capacities[plan.chosen.gpu],
+                              f"chosen: GiB per GPU at {plan.chosen.memory.peak_phase}"))
     for line in plan.explanation:
         console.print(line)
+
+
+BAR_WIDTH = 40
+_EIGHTHS = " ▏▎▍▌▋▊▉"
+
+
+def bar(value: int, scale: int, width: int = BAR_WIDTH) -> str:
+    """`value` as a bar of block characters, `scale` filling `width` (to an eighth of a character)."""
+    eighths = round(max(value, 0) / max(scale, 1) * width * 8)
+    return "█" * (eighths // 8) + (_EIGHTHS[eighths % 8] if eighths % 8 else "")
+
+
+def memory_bars(memory: MemoryBreakdown, capacity_bytes: int, title: str,
+                measured: Sequence[tuple[str, int]] = ()) -> Table:
+    """The breakdown as a bar per term, the total, any measured peaks, and the GPU's capacity, all to one
+    scale; the host memory that offload needs per node under it."""
+    scale = max(capacity_bytes, memory.total_bytes, *(value for _, value in measured))
+    table = Table(title=title, caption=f"host memory per node: {memory.host_bytes_per_node / GIB:.2f} GiB"
+                  if memory.host_bytes_per_node else None)
+    table.add_column("term")
+    table.add_column("GiB", justify="right")
+    table.add_column("", no_wrap=True)
+    for key in MEMORY_KEYS:
+        table.add_row(_term(key), f"{getattr(memory, key) / GIB:.2f}", bar(getattr(memory, key), scale))
+    table.add_section()
+    table.add_row("predicted peak", f"{memory.total_bytes / GIB:.2f}", f"[bold]{bar(memory.total_bytes, scale)}[/bold]")
+    for label, value in measured:
+        table.add_row(label, f"{value / GIB:.2f}", f"[cyan]{bar(value, scale)}[/cyan]")
+    table.add_row("GPU capacity", f"{capacity_bytes / GIB:.2f}", f"[dim]{bar(capacity_bytes, scale)}[/dim]")
+    return table
 
 
 def _term(key: str) -> str:
