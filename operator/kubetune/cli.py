@@ -148,16 +148,26 @@ def dashboards_command(write: bool = typer.Option(False, "--write", help="Write 
         print(json.dumps(dashboards.all_dashboards(), indent=2))
 
 
-@app.command("crd")
-def crd_command(write: bool = typer.Option(False, "--write", help="Write crds/ and the chart's copy.")) -> None:
-    """Print (or write) the FineTuneJob CRD, generated from the API models."""
-    text = crd.render()
+@app.command("chart-readme")
+def chart_readme_command(write: bool = typer.Option(False, "--write", help="Write charts/kubetune/README.md.")) -> None:
+    """Print (or write) the chart's README, generated from its values.yaml comments."""
+    from kubetune import chart_readme
+
     if write:
-        for path in crd.CRD_PATHS:
+        console.print(f"wrote {chart_readme.write()}")
+    else:
+        print(chart_readme.render(), end="")
+
+
+@app.command("crd")
+def crd_command(write: bool = typer.Option(False, "--write", help="Write crds/ and the chart's template.")) -> None:
+    """Print (or write) the FineTuneJob CRD, generated from the API models."""
+    if write:
+        for path, text in crd.outputs().items():
             Path(path).write_text(text)
             console.print(f"wrote {path}")
     else:
-        print(text, end="")
+        print(crd.render(), end="")
 
 
 def _state_root() -> Path:

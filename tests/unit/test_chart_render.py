@@ -4,13 +4,16 @@ through the helm that hack/build-bins.sh builds (the schema's GPU ids are checke
 import json
 import re
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kubetune.api import crd
 from kubetune.devcluster import binaries
 from kubetune.resources import names
+from tests.chart_values import VALUES
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "kubetune"
 
@@ -28,9 +31,43 @@ def render(*sets: str) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
 
 
-def test_lint_is_clean() -> None:
-    result = helm("lint", "--strict", str(CHART))
+@pytest.mark.parametrize("name", sorted(VALUES))
+def test_lint_is_clean(name: str) -> None:
+    result = helm("lint", "--strict", str(CHART), *VALUES[name])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_chart_yaml_says_where_it_comes_from_with_an_icon_the_repository_holds() -> None:
+    metadata = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert metadata["home"] in metadata["sources"] and metadata["maintainers"] and metadata["kubeVersion"]
+    icon = re.fullmatch(rf"https://raw\.githubusercontent\.com/{re.escape(metadata['home'].removeprefix('https://github.com/'))}"
+                        r"/main/(?P<path>.+)", metadata["icon"])
+    assert icon and (CHART.parents[1] / icon["path"]).is_file(), metadata["icon"]
+
+
+def test_package_is_an_archive_that_renders_as_the_chart_does(tmp_path: Path) -> None:
+    result = helm("package", str(CHART), "-d", str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    version = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
+    archive = tmp_path / f"kubetune-{version}.tgz"
+    assert archive.is_file()
+    with tarfile.open(archive) as packed:
+        files = set(packed.getnames())
+    assert {"kubetune/README.md", "kubetune/values.schema.json", "kubetune/templates/crd.yaml"} <= files
+    assert "kubetune/README.template.md" not in files
+    for sets in (VALUES["defaults"], VALUES["standbys"]):
+        packaged = helm("template", "kt", str(archive), "-n", "ops", *sets)
+        unpacked = helm("template", "kt", str(CHART), "-n", "ops", *sets)
+        assert packaged.returncode == 0 and packaged.stdout == unpacked.stdout
+
+
+def test_standbys_get_a_disruption_budget_that_keeps_one_replica() -> None:
+    assert not by_kind(render(), "PodDisruptionBudget")
+    docs = render("operator.replicas=2")
+    budget = by_kind(docs, "PodDisruptionBudget")[0]
+    pods = by_kind(docs, "Deployment")[0]["spec"]["template"]["metadata"]["labels"]
+    assert budget["spec"]["minAvailable"] == 1 and budget["metadata"]["namespace"] == "ops"
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pods.items()
 
 
 def test_wrong_values_fail_with_the_schemas_message() -> None:
@@ -40,9 +77,15 @@ def test_wrong_values_fail_with_the_schemas_message() -> None:
     assert wrong.returncode != 0 and "reconcileSeconds" in wrong.stderr
 
 
+def operators(docs: list[dict], kind: str) -> list[dict]:
+    """The roles bound to the operator's ServiceAccount (not those aggregated into users' roles)."""
+    bound = {doc["roleRef"]["name"] for doc in docs if doc["kind"] == f"{kind}Binding"}
+    return [doc for doc in docs if doc["kind"] == kind and doc["metadata"]["name"] in bound]
+
+
 def test_cluster_wide_mode_writes_only_its_own_kinds() -> None:
     docs = render()
-    writes = [rule for doc in docs if doc["kind"] == "ClusterRole" for rule in doc["rules"]
+    writes = [rule for doc in operators(docs, "ClusterRole") for rule in doc["rules"]
               if set(rule["verbs"]) - {"get", "list", "watch"}]
     resources = {r for rule in writes for r in rule["resources"]}
     # workloads: a queued job's suspension goes through its Kueue Workload (spec.active).
@@ -57,7 +100,7 @@ def test_namespaced_mode_grants_writes_through_roles_in_those_namespaces_only() 
     docs = render("operator.watchNamespaces={team-a,team-b}")
     roles = [doc for doc in docs if doc["kind"] == "Role"]
     assert {role["metadata"]["namespace"] for role in roles} == {"team-a", "team-b"}
-    cluster_roles = [doc for doc in docs if doc["kind"] == "ClusterRole"]
+    cluster_roles = operators(docs, "ClusterRole")
     assert all(set(rule["verbs"]) <= {"get", "list", "watch"} for doc in cluster_roles for rule in doc["rules"])
     deployment = next(doc for doc in docs if doc["kind"] == "Deployment")
     assert "--namespace=team-a" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
@@ -65,6 +108,37 @@ def test_namespaced_mode_grants_writes_through_roles_in_those_namespaces_only() 
 
 def by_kind(docs: list[dict], kind: str) -> list[dict]:
     return [doc for doc in docs if doc["kind"] == kind]
+
+
+@pytest.mark.parametrize("sets", [(), ("operator.watchNamespaces={team-a}",)])
+def test_users_of_the_built_in_roles_get_finetunejobs_and_only_read_their_status(sets: tuple[str, ...]) -> None:
+    docs = render(*sets)
+    bound = {doc["roleRef"]["name"] for doc in docs if doc["kind"] in ("RoleBinding", "ClusterRoleBinding")}
+    aggregated = {label.rsplit("-", 1)[1]: doc for doc in by_kind(docs, "ClusterRole")
+                  for label, value in doc["metadata"]["labels"].items()
+                  if label.startswith("rbac.authorization.k8s.io/aggregate-to-") and value == "true"}
+    assert set(aggregated) == {"admin", "edit", "view"}
+    assert not {doc["metadata"]["name"] for doc in aggregated.values()} & bound  # no subject of their own
+
+    def verbs(role: dict, resource: str) -> set[str]:
+        return {verb for rule in role["rules"] if resource in rule["resources"] for verb in rule["verbs"]}
+
+    for role in ("admin", "edit"):
+        assert {"create", "update", "patch", "delete", "get", "list", "watch"} <= verbs(aggregated[role], "finetunejobs")
+        assert verbs(aggregated[role], "finetunejobs/status") == {"get", "list", "watch"}
+    assert verbs(aggregated["view"], "finetunejobs") == verbs(aggregated["view"], "finetunejobs/status") == {
+        "get", "list", "watch"}
+
+
+def test_the_crd_is_a_template_that_upgrades_with_the_release_and_stays_on_uninstall() -> None:
+    """In crds/ Helm would install it once and never upgrade it; as a template `helm upgrade` applies a new
+    schema, and the keep policy leaves it (and every FineTuneJob) in place on `helm uninstall`."""
+    definitions = by_kind(render(), "CustomResourceDefinition")
+    assert len(definitions) == 1 and definitions[0]["spec"] == crd.crd()["spec"]
+    assert definitions[0]["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
+    assert definitions[0]["metadata"]["labels"]["app.kubernetes.io/instance"] == "kt"
+    assert not by_kind(render("crds.enabled=false"), "CustomResourceDefinition")
+    assert not (CHART / "crds").exists()  # Helm would install the CRD from there too
 
 
 def test_monitoring_pieces_are_off_by_default_and_scrape_what_the_operator_and_trainers_serve() -> None:
