@@ -147,9 +147,10 @@ def test_a_job_without_a_plan_says_so() -> None:
     assert "Pending" in out and "no plan yet" in out and "no steps yet" in out
 
 
-def _deployment(env: list[dict[str, Any]]) -> dict[str, Any]:
+def _deployment(env: list[dict[str, Any]], args: list[str] | None = None) -> dict[str, Any]:
+    operator = {"name": "operator", "env": env, "args": args or ["run-operator"]}
     return {"metadata": {"name": "kubetune", "namespace": "kubetune-system"},
-            "spec": {"template": {"spec": {"containers": [{"name": "sidecar"}, {"name": "operator", "env": env}]}}}}
+            "spec": {"template": {"spec": {"containers": [{"name": "sidecar"}, operator]}}}}
 
 
 def test_the_operators_configuration_comes_from_its_deployment() -> None:
@@ -157,8 +158,10 @@ def test_the_operators_configuration_comes_from_its_deployment() -> None:
     settings = facts.settings_from_deployment(_deployment([
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "KUBETUNE_GPU_PRICES", "value": json.dumps({"L4-24GB": 0.5})},
-        {"name": "KUBETUNE_AUTOSCALED_GPU_POOLS", "value": json.dumps(pools)}]))
+        {"name": "KUBETUNE_AUTOSCALED_GPU_POOLS", "value": json.dumps(pools)}],
+        ["run-operator", "--metrics-port=8000", "--namespace=team-a", "--namespace=team-b"]))
     assert settings.config.gpu_prices == {"L4-24GB": 0.5}
+    assert settings.config.namespaces == ("team-a", "team-b")
     assert [p.max_nodes for p in settings.config.autoscaled_pools] == [4]
     assert "kubetune-system/kubetune" in settings.source
     with pytest.raises(ConfigError, match="kubetune-system/kubetune.*KUBETUNE_GPU_PRICES"):

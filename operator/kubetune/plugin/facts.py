@@ -30,13 +30,15 @@ class OperatorSettings:
 
 def settings_from_deployment(deployment: dict[str, Any]) -> OperatorSettings:
     """The configuration the operator in `deployment` runs with: the chart's values arrive as its container's
-    environment (only literal values; the chart sets no others that change a plan)."""
+    environment (only literal values; the chart sets no others that change a plan) and the watched namespaces
+    as its --namespace arguments."""
     meta = deployment["metadata"]
     containers = deployment["spec"]["template"]["spec"]["containers"]
     container = next((c for c in containers if c["name"] == OPERATOR_CONTAINER), containers[0])
     env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+    watched = tuple(a.removeprefix("--namespace=") for a in container.get("args") or [] if a.startswith("--namespace="))
     try:
-        config = load(env)
+        config = load(env, namespaces=watched)
     except ConfigError as error:
         raise ConfigError(f"the operator Deployment {meta['namespace']}/{meta['name']}: {error}") from error
     return OperatorSettings(config, f"the operator's configuration from Deployment {meta['namespace']}/{meta['name']}")

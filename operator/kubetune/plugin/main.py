@@ -96,9 +96,8 @@ def _manifest(filename: str) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as error:
         raise Refusal(f"{filename}: {error}", 2) from error
     if len(documents) != 1 or not isinstance(documents[0], dict) or documents[0].get("kind") != "FineTuneJob":
-        raise Refusal(f"{filename}: expected one FineTuneJob, found "
-                      f"{', '.join(str(d.get('kind')) if isinstance(d, dict) else type(d).__name__ for d in documents) or 'nothing'}",
-                      2)
+        kinds = [str(d.get("kind")) if isinstance(d, dict) else type(d).__name__ for d in documents]
+        raise Refusal(f"{filename}: expected one FineTuneJob, found {', '.join(kinds) or 'nothing'}", 2)
     return documents[0]
 
 
@@ -109,7 +108,8 @@ def _namespace(manifest: dict[str, Any], target: Target, flag: str | None) -> st
     return str(written or target.namespace)
 
 
-async def _plan(kube: Kube, namespace: str, manifest: dict[str, Any]) -> tuple[decision.Decision, str]:
+async def _plan(kube: Kube, namespace: str,
+                manifest: dict[str, Any]) -> tuple[decision.Decision, facts.OperatorSettings]:
     try:
         await kube.dry_run_create(namespace, manifest)
     except ApiError as error:
@@ -130,7 +130,7 @@ async def _plan(kube: Kube, namespace: str, manifest: dict[str, Any]) -> tuple[d
     except ConfigError as error:
         raise Refusal(str(error)) from error
     groups = await facts.gpu_groups(kube, settings)
-    return decision.decide(spec, groups, settings.config.gpu_prices), settings.source
+    return decision.decide(spec, groups, settings.config.gpu_prices), settings
 
 
 def _fail(refusal: Refusal) -> NoReturn:
@@ -152,9 +152,12 @@ def plan_command(
         manifest = _manifest(filename)
         target = _target(kubeconfig, context, namespace)
         where = _namespace(manifest, target, namespace)
-        decided, source = _on_cluster(target, lambda kube: _plan(kube, where, manifest))
+        decided, settings = _on_cluster(target, lambda kube: _plan(kube, where, manifest))
     except Refusal as refusal:
         _fail(refusal)
+    if settings.config.namespaces and where not in settings.config.namespaces:
+        errors.print(f"[yellow]warning:[/yellow] the operator watches only {', '.join(settings.config.namespaces)}: "
+                     f"it would not plan a FineTuneJob in {where}", highlight=False)
     if decided.plan is None:
         _fail(Refusal(f"no plan ({decided.reason}): {decided.message}"))
     plan = decided.plan.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -166,7 +169,7 @@ def plan_command(
         name = manifest.get("metadata", {}).get("name", "")
         console.print(render.plan_view(decided.plan, f"{where}/{name} on context {target.context!r}: "
                                                      f"{manifest['spec']['model']['name']}"))
-        console.print(f"[dim]{source}[/dim]")
+        console.print(f"[dim]{settings.source}[/dim]")
 
 
 @app.command("describe")
