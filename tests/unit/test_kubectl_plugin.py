@@ -147,6 +147,12 @@ def test_a_job_without_a_plan_says_so() -> None:
     assert "Pending" in out and "no plan yet" in out and "no steps yet" in out
 
 
+def test_admission_warnings_read_as_kubectl_prints_them() -> None:
+    assert render.warning_text('299 - "spec.output.claimName is not set: checkpoints \\"go\\""') == \
+        'spec.output.claimName is not set: checkpoints "go"'
+    assert render.warning_text("plain") == "plain"
+
+
 def _deployment(env: list[dict[str, Any]], args: list[str] | None = None) -> dict[str, Any]:
     operator = {"name": "operator", "env": env, "args": args or ["run-operator"]}
     return {"metadata": {"name": "kubetune", "namespace": "kubetune-system"},

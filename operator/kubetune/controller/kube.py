@@ -152,13 +152,15 @@ class Kube:
                                                                   _preload_content=False)
         return None if response.status == NOT_FOUND else await self._json(response)
 
-    async def dry_run_create(self, namespace: str, manifest: dict[str, Any]) -> None:
+    async def dry_run_create(self, namespace: str, manifest: dict[str, Any]) -> list[str]:
         """Submit without storing (dryRun=All): the API server runs the CRD's schema and CEL rules and admission,
-        raising ApiError with its message when they refuse. An existing object of that name passed them."""
+        raising ApiError with its message when they refuse (an existing object of that name passed them).
+        Returns the Warning headers admission answered with, as sent."""
         response = await self.custom.create_namespaced_custom_object(
             *FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], manifest, dry_run="All", _preload_content=False)
         if response.status != CONFLICT:
             await self._json(response)
+        return list(response.headers.getall("Warning", []))
 
     async def events_of(self, namespace: str, kind: str, name: str) -> list[dict[str, Any]]:
         response = await self.core.list_namespaced_event(

@@ -111,7 +111,8 @@ def _namespace(manifest: dict[str, Any], target: Target, flag: str | None) -> st
 async def _plan(kube: Kube, namespace: str,
                 manifest: dict[str, Any]) -> tuple[decision.Decision, facts.OperatorSettings]:
     try:
-        await kube.dry_run_create(namespace, manifest)
+        for warning in await kube.dry_run_create(namespace, manifest):  # the chart's admission warnings
+            errors.print(f"Warning: {render.warning_text(warning)}", highlight=False, markup=False)
     except ApiError as error:
         if error.status == 404:
             raise Refusal(f"the FineTuneJob CRD is not installed in this cluster (or namespace {namespace!r} does "

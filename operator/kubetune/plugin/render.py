@@ -8,6 +8,7 @@ from rich.table import Table
 from rich.text import Text
 
 from kubetune.api import v1alpha1 as api
+from kubetune.catalog import gpus
 from kubetune.planner.decision import summary
 from kubetune.planner.report import memory_bars
 from kubetune.planner.search import GIB
@@ -16,8 +17,28 @@ from kubetune.planner.search import GIB
 EVENTS_SHOWN = 10
 
 
+def warning_text(header: str) -> str:
+    """A Warning header's text (RFC 7234: code, agent, quoted text), as kubectl prints it."""
+    parts = header.split(" ", 2)
+    if len(parts) == 3 and parts[0].isdigit():
+        return parts[2].strip().removeprefix('"').removesuffix('"').replace('\\"', '"')
+    return header
+
+
 def _gib(value: int | None) -> str:
     return "-" if value is None else f"{value / GIB:.1f} GiB"
+
+
+def _capacity(gpu_type: str) -> int | None:
+    try:
+        return gpus.by_id(gpu_type).memory_bytes
+    except gpus.UnknownGpuError:  # planned from its node labels: the plan holds only the chosen type's memory
+        return None
+
+
+def _peak(peak_bytes: int, capacity_bytes: int | None) -> str:
+    """As the plan's peakSummary reads."""
+    return _gib(peak_bytes) if capacity_bytes is None else f"{peak_bytes / GIB:.1f}GiB/{capacity_bytes / GIB:.0f}GiB"
 
 
 def _candidates(plan: api.Plan) -> Table:
@@ -31,8 +52,8 @@ def _candidates(plan: api.Plan) -> Table:
     for index, r in enumerate(plan.runners_up, start=1):
         table.add_row(str(index), r.gpu_type, str(r.gpus), str(r.method), str(int(r.zero_stage)), str(r.offload),
                       "on" if r.gradient_checkpointing else "off",
-                      f"{r.predicted_peak_bytes / GIB:.1f}GiB/{plan.gpu_memory_bytes / GIB:.0f}GiB"
-                      if r.gpu_type == plan.gpu_type else _gib(r.predicted_peak_bytes),
+                      _peak(r.predicted_peak_bytes, plan.gpu_memory_bytes if r.gpu_type == plan.gpu_type
+                            else _capacity(r.gpu_type)),
                       f"{r.tokens_per_second:,}", r.why_not_chosen)
     return table
 
