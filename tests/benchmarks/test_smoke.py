@@ -103,10 +103,11 @@ def test_gpu_memory_validation() -> None:
 def test_gpu_trainer_check() -> None:
     stdout = run_benchmark("gpu_trainer_check.py", "--smoke")
     header, rows = table(stdout)
-    assert header == ["method", "ZeRO", "ckpt", "seq", "predicted GiB", "measured peak GiB", "error", "tokens/s",
-                      "predicted tokens/s", "MFU"]
+    assert header == ["configuration", "seq", "micro", "predicted GiB", "measured peak GiB", "error", "tokens/s",
+                      "predicted tokens/s", "tokens/s error", "MFU"]
     assert len(rows) == 2 and all(len(row) == len(header) for row in rows), rows
-    assert all(number(row[7]) > 0 for row in rows), rows
+    assert all(number(row[6]) > 0 and number(row[7]) > 0 for row in rows), rows
+    assert re.search(r"median \|tokens/s error\| \d+%; ranking agreement (\d+%|-) \(\d+ of \d+ pairs", stdout)
     runs = [path for path in raw_output(stdout).iterdir() if path.is_dir() and (path / "trainer.json").exists()]
     assert len(runs) == 2
     for run in runs:

@@ -16,6 +16,8 @@ PUBLISHED_PARAMS = {
     "meta-llama/Llama-3.1-405B": 405.85e9,
     "mistralai/Mistral-7B-v0.1": 7.242e9,
     "mistralai/Mixtral-8x7B-v0.1": 46.703e9,
+    "Qwen/Qwen-7B": 7.721e9,
+    "Qwen/Qwen-72B": 72.288e9,
     "Qwen/Qwen2.5-0.5B": 0.494e9,
     "Qwen/Qwen2.5-7B": 7.616e9,
     "Qwen/Qwen2.5-72B": 72.706e9,

@@ -262,9 +262,14 @@ def _from_hf_config(config: dict[str, Any], name: str) -> Architecture:
                                      experts_per_token=config["num_experts_per_tok"])
         case "falcon":
             return _falcon(name, config)
+        case "qwen":
+            # Qwen (v1)'s own modelling code: a fused c_attn with bias for q, k and v, and w1, w2 and c_proj
+            # each intermediate_size // 2 wide: the shapes of a Qwen2 layer without grouped heads.
+            return _gated_llama_like(name, config | {"intermediate_size": config["intermediate_size"] // 2},
+                                     qkv_bias=True)
     raise UnsupportedArchitectureError(
         f"model_type '{model_type}' is not supported; supported: "
-        "llama, mistral, mixtral, qwen2, qwen3, gemma, gemma2, phi3, falcon"
+        "llama, mistral, mixtral, qwen, qwen2, qwen3, gemma, gemma2, phi3, falcon"
     )
 
 

@@ -22,10 +22,6 @@ class Coefficients(BaseModel):
     cuda_context_bytes: int
     nccl_bytes: int
     allocator_fragmentation: float
-    achievable_flops_fraction: float
-    comm_overlap_fraction: float
-    cpu_adam_params_per_second: float
-    optimizer_step_bytes_per_param: int
     fit_headroom_fraction: float
 
 

@@ -14,7 +14,7 @@ from kubetune.catalog.gpus import GpuType
 from kubetune.planner import memory, throughput
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.settings import Buckets, Lora, Optimizer, TrainingSettings
-from kubetune.planner.throughput import StepTime
+from kubetune.planner.throughput import Cost, StepTime
 
 GIB = 1024**3
 # Candidates whose objective value is within this share of the best are equally good; the study's
@@ -272,9 +272,11 @@ def _preference(candidate: Candidate) -> tuple[Any, ...]:
     s = candidate.settings
     # A pinned pair outside the preference list (ZeRO-1 with offload, say) is all there is to rank it against.
     zero = (s.zero_stage, s.offload)
+    # Micro-batches last, on the modelled step time: a larger one saves per-micro-step overhead, but the
+    # trainer pads every sequence to seqLen, so it never saves padding.
     return (ZERO_CHOICES.index(zero) if zero in ZERO_CHOICES else len(ZERO_CHOICES), s.gradient_checkpointing,
             s.method is Method.FULL,
-            s.num_gpus, -s.micro_batch)
+            s.num_gpus, candidate.step.step_seconds)
 
 
 def _rank(candidates: list[Candidate], objective: Objective) -> list[Candidate]:
@@ -338,7 +340,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
     chosen = ranked[0]
     runners_up = [(c, _why_lost(c, chosen, request.objective)) for c in _distinct(ranked[1:])[:RUNNERS_UP]]
     return SearchResult(model=arch.name, objective=request.objective, chosen=chosen, runners_up=runners_up,
-                explanation=_explain(chosen, request, pinned_problems), candidates_evaluated=evaluated,
+                explanation=_explain(arch, chosen, request, pinned_problems), candidates_evaluated=evaluated,
                 smallest_need=None)
 
 
@@ -394,7 +396,7 @@ def _why_lost(candidate: Candidate, chosen: Candidate, objective: Objective) -> 
     return "as good on the objective; the study's default (ZeRO-2, LoRA, no checkpointing) is preferred on ties"
 
 
-def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) -> list[str]:
+def _explain(arch: Architecture, chosen: Candidate, request: Request, pinned_problems: list[str]) -> list[str]:
     s, m = chosen.settings, chosen.memory
     lines = [
         f"Chose {chosen.gpu} x {s.num_gpus}: {describe(s)}.",
@@ -409,8 +411,24 @@ def _explain(chosen: Candidate, request: Request, pinned_problems: list[str]) ->
         lines.append("Gradient checkpointing is on: activations do not fit otherwise (costs one extra forward).")
     if s.attention is Attention.SDPA and request.attention is None:
         lines.append(f"{chosen.gpu} has compute capability below 8.0: FlashAttention-2 is unavailable, using SDPA.")
+    lines.append(_time_split(chosen.step))
+    if arch.is_moe:
+        lines.append(f"{arch.name} is a mixture of experts ({arch.num_experts} experts, {arch.experts_per_token} per "
+                     "token), which the time model cannot time well: transformers runs the experts one after "
+                     "another in Python, each on its share of the tokens, and no measured MoE run has checked the "
+                     "prediction; step time and tokens/s may be several times off.")
     lines += [f"Not considered: {p}." for p in pinned_problems]
     return lines
+
+
+def _time_split(step: StepTime) -> str:
+    shares = step.shares
+    split = ", ".join(f"{cost} {share:.0%}" for cost, share in shares.items() if share >= 0.005)
+    dominant = step.dominant
+    why = {Cost.COMPUTE: "the GPU's kernels", Cost.OVERHEAD: "the GPU waits on the host (Python op dispatch, "
+           "DeepSpeed's hooks): larger micro-steps would amortise it", Cost.ZERO: "exposed ZeRO communication",
+           Cost.OFFLOAD: "PCIe traffic and the CPU's optimizer step"}[dominant]
+    return f"Step time {step.step_seconds:.2f} s: {split}; dominated by {dominant} ({why})."
 
 
 def _nothing_fits(pinned_problems: list[str], smallest: Candidate | None, request: Request) -> list[str]:
