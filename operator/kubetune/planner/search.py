@@ -308,9 +308,11 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
         counts = sorted(_gpu_counts(pool, request), reverse=True)
         for precision, attention, method in product(precisions, attentions, methods):
             # Checkpointing and offload only trade speed for memory, so unless pinned they are tried only
-            # where the configuration does not fit without them.
+            # where the configuration does not fit without them. Offload, by GPU count with or without
+            # checkpointing: a checkpointed shape skipped because it fits without checkpointing fits without
+            # offload too (else checkpointing and offload together could win by running fewer micro-steps).
             fits_without_checkpointing: set[tuple[Any, ...]] = set()
-            fits_without_offload: set[tuple[Any, ...]] = set()
+            fits_without_offload: set[int] = set()
             for ckpt, (stage, offload) in product(checkpointing, zero):
                 failed_on_more_gpus = False
                 for n in counts:
@@ -320,7 +322,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                         continue  # nothing to partition on one GPU
                     if ckpt and request.gradient_checkpointing is None and (stage, offload, n) in fits_without_checkpointing:
                         continue
-                    if offload is not Offload.NONE and request.offload is None and (ckpt, n) in fits_without_offload:
+                    if offload is not Offload.NONE and request.offload is None and n in fits_without_offload:
                         continue
                     shape = _Shape(precision, attention, method, ckpt, stage, offload, n, _per_node(n, pool, request))
                     if not _micro_batches(pool, request, shape, configurations, candidates, rejected):
@@ -329,7 +331,7 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                     if not ckpt:
                         fits_without_checkpointing.add((stage, offload, n))
                     if offload is Offload.NONE:
-                        fits_without_offload.add((ckpt, n))
+                        fits_without_offload.add(n)
     evaluated = len(candidates) + len(rejected)
     if not candidates:
         smallest = min(rejected, key=lambda c: c.memory.total_bytes) if rejected else None
