@@ -24,8 +24,10 @@ from kubetune.trainer import checkpoints as checkpoints_module  # noqa: E402
 from tests.integration.ftj import ROOT, Operator, apply, condition, example, get, trainer_pods  # noqa: E402
 from tests.integration.waiting import wait_until  # noqa: E402
 from tests.node.conftest import Claims, claim_folder  # noqa: E402
+from tests.observability.panels import substitute  # noqa: E402
 from tests.observability.prometheus import Prometheus  # noqa: E402
 from tests.observability.rendering import render_rules  # noqa: E402
+from tests.observability.scrape_configs import chart_pod_monitor, pod_monitor_job, static_job  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.node]
 
@@ -56,11 +58,8 @@ def _dashboard_queries(namespace: str) -> list[tuple[str, str]]:
         for target in panel["targets"]:
             expr = target["expr"]
             if "DCGM_" in expr:
-                continue  # GPU utilisation comes from DCGM exporter, which a node without GPUs does not run
-            for variable, value in {"$namespace": namespace, "$finetunejob": JOB, "$__rate_interval": "1m",
-                                    "$__range": "10m"}.items():
-                expr = expr.replace(variable, value)
-            queries.append((panel["title"], expr))
+                continue  # DCGM exporter, which a node without GPUs does not run
+            queries.append((panel["title"], substitute(expr, namespace, JOB)))
     return queries
 
 
@@ -82,10 +81,10 @@ def test_a_two_pod_job_really_trains_on_the_real_node(cluster: LocalCluster, nod
         assert FAKE_NODE_ANNOTATION not in node["metadata"].get("annotations", {})
     assert len({pod["status"]["podIP"] for pod in pods}) == 2
 
-    prometheus = Prometheus(tmp_path, {
-        "trainers": [f"{pod['status']['podIP']}:9400" for pod in pods],
-        "kubetune-metrics": [f"127.0.0.1:{node_operator.metrics_port}"],
-    }, render_rules(tmp_path / "rules.yaml"))
+    # The pods as discovered through the chart's PodMonitor: their IPs and metrics ports.
+    prometheus = Prometheus(tmp_path, [pod_monitor_job(chart_pod_monitor(), pods),
+                                       static_job("kubetune-metrics", [f"127.0.0.1:{node_operator.metrics_port}"])],
+                            render_rules(tmp_path / "rules.yaml"))
     prometheus.start()
     try:
         seen, ftj = _progress_while_running(cluster, namespace, timeout=600)

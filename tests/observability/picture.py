@@ -13,7 +13,7 @@ from tests.observability.prometheus import Prometheus  # noqa: E402
 PANELS = (
     # Gauges read 0 until the first step ends; `and step > 0` leaves that out.
     ("Loss (rank 0)", "", (('kubetune_trainer_loss{{{job}, rank="0"}} and kubetune_trainer_step > 0', "loss"),)),
-    ("Tokens per second", "tokens/s", (("finetunejob:kubetune_trainer_tokens_per_second:sum{{{job}}}", "measured, all ranks"),
+    ("Tokens per second", "tokens/s", (("sum(rate(kubetune_trainer_tokens_total{{{job}}}[10s]))", "measured, all ranks"),
                                        ("kubetune_finetunejob_predicted_tokens_per_second{{{job}}}", "predicted (planned GPU)"))),
     ("Memory per rank", "GiB", (("(kubetune_trainer_memory_peak_allocated_bytes{{{job}}} and kubetune_trainer_step > 0)"
                                  " / 2^30", "peak rank {rank}"),

@@ -1,6 +1,7 @@
 """A real Prometheus server (Debian's package) on loopback, and the HTTP API calls the tests make of it."""
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -19,18 +20,34 @@ def free_port() -> int:
 
 
 class Prometheus:
-    def __init__(self, root: Path, scrape: dict[str, list[str]], rules: Path) -> None:
+    """`scrape_configs` as Prometheus Operator would write them for the monitors (tests/observability/
+    scrape_configs.py), every second."""
+
+    def __init__(self, root: Path, scrape_configs: list[dict[str, Any]], rules: Path | None = None) -> None:
         self.root = root
         self.port = free_port()
+        self.rules = rules
+        self.process: subprocess.Popen | None = None
+        self._write(scrape_configs)
+
+    def _write(self, scrape_configs: list[dict[str, Any]]) -> None:
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(rules)],
-            # honor_labels as in the chart's monitors: the exposed namespace/pod labels are the job's own.
-            "scrape_configs": [{"job_name": job, "honor_labels": True, "static_configs": [{"targets": targets}]}
-                               for job, targets in scrape.items()],
+            "rule_files": [str(self.rules)] if self.rules else [],
+            "scrape_configs": scrape_configs,
         }
-        (root / "prometheus.yml").write_text(yaml.safe_dump(config))
-        self.process: subprocess.Popen | None = None
+        (self.root / "prometheus.yml").write_text(yaml.safe_dump(config))
+
+    def reconfigure(self, scrape_configs: list[dict[str, Any]]) -> None:
+        """New scrape jobs, as Prometheus Operator reloads Prometheus when a monitor's targets change."""
+        self._write(scrape_configs)
+        assert self.process is not None
+        self.process.send_signal(signal.SIGHUP)
+        wanted = {job["job_name"] for job in scrape_configs}
+        deadline = time.monotonic() + 30
+        while wanted != {job["job_name"] for job in yaml.safe_load(self.api("status/config")["yaml"])["scrape_configs"]}:
+            assert time.monotonic() < deadline, (self.root / "prometheus.log").read_text()[-3000:]
+            time.sleep(0.25)
 
     @property
     def url(self) -> str:

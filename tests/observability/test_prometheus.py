@@ -1,5 +1,7 @@
 """A real Prometheus scrapes the operator running against the local cluster and a real trainer (two CPU
-ranks under torchrun) that runs with the configuration the operator generated for a FineTuneJob; the chart's
+ranks under torchrun, the two GPUs of the job's one pod) that runs with the configuration the operator generated
+for a FineTuneJob, through the chart's PodMonitor as Prometheus Operator would scrape the job's pod
+(scrape_configs.py), and DCGM exporter as the GPU Operator's ServiceMonitor scrapes it by default; the chart's
 rules are loaded. Every operator and trainer metric is there with its type and labels, every query of every
 dashboard panel (and template variable) returns data, promtool finds both endpoints clean, and the job
 dashboard's key series are drawn into a picture."""
@@ -9,32 +11,34 @@ import math
 import os
 import shutil
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kubetune.api import contract
 from kubetune.devcluster.cluster import LONG_RUNNING_NAMESPACE, LocalCluster
 from tests.integration.ftj import ROOT, apply, example, get, in_phase, operator_running, trainer_pods
 from tests.integration.waiting import wait_until
+from tests.observability import dcgm
+from tests.observability.panels import boards, job_panel_queries, substitute
 from tests.observability.prometheus import Prometheus, free_port
 from tests.observability.rendering import render_rules
+from tests.observability.scrape_configs import chart_pod_monitor, dcgm_exporter_job, pod_monitor_job, static_job
 from tests.trainer.conftest import kill, launch, model_config, world  # noqa: F401  (world is a fixture)
 
 pytestmark = pytest.mark.cluster
 
 JOB = "tiny"
-DASHBOARDS = ROOT / "charts" / "kubetune" / "dashboards"
 OPERATOR_SCRAPE_JOB = "kubetune-metrics"  # what the chart's ServiceMonitor names it: the OperatorDown alert's job
 
 JOB_LABELS = {"namespace", "finetunejob"}
-TRAINER_LABELS = {"namespace", "finetunejob", "pod", "rank", "gpu_type"}
+# namespace, pod and container are the target's (the PodMonitor's), the others the trainer's.
+TRAINER_LABELS = {"namespace", "pod", "container", "finetunejob", "rank", "gpu_type"}
 # metric -> (type, labels besides Prometheus's own job and instance)
 OPERATOR_METRICS = {
     "kubetune_finetunejobs": ("gauge", {"namespace", "phase"}),
@@ -56,15 +60,16 @@ OPERATOR_METRICS_ON_ERROR = {"kubetune_reconcile_errors_total": "counter"}
 TRAINER_METRICS = {name: ("gauge", TRAINER_LABELS) for name in (
     "kubetune_trainer_memory_allocated_bytes", "kubetune_trainer_memory_reserved_bytes",
     "kubetune_trainer_memory_peak_allocated_bytes", "kubetune_trainer_memory_device_total_bytes",
-    "kubetune_trainer_memory_predicted_peak_bytes", "kubetune_trainer_tokens_per_second",
-    "kubetune_trainer_samples_per_second", "kubetune_trainer_loss", "kubetune_trainer_learning_rate",
+    "kubetune_trainer_memory_predicted_peak_bytes", "kubetune_trainer_loss", "kubetune_trainer_learning_rate",
     "kubetune_trainer_model_flops_utilization_ratio", "kubetune_trainer_step", "kubetune_trainer_total_steps",
     "kubetune_trainer_last_step_timestamp_seconds")} | {
     "kubetune_trainer_step_duration_seconds": ("histogram", TRAINER_LABELS),
     "kubetune_trainer_checkpoint_save_seconds": ("histogram", TRAINER_LABELS),
     "kubetune_trainer_checkpoints_total": ("counter", TRAINER_LABELS),
+    "kubetune_trainer_tokens_total": ("counter", TRAINER_LABELS),
+    "kubetune_trainer_samples_total": ("counter", TRAINER_LABELS),
 }
-RECORDED = ("finetunejob:kubetune_memory_measured_over_predicted:ratio", "finetunejob:kubetune_trainer_tokens_per_second:sum",
+RECORDED = ("finetunejob:kubetune_memory_measured_over_predicted:ratio", "finetunejob:kubetune_trainer_tokens:rate5m",
             "finetunejob:kubetune_throughput_measured_over_predicted:ratio")
 
 
@@ -81,37 +86,14 @@ def tiny_job() -> dict[str, Any]:
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": JOB},
             "spec": {"model": {"name": "tiny-llama", "config": model_config()}, "dataset": {"source": "data.jsonl"},
                      "training": {"seqLen": 48, "globalBatch": 8, "maxSteps": 100000},
-                     "method": {"type": "LoRA", "microBatch": 4, "zeroStage": 2}, "checkpointIntervalSteps": 5}}
-
-
-class DcgmExporter(BaseHTTPRequestHandler):
-    """DCGM exporter's exposition for the training pod's two GPUs, in its own metric and label names: the
-    only stand-in here, since the machine has no GPU; it checks the dashboard's join on the pod label."""
-
-    page = b""
-
-    def do_GET(self) -> None:  # noqa: N802  (http.server's name)
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(self.page)
-
-    def log_message(self, *_: Any) -> None:
-        pass
-
-
-def dcgm_page(namespace: str, pod: str) -> bytes:
-    lines = ["# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).", "# TYPE DCGM_FI_DEV_GPU_UTIL gauge"]
-    for gpu in (0, 1):
-        lines.append(f'DCGM_FI_DEV_GPU_UTIL{{gpu="{gpu}",UUID="GPU-0000000{gpu}",device="nvidia{gpu}",'
-                     f'modelName="NVIDIA L4",Hostname="gpu-node",container="trainer",namespace="{namespace}",'
-                     f'pod="{pod}"}} {87 + gpu}')
-    return ("\n".join(lines) + "\n").encode()
+                     "method": {"type": "LoRA", "microBatch": 4, "zeroStage": 2}, "checkpointIntervalSteps": 5,
+                     # One pod of two GPUs: its two metrics ports are the two ranks run here.
+                     "resources": {"gpus": 2, "nodes": 1}}}
 
 
 def trainer_configs(cluster: LocalCluster, world_dir: Path, output: Path, port: int) -> tuple[Path, Path]:
     """The operator's own trainer.json and ds_config.json for the job, with what differs off-cluster: local
-    paths, the metrics port, two CPU ranks and torch's Adam (no fused CUDA Adam on a CPU)."""
+    paths, the metrics port and torch's Adam (no fused CUDA Adam on a CPU)."""
     config_map = get(cluster, LONG_RUNNING_NAMESPACE, "configmap", f"{JOB}-config")
     trainer = json.loads(config_map["data"]["trainer.json"])
     trainer["tokenizer"] = str(world_dir / "tokenizer")
@@ -119,7 +101,6 @@ def trainer_configs(cluster: LocalCluster, world_dir: Path, output: Path, port: 
     trainer["output"]["path"] = str(output)
     trainer["metricsPort"] = port
     ds = json.loads(config_map["data"]["ds_config.json"])
-    ds["train_batch_size"] = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * 2
     ds["optimizer"]["params"]["torch_adam"] = True
     output.mkdir(parents=True, exist_ok=True)
     (output / "trainer.json").write_text(json.dumps(trainer))
@@ -132,20 +113,14 @@ def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathF
     root = tmp_path_factory.mktemp("observability")
     for namespace in (LONG_RUNNING_NAMESPACE, "obs-other"):
         cluster.kubectl("create", "namespace", namespace)
-    operator_port, trainer_port, dcgm_port = free_port(), free_port(), free_port()
+    operator_port, trainer_port = free_port(), free_port()
     trainer_ports = [trainer_port, trainer_port + 1]
-    DcgmExporter.page = b""
-    dcgm = ThreadingHTTPServer(("127.0.0.1", dcgm_port), DcgmExporter)
-    threading.Thread(target=dcgm.serve_forever, daemon=True).start()
-    prometheus = Prometheus(root, {
-        OPERATOR_SCRAPE_JOB: [f"127.0.0.1:{operator_port}"],
-        "kubetune-trainers": [f"127.0.0.1:{p}" for p in trainer_ports],
-        "dcgm-exporter": [f"127.0.0.1:{dcgm_port}"],
-    }, render_rules(root / "rules.yaml"))
+    operator_job = static_job(OPERATOR_SCRAPE_JOB, [f"127.0.0.1:{operator_port}"])
+    prometheus = Prometheus(root, [operator_job], render_rules(root / "rules.yaml"))
     prometheus.start()
     trainer = None
     try:
-        with operator_running(cluster, root, f"--metrics-port={operator_port}"):
+        with operator_running(cluster, root, f"--metrics-port={operator_port}"), dcgm.exporter() as exporter:
             # As in a cluster, the operator is scraped before jobs arrive, so their first events are counted.
             wait_until("Prometheus to scrape the operator", lambda: prometheus.query(
                 f'kubetune_reconcile_retries_total{{job="{OPERATOR_SCRAPE_JOB}"}}'))
@@ -159,13 +134,18 @@ def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathF
             wait_until("the job to run", in_phase(cluster, LONG_RUNNING_NAMESPACE, JOB, "Running"))
             wait_until("the parked job", in_phase(cluster, "obs-other", "parked", "Suspended"))
             wait_until("the job that cannot fit", in_phase(cluster, "obs-other", "cannot-fit", "Unschedulable"))
-            pod = trainer_pods(cluster, LONG_RUNNING_NAMESPACE, JOB)[0]["metadata"]["name"]
-            DcgmExporter.page = dcgm_page(LONG_RUNNING_NAMESPACE, pod)
+            [pod] = trainer_pods(cluster, LONG_RUNNING_NAMESPACE, JOB)
+            exporter.serve(LONG_RUNNING_NAMESPACE, pod["metadata"]["name"])
+            # The pod's ports (metrics, metrics-1), discovered from the pod the operator created, served by the
+            # two ranks run here.
+            def served(_: str, number: int) -> str:
+                return f"127.0.0.1:{trainer_port + number - contract.METRICS_PORT}"
+            prometheus.reconfigure([operator_job, pod_monitor_job(chart_pod_monitor(), [pod], served),
+                                    dcgm_exporter_job(exporter.address, honor_labels=False)])
 
             config, ds = trainer_configs(cluster, world, root / "trainer", trainer_port)
             started = time.time()
-            trainer = launch(config, ds, root / "trainer", master_port=free_port(),
-                             extra_env={"POD_NAMESPACE": LONG_RUNNING_NAMESPACE, "POD_NAME": pod})
+            trainer = launch(config, ds, root / "trainer", master_port=free_port())
 
             def enough_history() -> bool:
                 assert trainer.poll() is None, (root / "trainer" / "stdout.log").read_text()[-3000:]
@@ -173,12 +153,11 @@ def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathF
                 return bool(saved) and time.time() - started > 45
             wait_until("three checkpoints scraped from both ranks", enough_history, timeout=300)
             yield Stack(prometheus, f"http://127.0.0.1:{operator_port}/metrics",
-                        [f"http://127.0.0.1:{p}/metrics" for p in trainer_ports], started, pod)
+                        [f"http://127.0.0.1:{p}/metrics" for p in trainer_ports], started, pod["metadata"]["name"])
     finally:
         if trainer is not None:
             kill(trainer)
         prometheus.stop()
-        dcgm.shutdown()
         for name, namespace in ((JOB, LONG_RUNNING_NAMESPACE), ("parked", "obs-other"), ("cannot-fit", "obs-other")):
             cluster.kubectl("delete", "ftj", name, "-n", namespace, "--wait=false")
 
@@ -214,21 +193,12 @@ def test_measured_over_predicted_memory_is_the_peak_over_the_plans_prediction(st
 
 
 def _substitute(expr: str, fleet: bool) -> str:
-    values = {"$namespace": ".*" if fleet else LONG_RUNNING_NAMESPACE, "$finetunejob": JOB,
-              "$__rate_interval": "1m", "$__range": "10m"}
-    for variable, value in values.items():
-        expr = expr.replace(variable, value)
-    assert "$" not in expr, expr
-    return expr
-
-
-def _dashboards() -> dict[str, dict[str, Any]]:
-    return {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
+    return substitute(expr, ".*" if fleet else LONG_RUNNING_NAMESPACE, JOB)
 
 
 def test_every_dashboard_panel_query_returns_numbers(stack: Stack) -> None:
     empty = []
-    for name, board in _dashboards().items():
+    for name, board in boards().items():
         fleet = "fleet" in name
         for panel in board["panels"]:
             for target in panel["targets"]:
@@ -239,8 +209,16 @@ def test_every_dashboard_panel_query_returns_numbers(stack: Stack) -> None:
     assert not empty, "panels without data:\n" + "\n".join(empty)
 
 
+def test_the_dcgm_panels_show_the_training_pods_gpus_under_the_gpu_operators_scrape(stack: Stack) -> None:
+    for title, legend, query in job_panel_queries("(DCGM)", LONG_RUNNING_NAMESPACE, JOB):
+        if "DCGM_" in query:
+            result = stack.prometheus.query(query)
+            assert {(s["metric"]["pod"], s["metric"]["gpu"]) for s in result} == {(stack.pod, "0"), (stack.pod, "1")}, \
+                (title, legend, result)
+
+
 def test_every_dashboard_variable_has_values(stack: Stack) -> None:
-    for name, board in _dashboards().items():
+    for name, board in boards().items():
         for variable in board["templating"]["list"]:
             if variable["type"] != "query":
                 continue

@@ -30,7 +30,7 @@ SERIES = (
     "kubetune_trainer_memory_allocated_bytes", "kubetune_trainer_memory_reserved_bytes",
     "kubetune_trainer_memory_peak_allocated_bytes", "kubetune_trainer_memory_device_total_bytes",
     "kubetune_trainer_memory_predicted_peak_bytes", "kubetune_trainer_step_duration_seconds_bucket",
-    "kubetune_trainer_tokens_per_second", "kubetune_trainer_samples_per_second", "kubetune_trainer_loss",
+    "kubetune_trainer_tokens_total", "kubetune_trainer_samples_total", "kubetune_trainer_loss",
     "kubetune_trainer_learning_rate", "kubetune_trainer_model_flops_utilization_ratio", "kubetune_trainer_step",
     "kubetune_trainer_total_steps", "kubetune_trainer_checkpoint_save_seconds_bucket",
 )

@@ -14,11 +14,12 @@ groups:
           max by (namespace, finetunejob) (
             kubetune_trainer_memory_peak_allocated_bytes / kubetune_trainer_memory_predicted_peak_bytes
           )
-      - record: finetunejob:kubetune_trainer_tokens_per_second:sum
-        expr: sum by (namespace, finetunejob) (kubetune_trainer_tokens_per_second)
+      # Tokens per second of all ranks, over five minutes: at least four scrapes at any interval up to 75 s.
+      - record: finetunejob:kubetune_trainer_tokens:rate5m
+        expr: sum by (namespace, finetunejob) (rate(kubetune_trainer_tokens_total[5m]))
       - record: finetunejob:kubetune_throughput_measured_over_predicted:ratio
         expr: |
-          finetunejob:kubetune_trainer_tokens_per_second:sum
+          finetunejob:kubetune_trainer_tokens:rate5m
             / on (namespace, finetunejob) kubetune_finetunejob_predicted_tokens_per_second
   - name: kubetune.alerts
     rules:

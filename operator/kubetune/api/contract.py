@@ -25,7 +25,12 @@ ERROR_EXIT_CODE = 1
 CONFIG_DIR = "/etc/kubetune"  # trainer.json and ds_config.json, from the job's ConfigMap
 DATA_MOUNT = Path("/data")  # the dataset claim (dataset.claimName), read-only
 RENDEZVOUS_PORT = 29500
-METRICS_PORT = 9400  # rank 0's; local rank i serves on METRICS_PORT + i
+# Rank 0's; local rank i serves on METRICS_PORT + i (up to 8 a node). Clear of what runs on a GPU node:
+# dcgm-exporter (9400) and DCGM's host engine (5555), node-exporter (9100), the GPU Operator's node status
+# exporter (8000), node-feature-discovery and kube-state-metrics (8080, 8081), the kubelet and kube-proxy
+# (10248-10259), torchrun (29400, 29500), and the exporters' registered range 9100-9999, which Prometheus'
+# port allocation list shows full.
+METRICS_PORT = 8450
 
 VERDICT_DIR_ENV = "KUBETUNE_VERDICT_DIR"
 # Asked to stop (the kubelet's SIGTERM: the pod deleted, evicted, preempted, or its Job suspended), the launcher

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic.alias_generators import to_camel
 
+from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.api.vocabulary import Attention, Method, Precision
 
@@ -45,7 +46,7 @@ class TrainerConfig(BaseModel):
     gradient_checkpointing: bool
     attention: Attention
     precision: Precision
-    metrics_port: int = Field(default=9400, gt=0, lt=65536)
+    metrics_port: int = Field(default=contract.METRICS_PORT, gt=0, lt=65536)
     # The prediction travels with the run, so the trainer reports predicted against measured memory.
     plan: api.Plan | None = None
 

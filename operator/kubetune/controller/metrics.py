@@ -1,7 +1,8 @@
 """The operator's Prometheus metrics (kubetune_*), served on the operator's metrics port.
 
 Per-job series carry `namespace` and `finetunejob` (not `job`, which Prometheus keeps for the scrape job), the
-same labels the trainer's series carry, so the two join; the chart's monitors scrape both with honor_labels.
+same labels the trainer's series carry, so the two join. The chart's ServiceMonitor honours these labels (the
+operator says which namespace a job is in); a trainer's namespace is its pod's, set by the PodMonitor.
 A job's series are dropped when the FineTuneJob is deleted, so the fleet's gauges count only what exists."""
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server

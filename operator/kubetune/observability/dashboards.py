@@ -2,7 +2,8 @@
 (`kubetune dashboards --write`; a test fails when the chart's copies are stale).
 
 Built from code so that every panel states its unit, every query uses the same label scheme (`namespace`,
-`finetunejob`, `rank`, `pod`) and the tests can run every query of every panel against a real Prometheus."""
+`finetunejob`, `rank`, `pod`; DCGM exporter's series joined on namespace and pod however they were scraped)
+and the tests can run every query of every panel against a real Prometheus."""
 
 import json
 from dataclasses import dataclass, field
@@ -32,6 +33,24 @@ class Panel:
     height: int = 8
     # Series drawn dashed: predictions and limits beside what was measured.
     reference_series: tuple[str, ...] = field(default=())
+
+
+def _tokens_per_second(selector: str) -> str:
+    """All ranks' tokens per second, from the trainers' counters."""
+    return f"sum(rate(kubetune_trainer_tokens_total{{{selector}}}[$__rate_interval]))"
+
+
+def _on_training_gpus(aggregation: str, metric: str) -> str:
+    """A DCGM exporter series of each GPU of the job's pods, joined on the training pod's namespace and pod.
+
+    dcgm-exporter labels a GPU with the pod using it as `namespace` and `pod`. Scraped with honorLabels false (the
+    GPU Operator's ServiceMonitor default) Prometheus keeps those as exported_namespace and exported_pod and sets
+    namespace and pod to the exporter's own; scraped with honorLabels true they stay as they are. The first
+    half gives the renamed series their pod back, the second takes the series that were never renamed."""
+    renamed = (f'label_replace(label_replace({metric}{{exported_pod!=""}}, "pod", "$1", "exported_pod", "(.+)"), '
+               f'"namespace", "$1", "exported_namespace", "(.+)")')
+    return (f"{aggregation} by (pod, gpu) (({renamed} or {metric}{{exported_pod=\"\"}}) * on (namespace, pod) "
+            f"group_left () group by (namespace, pod) (kubetune_trainer_step{{{JOB}}}))")
 
 
 def _quantiles(metric: str, selector: str = "", window: str = "$__rate_interval") -> tuple[Query, ...]:
@@ -84,7 +103,7 @@ JOB_PANELS = (
                  f' / sum(rate(kubetune_trainer_step_duration_seconds_count{{{JOB}, rank="0"}}[$__rate_interval]))',
                  "ETA"),), kind="stat", width=6, height=4),
     Panel("Tokens per second", "Training throughput of all ranks against the plan's prediction.", "short",
-          (Query(f"finetunejob:kubetune_trainer_tokens_per_second:sum{{{JOB}}}", "measured"),
+          (Query(_tokens_per_second(JOB), "measured"),
            Query(f"kubetune_finetunejob_predicted_tokens_per_second{{{JOB}}}", "predicted")),
           kind="stat", width=6, height=4),
     Panel("Memory per rank", "Allocated, reserved and peak memory of each rank, against the plan's predicted peak "
@@ -99,7 +118,7 @@ JOB_PANELS = (
           "memory model under-predicted this job.", "percentunit",
           (Query(f"finetunejob:kubetune_memory_measured_over_predicted:ratio{{{JOB}}}", "measured / predicted"),)),
     Panel("Throughput", "Tokens per second, all ranks, against the prediction.", "short",
-          (Query(f"finetunejob:kubetune_trainer_tokens_per_second:sum{{{JOB}}}", "measured"),
+          (Query(_tokens_per_second(JOB), "measured"),
            Query(f"kubetune_finetunejob_predicted_tokens_per_second{{{JOB}}}", "predicted")),
           reference_series=("predicted",)),
     Panel("Model FLOPs utilisation", "Model FLOPs per second over the planned GPU's dense peak, per rank.",
@@ -114,9 +133,15 @@ JOB_PANELS = (
           (Query(f"kubetune_trainer_checkpoint_save_seconds_sum{{{JOB}}} / kubetune_trainer_checkpoint_save_seconds_count"
                  f"{{{JOB}}}", "rank {{rank}}"),)),
     Panel("GPU utilisation (DCGM)", "DCGM exporter's utilisation of each GPU of the job's pods, joined on the "
-          "pod label; empty where DCGM exporter does not run.", "percent",
-          (Query("avg by (pod, gpu) (DCGM_FI_DEV_GPU_UTIL * on (namespace, pod) group_left () "
-                 f"group by (namespace, pod) (kubetune_trainer_step{{{JOB}}}))", "{{pod}} GPU {{gpu}}"),)),
+          "training pod; empty where DCGM exporter does not run.", "percent",
+          (Query(_on_training_gpus("avg", "DCGM_FI_DEV_GPU_UTIL"), "{{pod}} GPU {{gpu}}"),)),
+    Panel("GPU memory used (DCGM)", "Framebuffer memory in use on each GPU of the job's pods, as the driver sees "
+          "it (torch's allocations, its cache, the CUDA context, communication buffers), against the plan's "
+          "predicted peak and the GPU's size.", "bytes",
+          (Query(f'{_on_training_gpus("max", "DCGM_FI_DEV_FB_USED")} * 2^20', "{{pod}} GPU {{gpu}}"),
+           Query(f"kubetune_finetunejob_predicted_peak_bytes{{{JOB}}}", "predicted peak"),
+           Query(f"kubetune_finetunejob_gpu_memory_bytes{{{JOB}}}", "GPU memory")),
+          reference_series=("predicted peak", "GPU memory")),
 )
 
 

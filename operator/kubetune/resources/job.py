@@ -68,15 +68,10 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         "-m", "kubetune.trainer", f"--config={contract.CONFIG_DIR}/trainer.json",
         f"--deepspeed={contract.CONFIG_DIR}/ds_config.json",
     ]
-    # The trainer labels its metrics with its pod and namespace, as DCGM exporter labels the pod's GPUs.
-    env: list[dict[str, Any]] = [
-        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-    ]
     # What a pod writes when it saves: each GPU's model states, and what offload keeps on the host.
     grace = contract.grace_seconds((plan.memory.weights_bytes + plan.memory.optimizer_states_bytes) *
                                    plan.gpus_per_node + plan.memory.host_bytes_per_node)
-    env.append({"name": contract.SAVE_SECONDS_ENV, "value": str(grace - contract.SHUTDOWN_SECONDS)})
+    env: list[dict[str, Any]] = [{"name": contract.SAVE_SECONDS_ENV, "value": str(grace - contract.SHUTDOWN_SECONDS)}]
     if group.simulated:
         env.append({"name": contract.SIMULATED_GPUS_ENV, "value": "1"})
     inject = (annotations or {}).get(contract.INJECT_FAULT_ANNOTATION)

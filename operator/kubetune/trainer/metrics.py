@@ -1,28 +1,26 @@
 """Per-rank Prometheus metrics (kubetune_trainer_*), served on the metrics port plus the local rank.
 
-Every series carries `namespace` and `finetunejob` (the operator's per-job labels, so the two join), `rank`,
-`gpu_type`, and `pod`, which together with `namespace` is how DCGM exporter labels a GPU's series when it maps
-GPUs to pods. The pod's name and namespace come from the downward API (POD_NAME, POD_NAMESPACE)."""
+Every series carries `finetunejob` (the operator's per-job label, so the two join), `rank` and `gpu_type`.
+`namespace` and `pod` are not the trainer's to say: the scrape attaches the target's own (the chart's PodMonitor
+keeps them against any exposed label), so a pod cannot pass its series off as another namespace's. Throughput
+is counted (tokens, samples), for rate() to turn into per-second figures over any window."""
 
 import os
 import resource
-import socket
 import time
 
 import psutil
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-LABELS = ("namespace", "finetunejob", "pod", "rank", "gpu_type")
+LABELS = ("finetunejob", "rank", "gpu_type")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 class TrainerMetrics:
     def __init__(self, job: str, rank: int, gpu_type: str) -> None:
         self.registry = CollectorRegistry()
-        self.labels = {"namespace": os.environ.get("POD_NAMESPACE", ""), "finetunejob": job,
-                       "pod": os.environ.get("POD_NAME", socket.gethostname()), "rank": str(rank),
-                       "gpu_type": gpu_type}
+        self.labels = {"finetunejob": job, "rank": str(rank), "gpu_type": gpu_type}
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, LABELS, registry=self.registry).labels(**self.labels)
@@ -36,8 +34,10 @@ class TrainerMetrics:
         self.memory_peak = gauge("kubetune_trainer_memory_peak_allocated_bytes", "Peak memory allocated so far.")
         self.memory_total = gauge("kubetune_trainer_memory_device_total_bytes", "The training device's memory.")
         self.memory_predicted = gauge("kubetune_trainer_memory_predicted_peak_bytes", "The plan's predicted peak.")
-        self.tokens_per_second = gauge("kubetune_trainer_tokens_per_second", "Tokens per second on this rank.")
-        self.samples_per_second = gauge("kubetune_trainer_samples_per_second", "Sequences per second on this rank.")
+        self.tokens = Counter("kubetune_trainer_tokens_total", "Tokens trained on by this rank.", LABELS,
+                              registry=self.registry).labels(**self.labels)
+        self.samples = Counter("kubetune_trainer_samples_total", "Sequences trained on by this rank.", LABELS,
+                               registry=self.registry).labels(**self.labels)
         self.loss = gauge("kubetune_trainer_loss", "Training loss of the last optimizer step.")
         self.learning_rate = gauge("kubetune_trainer_learning_rate", "Learning rate of the last optimizer step.")
         self.mfu = gauge("kubetune_trainer_model_flops_utilization_ratio", "Model FLOPs utilisation (0-1); "
@@ -63,8 +63,8 @@ class TrainerMetrics:
         self.step.set(step)
         self.last_step.set(time.time())
         self.step_seconds.observe(seconds)
-        self.tokens_per_second.set(samples * seq_len / seconds)
-        self.samples_per_second.set(samples / seconds)
+        self.tokens.inc(samples * seq_len)
+        self.samples.inc(samples)
         self.loss.set(loss)
         self.learning_rate.set(lr)
         if flops_per_token:
