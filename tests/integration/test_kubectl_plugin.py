@@ -4,9 +4,6 @@ puts in status.plan for the same spec and cluster (with the operator's prices re
 refused with the cluster's own messages."""
 
 import json
-import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +12,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kubetune.devcluster import binaries
 from kubetune.devcluster.cluster import LocalCluster
 from tests.integration.ftj import Operator, apply, example, failing, get, operator_running, temporary_namespace
+from tests.integration.kubectl_plugin import kubectl_kubetune
 from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.cluster
@@ -26,15 +23,6 @@ pytestmark = pytest.mark.cluster
 # moves to them only when the operator's configuration is read.
 PRICES = {"V100-SXM2-32GB": 0.01}
 OOM = "kubetune-oom peak_allocated_bytes=23000000000 device_total_bytes=23580639232"
-
-
-def kubectl_kubetune(cluster: LocalCluster, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    """`kubectl kubetune ...`: kubectl finds the installed kubectl-kubetune on PATH and passes it KUBECONFIG."""
-    # Wide enough that no table cell wraps.
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "COLUMNS": "1000",
-           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run([str(binaries.kubectl()), "kubetune", *args], input=stdin, env=env, capture_output=True,
-                          text=True, timeout=120, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +109,56 @@ def test_a_missing_job_and_an_invalid_file_are_refused_with_the_clusters_reasons
         refused.stderr
     assert "Traceback" not in refused.stderr
     assert get(cluster, namespace, "ftj", "bad") is None  # a dry run stores nothing
+
+
+def test_the_kubeconfig_and_context_flags_choose_the_cluster_and_namespace(
+        cluster: LocalCluster, priced_operator: Operator, namespace: str, tmp_path: Path) -> None:
+    # A kubeconfig of its own whose current context points nowhere, and a context of the cluster whose
+    # namespace is the test's.
+    config = yaml.safe_load(cluster.kubeconfig.read_text())
+    config["contexts"].append({"name": "team", "context": {**config["contexts"][0]["context"], "namespace": namespace}})
+    config["clusters"].append({"name": "nowhere", "cluster": {"server": "https://127.0.0.1:1"}})
+    config["contexts"].append({"name": "nowhere", "context": {"cluster": "nowhere", "user": config["users"][0]["name"]}})
+    config["current-context"] = "nowhere"
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(config))
+    assert apply(cluster, namespace, job("flags")).returncode == 0
+
+    shown = kubectl_kubetune(cluster, "describe", "flags", "--kubeconfig", str(path), "--context", "team",
+                             kubeconfig="/nonexistent")
+    assert shown.returncode == 0, shown.stderr
+    assert f"{namespace}/flags" in shown.stdout
+    # KUBECONFIG alone: its current context, which reaches nothing.
+    unreachable = kubectl_kubetune(cluster, "describe", "flags", "-n", namespace, kubeconfig=str(path))
+    assert unreachable.returncode == 1 and "cannot reach the cluster at https://127.0.0.1:1" in unreachable.stderr
+
+
+def test_admission_warnings_are_printed_as_kubectl_prints_them(cluster: LocalCluster, priced_operator: Operator,
+                                                              namespace: str) -> None:
+    # A warn-only policy like the chart's admission warnings, for this test's namespace alone.
+    name = f"plugin-warnings-{namespace}"
+    cluster.kubectl_ok("apply", "-f", "-", stdin=json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicy",
+         "metadata": {"name": name},
+         "spec": {"failurePolicy": "Fail", "matchConstraints": {"resourceRules": [
+             {"apiGroups": ["kubetune.io"], "apiVersions": ["*"], "resources": ["finetunejobs"],
+              "operations": ["CREATE"]}]},
+                  "validations": [{"expression": "has(object.spec.output) && has(object.spec.output.claimName)",
+                                   "message": "spec.output.claimName is not set: checkpoints are lost"}]}},
+        {"apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+         "metadata": {"name": name},
+         "spec": {"policyName": name, "validationActions": ["Warn"], "matchResources": {"namespaceSelector": {
+             "matchLabels": {"kubernetes.io/metadata.name": namespace}}}}}]}))
+    try:
+        def warned() -> str | None:
+            planned = kubectl_kubetune(cluster, "plan", "-f", "-", "-n", namespace, "-o", "json",
+                                       stdin=yaml.safe_dump(job("warned")))
+            assert planned.returncode == 0, planned.stderr
+            return planned.stderr if "Warning:" in planned.stderr else None
+
+        # The API server picks a new policy up within seconds.
+        stderr = wait_until("the policy's warning", warned, timeout=60)
+        assert f"Warning: Validation failed for ValidatingAdmissionPolicy '{name}'" in stderr, stderr
+        assert "spec.output.claimName is not set: checkpoints are lost" in stderr
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name)
