@@ -47,8 +47,14 @@ ROOT = Path(__file__).resolve().parents[1]
 KUBETUNE = str(Path(sys.executable).parent / "kubetune")
 NAMESPACE = "scale"
 SMOKE_JOBS = 5
-# Resources only the operator writes or lists cluster-wide, so their request counts are its own.
+# Resources the operator reads or writes; the requests counted on them are everyone's (the Job controller,
+# the scheduler and kwok write pods and Jobs).
 OPERATOR_RESOURCES = ("finetunejobs", "configmaps", "services", "jobs", "nodes", "pods", "events")
+# Requests only the operator makes (besides its Events): kubectl creates the FineTuneJobs, and nothing else
+# writes them or creates the children.
+OPERATOR_WRITES = (("finetunejobs", "PATCH"), ("finetunejobs/status", "PATCH"), ("configmaps", "POST"),
+                   ("configmaps", "PATCH"), ("services", "POST"), ("jobs", "POST"), ("jobs", "PATCH"),
+                   ("jobs", "DELETE"))
 
 
 # What a fleet submits, weighted towards the small and mid-sized models most fine-tuning runs use.
@@ -154,7 +160,8 @@ def apiserver_requests(samples: list[tuple[str, dict[str, str], float]]) -> Coun
     counts: Counter = Counter()
     for metric, labels, value in samples:
         if metric == "apiserver_request_total" and labels.get("resource") in OPERATOR_RESOURCES:
-            counts[(labels["resource"], labels["verb"])] += value
+            subresource = f"/{labels['subresource']}" if labels.get("subresource") else ""
+            counts[(labels["resource"] + subresource, labels["verb"])] += value
     return counts
 
 
@@ -305,8 +312,19 @@ def main() -> None:
         total = sum(requests.values())
         rows.append(("apiserver requests on the operator's resources", f"{total:.0f} ({total / args.jobs:.1f} per job)",
                      ""))
-        for (resource, verb), count in sorted(requests.items(), key=lambda item: -item[1])[:8]:
+        for (resource, verb), count in sorted(requests.items(), key=lambda item: -item[1])[:10]:
             rows.append((f"  {verb} {resource}", f"{count:.0f} ({count / args.jobs:.2f} per job)", ""))
+        events: Counter = Counter()
+        for event in json.loads(cluster.kubectl_ok("get", "events", "-n", namespace, "-o", "json",
+                                                   timeout=120))["items"]:
+            if event["involvedObject"]["kind"] == "FineTuneJob":
+                events[event["reason"]] += event.get("count") or 1
+        rows.append(("FineTuneJob Events by reason", ", ".join(f"{reason} {count / args.jobs:.2f}"
+                                                               for reason, count in events.most_common()), ""))
+        # The requests above are everyone's (the Job controller, the scheduler and kwok write pods and Jobs too);
+        # these writes only the operator makes.
+        writes = sum(requests[key] for key in OPERATOR_WRITES) + sum(events.values())
+        rows.append(("the operator's writes", f"{writes:.0f} ({writes / args.jobs:.2f} per job)", ""))
         rows.append(("FineTuneJobs with more than one Job / ConfigMap",
                      f"{sum(1 for c in owners.values() if c > 1)} / {sum(1 for c in map_owners.values() if c > 1)}",
                      "0"))
