@@ -240,6 +240,7 @@ def test_the_krew_launcher_runs_the_installed_plugin() -> None:
     result = subprocess.run(["/bin/sh", str(KREW / "kubectl-kubetune"), "--help"], capture_output=True, text=True,
                             timeout=60, check=False, env={**os.environ, **env})
     assert result.returncode == 0, result.stderr
+    assert "Usage: kubectl kubetune" in result.stdout  # as kubectl users type it
     assert "plan" in result.stdout and "describe" in result.stdout
     missing = subprocess.run(["/bin/sh", str(KREW / "kubectl-kubetune")], capture_output=True, text=True, timeout=60,
                              check=False, env={"PATH": "/nonexistent"})

@@ -195,3 +195,8 @@ def describe_command(
     except Refusal as refusal:
         _fail(refusal)
     console.print(render.job_view(ftj, events, peak))
+
+
+def main() -> None:
+    """The entry point: usage lines read as the command is typed."""
+    app(prog_name="kubectl kubetune")
