@@ -87,6 +87,22 @@ def test_trainer_overhead() -> None:
 
 
 @pytest.mark.measured
+def test_trainer_vs_deepspeed() -> None:
+    stdout = run_benchmark("trainer_vs_deepspeed.py", "--smoke", env={"DS_ACCELERATOR": "cpu"})
+    header, rows = table(stdout)
+    assert header == ["loop", "step ms, each round", "median step ms", "tokens/s"]
+    assert [row[0] for row in rows] == ["bare DeepSpeed loop", "kubetune trainer", "the trainer between steps"]
+    assert all(number(row[2]) > 0 and number(row[3]) > 0 for row in rows[:2]), rows
+    assert number(rows[2][2]) > 0, rows  # the step's end is after its optimizer step
+    assert re.search(r"trainer / bare tokens/s: [\d.]+ \(each round: [\d.]+\); target >= 0.98. Between steps "
+                     r"the trainer spends [\d.]+ % of its step", stdout)
+    saved = json.loads((raw_output(stdout) / "timings.json").read_text())
+    # Both loops ran every step: the trainer's train_log and the bare loop's own step times.
+    assert [len(ends) for ends in saved["step_end_times"]["trainer"]] == [6]
+    assert [len(ends) for ends in saved["step_end_times"]["bare"]] == [6]
+
+
+@pytest.mark.measured
 def test_gpu_memory_validation() -> None:
     stdout = run_benchmark("gpu_memory_validation.py", "--smoke")
     header, rows = table(stdout)
