@@ -33,6 +33,13 @@ def test_json_has_the_chosen_configuration_and_a_memory_breakdown() -> None:
     assert plan["memory"]["total_bytes"] < plan["memory"]["capacity_bytes"]
     assert plan["step_time_seconds"] > 0 and plan["tokens_per_second"] > 0
     assert plan["reasons"] and plan["runners_up"]
+    # What the step goes to, summing to the whole, and the largest named as the explanation names it.
+    split = plan["step_time_split"]
+    assert set(split) == {"compute", "fixed overhead", "ZeRO traffic", "offload"}
+    assert sum(split.values()) == pytest.approx(1, abs=1e-3)
+    assert plan["dominant_cost"] == max(split, key=split.__getitem__)
+    assert any(f"dominated by {plan['dominant_cost']}" in line for line in plan["reasons"])
+    assert all(sum(r["step_time_split"].values()) == pytest.approx(1, abs=1e-3) for r in plan["runners_up"])
 
 
 def test_pinned_options_come_back_as_given() -> None:

@@ -10,6 +10,7 @@ from rich.table import Table
 from kubetune.api.v1alpha1 import MemoryBreakdown
 from kubetune.api.vocabulary import Method
 from kubetune.planner.search import GIB, Candidate, Request, SearchResult, describe
+from kubetune.planner.throughput import StepTime
 
 # The breakdown's terms, in the order they stack.
 MEMORY_KEYS = ("weights_bytes", "gradients_bytes", "optimizer_states_bytes", "activations_bytes", "logits_bytes",
@@ -41,6 +42,11 @@ def _configuration(candidate: Candidate, request: Request) -> dict[str, Any]:
     }
 
 
+def _split(step: StepTime) -> dict[str, float]:
+    """The step's shares by what it goes to (compute, fixed overhead, ZeRO traffic, offload)."""
+    return {cost.value: round(share, 4) for cost, share in step.shares.items()}
+
+
 def _memory(candidate: Candidate, capacity_bytes: int) -> dict[str, Any]:
     return {**candidate.memory.model_dump(mode="json"), "capacity_bytes": capacity_bytes}
 
@@ -50,6 +56,7 @@ def _candidate(candidate: Candidate, request: Request, capacities: dict[str, int
         "configuration": _configuration(candidate, request),
         "memory": _memory(candidate, capacities[candidate.gpu]),
         "step_time_seconds": candidate.time.step_seconds if candidate.time else None,
+        "step_time_split": _split(candidate.time) if candidate.time else None,
         "tokens_per_second": candidate.time.tokens_per_second if candidate.time else None,
         "usd_per_million_tokens": candidate.usd_per_million_tokens if candidate.time else None,
         "reasons": candidate.reasons,
@@ -62,7 +69,8 @@ def to_json(plan: SearchResult, request: Request, capacities: dict[str, int]) ->
                             "reasons": plan.explanation, "candidates_evaluated": plan.candidates_evaluated}
     if chosen is not None:
         body |= {"chosen": _configuration(chosen, request), "memory": _memory(chosen, capacities[chosen.gpu]),
-                 "step_time_seconds": chosen.step.step_seconds, "tokens_per_second": chosen.step.tokens_per_second,
+                 "step_time_seconds": chosen.step.step_seconds, "step_time_split": _split(chosen.step),
+                 "dominant_cost": chosen.step.dominant.value, "tokens_per_second": chosen.step.tokens_per_second,
                  "usd_per_million_tokens": chosen.usd_per_million_tokens,
                  "runners_up": [_candidate(c, request, capacities) | {"why_not_chosen": why}
                                 for c, why in plan.runners_up]}
