@@ -153,3 +153,14 @@ def test_the_micro_batch_is_chosen_on_the_modelled_step_time() -> None:
     fitting = {b: c.step.step_seconds for b, c in pinned.items() if c is not None}
     assert chosen.step.step_seconds == min(fitting.values())
     assert chosen.settings.micro_batch == min(fitting, key=fitting.__getitem__)
+
+
+def test_gemms_on_few_tokens_are_memory_bound() -> None:
+    """A GEMM reads its whole weight matrix whatever the tokens: under the GPU's ridge point (about 300 tokens
+    on an H100) the kernels' time per token rises, more on a faster GPU than on a slower one."""
+    def kernel_seconds_per_token(gpu: gpus.GpuType, seq_len: int) -> float:
+        return run(gpu=gpu, seq_len=seq_len, gradient_accumulation=1).compute_seconds / seq_len
+    for gpu in (A100, H100):
+        assert kernel_seconds_per_token(gpu, 64) > 1.5 * kernel_seconds_per_token(gpu, 2048)
+    h100 = kernel_seconds_per_token(H100, 64) / kernel_seconds_per_token(H100, 2048)
+    assert h100 > kernel_seconds_per_token(A100, 64) / kernel_seconds_per_token(A100, 2048)
