@@ -56,7 +56,7 @@ def points(data: dict[str, Any]) -> list[Point]:
     for row in data["rows"]:
         if "not_predicted" in row:
             continue
-        arch = architecture.load(row["model"])
+        arch = architecture.from_hf_config(data["models"][row["model"]], name=row["model"])
         n = row["nodes"] * row["gpus_per_node"]
         for seq_len, published in zip(data["seq_lens"], row["seconds"], strict=True):
             if published is None:
