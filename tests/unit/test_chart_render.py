@@ -61,6 +61,12 @@ def test_package_is_an_archive_that_renders_as_the_chart_does(tmp_path: Path) ->
         assert packaged.returncode == 0 and packaged.stdout == unpacked.stdout
 
 
+def test_the_pod_names_kopf_itself_so_kopf_needs_no_passwd_entry_for_the_images_uid() -> None:
+    container = by_kind(render(), "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["POD_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
 def test_standbys_get_a_disruption_budget_that_keeps_one_replica() -> None:
     assert not by_kind(render(), "PodDisruptionBudget")
     docs = render("operator.replicas=2")
