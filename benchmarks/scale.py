@@ -339,10 +339,11 @@ def main() -> None:
             "cluster": where, "nodes": nodes, "jobs": args.jobs, "specs": args.specs, "seed": args.seed,
             "created_seconds": round(created, 2), "settled_seconds": settled_at and round(settled_at, 2),
             "table": [list(row) for row in rows],
-            "outcomes": {f["metadata"]["name"]: {"outcome": outcomes.get(f["metadata"]["name"]), "spec": f["spec"],
-                                                 "plan": _plan_summary(f)} for f in ftjs},
-            "reconciles": [[name.split("/", 1)[1], round(ms, 3), changed] for name, ms, changed in timings],
-        }, indent=1) + "\n")
+            # One line per job and per reconcile, short enough to keep beside the docs' table.
+            "outcomes": {f["metadata"]["name"]: [outcomes.get(f["metadata"]["name"]), spec_summary(f["spec"]),
+                                                 _plan_summary(f)] for f in ftjs},
+            "reconciles": [[name.split("/", 1)[1], round(ms, 2), int(changed)] for name, ms, changed in timings],
+        }, separators=(",", ":")) + "\n")
         print(f"\nraw output: {out}")
     finally:
         if args.kubeconfig is not None and operator is not None:
@@ -356,6 +357,17 @@ def main() -> None:
         else:
             cluster.kubectl("delete", "namespace", namespace, "--wait=false")
         shutil.rmtree(state, ignore_errors=True)
+
+
+def spec_summary(spec: dict) -> str:
+    """What the mix varies, in a few words: the model, the length, the method hint and the resource limits."""
+    method, resources = spec.get("method", {}), spec["resources"]
+    words = [spec["model"]["name"], f"seq {spec.get('training', {}).get('seqLen', 2048)}", method.get("type", "Auto")]
+    if "zeroStage" in method:
+        words.append(f"ZeRO-{method['zeroStage']} pinned")
+    words.append(f"gpus={resources['gpus']}" if "gpus" in resources else f"maxGPUs {resources['maxGPUs']}")
+    words.extend(resources.get("gpuTypes", []))
+    return ", ".join(words)
 
 
 def _plan_summary(ftj: dict) -> str | None:

@@ -144,5 +144,5 @@ def test_scale(cluster: LocalCluster) -> None:
     assert values["FineTuneJobs with more than one Job / ConfigMap"] == "0 / 0"
     assert values["FineTuneJobs without a status"] == "0"
     saved = json.loads(raw_output(stdout).read_text())
-    assert len(saved["outcomes"]) == 5 and all(job["outcome"] for job in saved["outcomes"].values()), saved
-    assert sum(1 for _, _, changed in saved["reconciles"] if changed) == int(working[1])
+    assert len(saved["outcomes"]) == 5 and all(where for where, _, _ in saved["outcomes"].values()), saved
+    assert sum(changed for _, _, changed in saved["reconciles"]) == int(working[1])
