@@ -110,6 +110,13 @@ def test_a_missing_job_and_an_invalid_file_are_refused_with_the_clusters_reasons
     assert "Traceback" not in refused.stderr
     assert get(cluster, namespace, "ftj", "bad") is None  # a dry run stores nothing
 
+    nowhere = job("nowhere")
+    nowhere["spec"]["resources"] = {"gpuTypes": ["NVIDIA-B200"]}
+    unplanned = kubectl_kubetune(cluster, "plan", "-f", "-", "-n", namespace, stdin=yaml.safe_dump(nowhere))
+    assert unplanned.returncode == 1
+    assert "no plan (Unschedulable): no GPU nodes of the allowed types (NVIDIA-B200)" in unplanned.stderr, \
+        unplanned.stderr
+
 
 def test_the_kubeconfig_and_context_flags_choose_the_cluster_and_namespace(
         cluster: LocalCluster, priced_operator: Operator, namespace: str, tmp_path: Path) -> None:
