@@ -60,7 +60,7 @@ def plan_command(
     micro_batch: int | None = typer.Option(None, min=1, help="Sequences per GPU per micro-step (pinned)."),
     method: Method | None = typer.Option(None, case_sensitive=False, help="Full or LoRA (pinned)."),
     lora_rank: int = typer.Option(16, min=1, help="LoRA rank."),
-    lora_target: list[str] = typer.Option(list(ALL_LINEAR), help="LoRA target modules; repeat it."),
+    lora_target: list[str] = typer.Option([], help="LoRA target modules; repeat it (default: every linear layer)."),
     zero_stage: int | None = typer.Option(None, min=0, max=3, help="DeepSpeed ZeRO stage (pinned)."),
     offload: Offload | None = typer.Option(None, case_sensitive=False, help="None, Optimizer or All (pinned)."),
     gradient_checkpointing: str | None = typer.Option(None, help="on or off (pinned)."),
@@ -77,10 +77,14 @@ def plan_command(
     """Predict per-GPU memory and choose a training configuration for each GPU type."""
     try:
         arch = architecture.load(model)
+        if lora_target and method is not Method.FULL and \
+                (unknown := [t for t in lora_target if t not in arch.lora_modules(tuple(lora_target))]):
+            raise ValueError(f"--lora-target {', '.join(unknown)} match no linear module of {arch.name} (its modules: "
+                             f"{', '.join(arch.lora_modules(ALL_LINEAR))})")
         types = _gpu_types(gpu)
         request = search.Request(
             seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, method=method,
-            lora=Lora(rank=lora_rank, target_modules=tuple(lora_target)),
+            lora=Lora(rank=lora_rank, target_modules=tuple(lora_target) or ALL_LINEAR),
             zero_stage=ZeroStage(zero_stage) if zero_stage is not None else None, offload=offload,
             gradient_checkpointing=_on_off(gradient_checkpointing, "--gradient-checkpointing"),
             attention=attention, precision=precision, optimizer=optimizer, num_gpus=gpus_count, num_nodes=nodes,

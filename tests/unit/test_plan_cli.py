@@ -88,3 +88,23 @@ def test_bad_option_values_are_refused_clearly(flag: list[str]) -> None:
     result = run("--model", "Llama-3.1-8B", "--gpu", "H100-SXM-80GB", "--seq-len", "1024", *flag)
     assert result.returncode == 2
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("stage", ["1", "3"])
+def test_a_zero_stage_pinned_on_one_gpu_is_planned(stage: str) -> None:
+    """ZeRO-1 and ZeRO-3 partition nothing on one GPU, so the planner does not try them there unless asked;
+    asked, it plans them (DeepSpeed runs them) instead of refusing with a message about the global batch."""
+    result = run("--model", "Llama-3.1-8B", "--gpu", "H100-SXM-80GB", "--gpus", "1", "--zero-stage", stage,
+                 "--offload", "None", "--seq-len", "2048", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    chosen = json.loads(result.stdout)["chosen"]
+    assert (chosen["num_gpus"], chosen["zero_stage"], chosen["offload"]) == (1, int(stage), "None")
+
+
+def test_an_unknown_lora_target_is_refused_with_the_models_modules() -> None:
+    result = run("--model", "Llama-3.1-8B", "--gpu", "H100-SXM-80GB", "--seq-len", "2048", "--lora-target", "q_proj",
+                 "--lora-target", "qkv_proj")
+    assert result.returncode == 2
+    assert "qkv_proj match no linear module of meta-llama/Llama-3.1-8B" in result.stdout
+    assert "q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

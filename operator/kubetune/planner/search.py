@@ -318,8 +318,9 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
                 for n in counts:
                     if failed_on_more_gpus and n > 1:
                         continue  # fewer GPUs need more memory; one GPU has no NCCL, so it is still tried
-                    if n == 1 and stage in (ZeroStage.OPTIMIZER, ZeroStage.PARAMETERS) and offload is Offload.NONE:
-                        continue  # nothing to partition on one GPU
+                    if n == 1 and stage in (ZeroStage.OPTIMIZER, ZeroStage.PARAMETERS) and offload is Offload.NONE \
+                            and request.zero_stage is None:
+                        continue  # nothing to partition on one GPU, unless the stage is pinned: DeepSpeed runs it
                     if ckpt and request.gradient_checkpointing is None and (stage, offload, n) in fits_without_checkpointing:
                         continue
                     if offload is not Offload.NONE and request.offload is None and n in fits_without_offload:
