@@ -87,14 +87,14 @@ def test_out_of_memory_replans_more_frugally_each_time_until_the_budget_ends(
 
 def test_a_replan_never_leaves_the_zero_stage_its_checkpoints_were_written_in(
         cluster: LocalCluster, operator: Operator, namespace: str) -> None:
-    # Mistral-7B on the L4s is first planned as LoRA with ZeRO-3 on 4 GPUs; at the measured scale the planner
-    # alone would move to ZeRO-2 on one GPU, which cannot load the run's ZeRO-3 checkpoints.
-    manifest = failing("mistral", 86, message=OOM)
-    manifest["spec"]["model"]["name"] = "mistralai/Mistral-7B-v0.1"
-    manifest["spec"]["resources"] = {"gpuTypes": ["L4-24GB"]}
+    # Gemma-7B on the V100s is first planned as LoRA with ZeRO-3 on 4 GPUs; at the measured scale the planner
+    # alone would move to ZeRO-2 (with checkpointing) on one GPU, which cannot load the run's ZeRO-3 checkpoints.
+    manifest = failing("gemma", 86, message=OOM)
+    manifest["spec"]["model"]["name"] = "google/gemma-7b"
+    manifest["spec"]["resources"] = {"gpuTypes": ["V100-SXM2-32GB"]}
     manifest["spec"]["recovery"] = {"maxOutOfMemoryReplans": 1}
     apply(cluster, namespace, manifest)
-    ftj = wait_until("the replan to run out", in_phase(cluster, namespace, "mistral", "Failed"), timeout=120)
+    ftj = wait_until("the replan to run out", in_phase(cluster, namespace, "gemma", "Failed"), timeout=120)
     layouts = [re.search(r": (LoRA|Full).*ZeRO-(\d)", a["planSummary"]).groups() for a in attempts(ftj)]
     assert layouts == [("LoRA", "3"), ("LoRA", "3")], layouts
 
