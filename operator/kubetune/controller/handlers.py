@@ -78,6 +78,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.capacity.close()
     await memo.kube.close()
 
 
@@ -230,7 +231,7 @@ class _Reconcile:
         """No Job for this attempt yet: once the last attempt's workers are gone and what the pods refer to
         exists, create the children. The new Job reaches the trainer_jobs index through the watch; the next
         reconcile observes it."""
-        if self.attempt > 1 and await self._workers_left():
+        if self.attempt > 1 and await self.capacity.workers_left(self.namespace, self.name):
             self.conds.set(ConditionType.RUNNING, False, Reason.RESTARTING,
                            f"attempt {self.attempt}: waiting for the previous attempt's workers to stop")
             return
@@ -273,10 +274,6 @@ class _Reconcile:
                 return now
         self.conds.set(ConditionType.RUNNING, False, Reason.WAITING_FOR_CAPACITY, waiting)
         return None
-
-    async def _workers_left(self) -> bool:
-        pods = await self.kube.pods(self.namespace, names.trainer_selector(self.name))
-        return any(pod["status"].get("phase") in ("Pending", "Running") for pod in pods)
 
     async def _ensure(self, manifest: dict[str, Any], created: list[str]) -> str | None:
         """Create one child unless it exists; a message when an object of its name exists that is not ours."""

@@ -1,6 +1,7 @@
 """The only module that talks to the Kubernetes API (kubernetes_asyncio), with plain-dict objects in and out."""
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 from kubernetes_asyncio import client, config
@@ -13,6 +14,9 @@ CONFLICT, NOT_FOUND = 409, 404
 KUEUE = ("kueue.x-k8s.io", "v1beta2")
 KUEUE_JOB_UID_LABEL = "kueue.x-k8s.io/job-uid"
 FINETUNEJOBS = ("kubetune.io", "v1alpha1", "finetunejobs")
+# Pods that may hold GPUs: the server leaves out finished ones.
+ACTIVE_PODS = "status.phase!=Succeeded,status.phase!=Failed"
+_WATCHED: dict[str, dict[str, str]] = {"Node": {}, "Pod": {"field_selector": ACTIVE_PODS}}
 # What callers outside the operator (the kubectl plugin) catch without importing the client.
 ApiError = ApiException
 KubeconfigError = config.ConfigException
@@ -64,9 +68,36 @@ class Kube:
 
     async def active_pods(self) -> list[dict[str, Any]]:
         """Pods of every namespace that may hold GPUs (not finished): the server filters out the rest."""
-        response = await self.core.list_pod_for_all_namespaces(
-            field_selector="status.phase!=Succeeded,status.phase!=Failed", _preload_content=False)
+        response = await self.core.list_pod_for_all_namespaces(field_selector=ACTIVE_PODS, _preload_content=False)
         return (await self._json(response))["items"]
+
+    async def listed(self, kind: str) -> tuple[list[dict[str, Any]], str]:
+        """All nodes, or every namespace's active pods, with the list's resourceVersion to watch from."""
+        found = await self._json(await self._lister(kind)(_preload_content=False, **_WATCHED[kind]))
+        return found["items"], found["metadata"]["resourceVersion"]
+
+    async def watch(self, kind: str, resource_version: str, seconds: int) -> AsyncIterator[dict[str, Any]]:
+        """The watch events ({"type", "object"}) of what `listed(kind)` lists, after `resource_version`, for up to
+        `seconds`. A pod that finishes leaves the field selector's set, which the server sends as DELETED. Read as
+        raw lines: client models for every event of a thousand pods cost more than the operator's planning."""
+        response = await self._lister(kind)(
+            watch=True, resource_version=resource_version, allow_watch_bookmarks=True, timeout_seconds=seconds,
+            _preload_content=False, _request_timeout=seconds + 30, **_WATCHED[kind])
+        try:
+            if response.status >= 400:
+                raise ApiException(status=response.status, reason=await response.text())
+            pending = b""
+            # By chunks, not aiohttp's readline: a line (one object) may exceed its 64 KiB line limit.
+            async for chunk in response.content.iter_any():
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        finally:
+            response.release()
+
+    def _lister(self, kind: str) -> Any:
+        return {"Node": self.core.list_node, "Pod": self.core.list_pod_for_all_namespaces}[kind]
 
     async def create(self, namespace: str, manifest: dict[str, Any]) -> bool:
         """Create unless an object of that name exists; True when this call created it."""

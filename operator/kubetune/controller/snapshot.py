@@ -1,17 +1,14 @@
-"""The cluster's GPU capacity, read in the background and shared by every reconcile.
+"""The cluster's GPU capacity, derived from live copies of the nodes and the active pods (controller/mirror.py)
+and shared by every reconcile.
 
-Planning needs all nodes and every pod that holds GPUs. Listing them per FineTuneJob made a burst of new jobs
-cost one cluster-wide pod list each; now one read at a time refreshes a shared copy once it is older than
-MAX_AGE_SECONDS, and reconciles never wait for it except the very first, and those about to create a job's
-pods, which wait for a read no older than PLACE_MAX_AGE_SECONDS (one read serves all that wait): an older one
-may count GPUs other pods took since, and the job's pods would hold GPUs while their peers could not start.
-Staleness is harmless for planning:
-the scheduler still places every pod against live capacity, and a plan on capacity that went away waits in
-Pending like any other pod. The same read finds the training pods that cannot start (recovery.blocked), for
-which reconciles of workers slow to become ready used to list pods per job."""
+Planning needs all nodes and every pod that holds GPUs. The copies are kept by watches, so no reconcile waits for
+a read but the very first. What is derived from them (GPU node groups, blocked workers, rank 0's IPs) is derived
+again when they changed: at once for a reconcile about to create a job's pods, which must count the GPUs other
+pods took a moment ago (else its pods would hold GPUs while their peers could not start), and otherwise once
+the last derivation is MAX_AGE_SECONDS old, since grouping 2,000 nodes for every reconcile of a burst would be
+most of the operator's time. Staleness is harmless for planning: the scheduler still places every pod against
+live capacity, and a plan on capacity that went away waits in Pending like any other pod."""
 
-import asyncio
-import logging
 import time
 from typing import Any
 
@@ -19,80 +16,70 @@ from kubetune.catalog.cluster_gpus import GpuNodeGroup, node_groups, with_autosc
 from kubetune.config import AutoscaledPool
 from kubetune.controller import recovery
 from kubetune.controller.kube import Kube
+from kubetune.controller.mirror import Mirror, slim_node, slim_pod
 from kubetune.resources import names
 
 MAX_AGE_SECONDS = 5.0
-PLACE_MAX_AGE_SECONDS = 1.0
-# Nodes come and go far more slowly than pods, and a list of 500 is the largest read the operator makes.
-NODES_MAX_AGE_SECONDS = 30.0
-log = logging.getLogger("kubetune.capacity")
 
 
 class CapacitySnapshot:
     def __init__(self, kube: Kube, autoscaled: tuple[AutoscaledPool, ...] = ()) -> None:
-        self.kube = kube
+        self.nodes = Mirror(kube, "Node", slim_node)
+        self.pods = Mirror(kube, "Pod", slim_pod)
         self.autoscaled = autoscaled
-        self._read_at = float("-inf")
+        self._derived_from = (-1, -1)
+        self._derived_at = float("-inf")
         self._all: list[GpuNodeGroup] = []
         self._free: list[GpuNodeGroup] = []
-        self.version = 0  # changes with every read, so callers may cache what they derive from it
-        self._nodes: list[dict[str, Any]] = []
-        self._nodes_read_at = float("-inf")
+        # Changes when the groups do, so callers may cache what they derive from them (plans).
+        self.version = 0
         # Only what recovery.blocked reads, of training pods it finds blocked, by (namespace, FineTuneJob, attempt).
         self._blocked: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
         # The running rank-0 pod's IP, where progress is read, by (namespace, FineTuneJob, attempt).
         self._rank0: dict[tuple[str, str, str], str] = {}
-        self._first = asyncio.Lock()
-        self._refreshing: asyncio.Task | None = None
 
     async def groups(self, count_pods: bool = True, fresh: bool = False) -> list[GpuNodeGroup]:
         """GPU node groups, with the GPUs that running and pending pods hold taken out unless told not to.
-        `fresh`: from a read no older than PLACE_MAX_AGE_SECONDS, waited for."""
-        await self._fresh_enough()
-        if fresh and time.monotonic() - self._read_at > PLACE_MAX_AGE_SECONDS:
-            await asyncio.shield(self._refresh_in_background())
+        `fresh`: from the copies as they are now."""
+        await self._current(fresh)
         return self._free if count_pods else self._all
 
     async def blocked_workers(self, namespace: str, name: str, attempt: int) -> list[dict[str, Any]]:
         """The attempt's training pods whose containers wait on what will not resolve by itself."""
-        await self._fresh_enough()
+        await self._current()
         return self._blocked.get((namespace, name, str(attempt)), [])
 
     async def rank0_ip(self, namespace: str, name: str, attempt: int) -> str | None:
-        await self._fresh_enough()
+        await self._current()
         return self._rank0.get((namespace, name, str(attempt)))
 
-    async def _fresh_enough(self) -> None:
-        if self._read_at == float("-inf"):
-            async with self._first:
-                if self._read_at == float("-inf"):
-                    await self._refresh()
-        elif time.monotonic() - self._read_at > MAX_AGE_SECONDS:
-            self._refresh_in_background()
+    async def workers_left(self, namespace: str, name: str) -> bool:
+        """Whether a training pod of the FineTuneJob, of any attempt, has not finished yet."""
+        await self.pods.ready()
+        wanted = names.labels(name, "trainer")
+        return any(pod["metadata"]["namespace"] == namespace
+                   and all(pod["metadata"]["labels"].get(key) == value for key, value in wanted.items())
+                   for pod in self.pods.objects.values())
 
-    def _refresh_in_background(self) -> asyncio.Task:
-        """The read in flight, or a new one: one read at a time, shared by whoever waits for it."""
-        if self._refreshing is None or self._refreshing.done():
-            self._refreshing = asyncio.create_task(self._refresh_logged())
-        return self._refreshing
+    async def close(self) -> None:
+        await self.nodes.close()
+        await self.pods.close()
 
-    async def _refresh(self) -> None:
-        if time.monotonic() - self._nodes_read_at > NODES_MAX_AGE_SECONDS:
-            self._nodes, self._nodes_read_at = await self.kube.nodes(), time.monotonic()
-        nodes, pods = self._nodes, await self.kube.active_pods()
-        # Grouped once per read, not per plan: at 500 nodes grouping was 8% of the operator's time.
-        self._all = with_autoscaled(node_groups(nodes, []), self.autoscaled)
-        self._free = with_autoscaled(node_groups(nodes, pods), self.autoscaled)
+    async def _current(self, fresh: bool = False) -> None:
+        await self.nodes.ready()
+        await self.pods.ready()
+        changes = (self.nodes.changes, self.pods.changes)
+        if changes == self._derived_from or (not fresh and time.monotonic() - self._derived_at < MAX_AGE_SECONDS):
+            return
+        nodes, pods = list(self.nodes.objects.values()), list(self.pods.objects.values())
+        all_groups = with_autoscaled(node_groups(nodes, []), self.autoscaled)
+        free = with_autoscaled(node_groups(nodes, pods), self.autoscaled)
+        if (all_groups, free) != (self._all, self._free):
+            self._all, self._free = all_groups, free
+            self.version += 1
         self._blocked = _blocked_workers(pods)
         self._rank0 = _rank0_ips(pods)
-        self._read_at = time.monotonic()
-        self.version += 1
-
-    async def _refresh_logged(self) -> None:
-        try:
-            await self._refresh()
-        except Exception as error:  # the next call tries again; planning goes on with the last read
-            log.warning("reading nodes and pods failed: %s", error)
+        self._derived_from, self._derived_at = changes, time.monotonic()
 
 
 def _blocked_workers(pods: list[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
