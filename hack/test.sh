@@ -8,4 +8,5 @@ hack/setup.sh
 .venv/bin/ruff check operator tests benchmarks
 .venv/bin/lint-imports
 .venv/bin/mypy
-exec .venv/bin/pytest "$@"
+# The slowest tests are listed at the end, so a run that grows longer shows where.
+exec .venv/bin/pytest --durations=40 "$@"
