@@ -72,6 +72,7 @@ class MethodType(StrEnum):
 
     AUTO = "Auto"
     LORA = v.Method.LORA.value
+    QLORA = v.Method.QLORA.value
     FULL = v.Method.FULL.value
 
 
@@ -140,10 +141,14 @@ class Method(_Model):
          "`offload` needs `zeroStage` 1 or higher"),
         ("self.type != 'Full' || (!has(self.loraRank) && !has(self.loraTargets) && !has(self.loraDropoutPercent))",
          "LoRA settings may not be given with `type` 'Full'"),
+        ("self.type != 'QLoRA' || !has(self.zeroStage) || self.zeroStage <= 2",
+         "`type` 'QLoRA' runs with `zeroStage` 0-2: ZeRO-3 cannot partition the 4-bit base model as the trainer "
+         "loads it, and the 4-bit base is small enough to keep whole on every GPU"),
     ))
 
-    type: MethodType = Field(default=MethodType.AUTO, description="type is LoRA, Full, or Auto (the planner "
-                             "chooses).")
+    type: MethodType = Field(default=MethodType.AUTO, description="type is LoRA, QLoRA (LoRA on a 4-bit NF4 base "
+                             "model: about a quarter of LoRA's weight memory, on a quantised copy of the model, so "
+                             "never chosen by Auto), Full, or Auto (the planner chooses between LoRA and Full).")
     lora_rank: int | None = Field(default=None, ge=1, le=1024, description="loraRank is the LoRA rank (1-1024; "
                                   f"{DEFAULT_LORA_RANK} when unset and the method is LoRA).")
     lora_targets: list[Annotated[str, Field(max_length=64)]] | None = Field(
@@ -291,6 +296,9 @@ class FineTuneJobSpec(_Model):
         ("self.method.attention != 'Eager' || self.training.seqLen <= 8192",
          "`method.attention` 'Eager' keeps a seqLen^2 score matrix per head: `training.seqLen` must be at most "
          "8192 with it"),
+        ("self.method.type != 'QLoRA' || self.output.save != 'Merged'",
+         "`output.save` 'Merged' is refused with `method.type` 'QLoRA': merging would fold the adapters into the 4-bit "
+         "base, re-quantised; save the Adapter and merge it into the original model"),
         # A running job's pods are placed for its plan; a suspended one has none, and replans when it resumes.
         ("self.resources == oldSelf.resources || oldSelf.suspend",
          "`resources` may change only while the job is suspended (spec.suspend true)"),
@@ -372,7 +380,7 @@ class RunnerUp(_Model):
 
     gpu_type: str = Field(max_length=128, description="gpuType is the kubetune GPU id.")
     gpus: int = Field(description="gpus in all.")
-    method: v.Method = Field(description="method: LoRA or Full.")
+    method: v.Method = Field(description="method: LoRA, QLoRA or Full.")
     zero_stage: v.ZeroStage = Field(description="zeroStage is the DeepSpeed ZeRO stage.")
     offload: v.Offload = Field(description="offload to the CPU: None, Optimizer or All.")
     gradient_checkpointing: bool = Field(description="gradientCheckpointing on or off.")
@@ -394,8 +402,8 @@ class Plan(_Model):
     gpus: int = Field(description="gpus in all: nodes x gpusPerNode.")
     peak_summary: str = Field(max_length=64, description="peakSummary is the predicted per-GPU peak against the "
                               "GPU's memory, e.g. '49.7GiB/80GiB'.")
-    method: v.Method = Field(description="method: LoRA or Full.")
-    lora_rank: int | None = Field(default=None, description="loraRank when the method is LoRA.")
+    method: v.Method = Field(description="method: LoRA, QLoRA or Full.")
+    lora_rank: int | None = Field(default=None, description="loraRank when the method is LoRA or QLoRA.")
     zero_stage: v.ZeroStage = Field(description="zeroStage is the DeepSpeed ZeRO stage (0-3).")
     offload: v.Offload = Field(description="offload to the CPU: None, Optimizer or All (parameters too).")
     gradient_checkpointing: bool = Field(description="gradientCheckpointing on or off.")

@@ -8,7 +8,15 @@ from enum import IntEnum, StrEnum
 
 class Method(StrEnum):
     LORA = "LoRA"
+    # LoRA on a frozen base quantised to 4 bits (bitsandbytes NF4): about a quarter of LoRA's weight memory, but
+    # the base the adapters learn on is not the model's own weights, so the planner never picks it unasked.
+    QLORA = "QLoRA"
     FULL = "Full"
+
+    @property
+    def trains_adapters(self) -> bool:
+        """LoRA adapters on a frozen base: LoRA and QLoRA."""
+        return self is not Method.FULL
 
 
 class Offload(StrEnum):

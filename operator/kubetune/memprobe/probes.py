@@ -39,6 +39,18 @@ class StateBytes:
     optimizer_states: int
 
 
+def quantization_constant_bytes(parameter: torch.Tensor) -> int:
+    """What a bitsandbytes 4-bit weight keeps beside its packed codes, in its quant_state rather than as parameters:
+    the absmaxes and code book, and with double quantisation the second level's absmaxes, code book and offset."""
+    state = getattr(parameter, "quant_state", None)
+    if state is None:
+        return 0
+    tensors = [state.absmax, state.code]
+    if state.nested:
+        tensors += [state.state2.absmax, state.state2.code, state.offset]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def train_step_states(model: nn.Module, input_ids: torch.Tensor, optimizer: torch.optim.Optimizer) -> StateBytes:
     """Bytes of parameters, gradients and optimizer states after one real training step."""
     loss = model(input_ids=input_ids, labels=input_ids).loss
@@ -48,7 +60,7 @@ def train_step_states(model: nn.Module, input_ids: torch.Tensor, optimizer: torc
     states = [t for state in optimizer.state.values() for t in state.values()
               if isinstance(t, torch.Tensor) and t.dim() > 0]
     return StateBytes(
-        weights=sum(p.numel() * p.element_size() for p in params),
+        weights=sum(p.numel() * p.element_size() + quantization_constant_bytes(p) for p in params),
         trainable_params=sum(p.numel() for p in params if p.requires_grad),
         gradients=sum(p.grad.numel() * p.grad.element_size() for p in params if p.grad is not None),
         optimizer_states=sum(t.numel() * t.element_size() for t in states),

@@ -52,7 +52,7 @@ def trainer_config(model_config: dict[str, Any], settings: TrainingSettings, see
         dataset=api.Dataset(source="unused.jsonl"), training=api.Training(seq_len=settings.seq_len, seed=seed),
         output=api.Output(), checkpoint_interval_steps=1, method=settings.method,
         lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
-        if settings.method is Method.LORA else None,
+        if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
         precision=settings.precision,
     )

@@ -172,7 +172,7 @@ def layer(arch: Architecture, settings: TrainingSettings, device: str = "cuda") 
 def first_layer(arch: Architecture, settings: TrainingSettings, device: str = "cuda") -> Inventory:
     """The first layer saves less under LoRA: its input comes from the frozen embedding. With gradient
     checkpointing, Hugging Face makes that input require grad, so the first layer is like the others."""
-    frozen_input = settings.method is Method.LORA and not settings.gradient_checkpointing
+    frozen_input = settings.method.trains_adapters and not settings.gradient_checkpointing
     return _Layer(arch, settings, input_requires_grad=not frozen_input, device=device).build()
 
 

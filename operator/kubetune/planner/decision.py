@@ -212,7 +212,7 @@ def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: G
         gpu_type=chosen.gpu, gpu_product=group.product, gpu_memory_bytes=capacity, nodes=s.num_nodes,
         gpus_per_node=s.gpus_per_node, gpus=s.num_gpus,
         peak_summary=f"{m.total_bytes / GIB:.1f}GiB/{capacity / GIB:.0f}GiB", method=s.method,
-        lora_rank=s.lora.rank if s.method is Method.LORA else None, zero_stage=s.zero_stage, offload=s.offload,
+        lora_rank=s.lora.rank if s.method.trains_adapters else None, zero_stage=s.zero_stage, offload=s.offload,
         gradient_checkpointing=s.gradient_checkpointing, attention=s.attention, precision=s.precision,
         micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total_bytes,
         memory=m, predicted_step_milliseconds=int(chosen.step.step_seconds * 1000),

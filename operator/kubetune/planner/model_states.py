@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from kubetune.api.vocabulary import Method, Offload, Precision, ZeroStage
+from kubetune.planner import quantization
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.settings import Lora, TrainingSettings
 
@@ -41,7 +42,7 @@ def _persistent(arch: Architecture, threshold: int, method: Method, lora: Lora) 
     layer = sum(n for n in arch.layer_tensor_numels() if n < threshold)
     final_norm = arch.norm_params if arch.norm_params < threshold else 0
     adapters = 0
-    if method is Method.LORA:
+    if method.trains_adapters:
         rank = lora.rank
         for d_in, d_out in arch.lora_modules(lora.target_modules).values():
             adapters += sum(n for n in (rank * d_in, rank * d_out) if n < threshold)
@@ -57,14 +58,14 @@ class ModelStates:
     gradients_persistent: int  # held from before the forward pass to the end of the step
     gradients_backward: int  # what backward adds by its end (16-bit grads not yet reduced away)
     gradients_step: int  # what the optimizer step adds (the fp32 gradient partition)
-    buffers: int  # communication buckets, gathered ZeRO-3 parameters, offload staging
+    buffers: int  # communication buckets, gathered ZeRO-3 parameters, offload staging, QLoRA's dequantised weight
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
 
 
 def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     total = arch.total_params
     trainable = trainable_params(arch, settings)
-    adapters = trainable if settings.method is Method.LORA else 0  # what LoRA adds to the model: all it trains
+    adapters = trainable if settings.method.trains_adapters else 0  # what LoRA adds to the model: all it trains
     n = settings.num_gpus
     stage = settings.zero_stage
     mixed = settings.precision is not Precision.FP32
@@ -78,6 +79,9 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
         # Every parameter has its 1/N partition; small ones are also kept whole for compute.
         persistent = persistent_params(arch, settings) * w
         weights = persistent if offload_params else (total + adapters) * w // n + persistent
+    elif settings.method is Method.QLORA:
+        # The 4-bit layers' packed codes and constants; embeddings, LM head, norms and biases in the compute dtype.
+        weights = quantization.quantized_bytes(arch) + (total - quantization.quantized_params(arch)) * w + adapters * w
     else:
         weights = (total + adapters) * w
 
@@ -139,4 +143,6 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     elif settings.offload is Offload.OPTIMIZER:
         # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
         buffers += arch.largest_param_numel * w if settings.method is Method.FULL else 0
+    if settings.method is Method.QLORA:
+        buffers += quantization.dequantization_bytes(arch, w)
     return buffers

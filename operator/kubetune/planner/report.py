@@ -8,7 +8,6 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetune.api.v1alpha1 import MemoryBreakdown
-from kubetune.api.vocabulary import Method
 from kubetune.planner.search import GIB, Candidate, Request, SearchResult, describe
 from kubetune.planner.throughput import StepTime
 
@@ -30,9 +29,9 @@ def _configuration(candidate: Candidate, request: Request) -> dict[str, Any]:
         "gradient_accumulation": s.gradient_accumulation,
         "global_batch": request.global_batch,
         "method": s.method.value,
-        "lora_rank": s.lora.rank if s.method is Method.LORA else None,
-        "lora_target_modules": list(s.lora.target_modules) if s.method is Method.LORA else None,
-        "lora_dropout": s.lora.dropout if s.method is Method.LORA else None,
+        "lora_rank": s.lora.rank if s.method.trains_adapters else None,
+        "lora_target_modules": list(s.lora.target_modules) if s.method.trains_adapters else None,
+        "lora_dropout": s.lora.dropout if s.method.trains_adapters else None,
         "zero_stage": int(s.zero_stage),
         "offload": s.offload.value,
         "gradient_checkpointing": s.gradient_checkpointing,
@@ -93,7 +92,7 @@ def print_plan(console: Console, plan: SearchResult, capacities: dict[str, int])
         s = c.settings
         table.add_row(
             "*" if index == 0 else str(index), c.gpu, str(s.num_gpus),
-            f"LoRA r={s.lora.rank}" if s.method is Method.LORA else "Full", str(int(s.zero_stage)), s.offload.value,
+            f"{s.method} r={s.lora.rank}" if s.method.trains_adapters else "Full", str(int(s.zero_stage)), s.offload.value,
             "on" if s.gradient_checkpointing else "off", s.attention.value,
             f"{s.micro_batch} x {s.gradient_accumulation}",
             f"{c.memory.total_bytes / GIB:.1f} / {capacities[c.gpu] / GIB:.0f} GiB",

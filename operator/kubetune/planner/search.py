@@ -163,6 +163,8 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list[Any], ...]:
     modern = (gpu.compute_major, gpu.compute_minor) >= (8, 0)
     precision = request.precision or (Precision.BF16 if gpu.bf16_tflops else Precision.FP16)
     attention = request.attention or (Attention.FLASH_ATTENTION_2 if modern else Attention.SDPA)
+    # Unpinned, LoRA and full fine-tuning only: QLoRA's adapters learn on a 4-bit copy of the model, which changes
+    # the result, so it runs only when the spec asks for it.
     methods = [request.method] if request.method else [Method.LORA, Method.FULL]
     checkpointing = ([request.gradient_checkpointing] if request.gradient_checkpointing is not None
                      else [False, True])
@@ -171,9 +173,11 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list[Any], ...]:
     def within_bound(offload: Offload) -> bool:
         return order.index(offload) <= order.index(request.max_offload)
 
+    # QLoRA's 4-bit base cannot be partitioned (settings.QLORA_ZERO3): a pinned ZeRO-3 is refused as it is built.
     zero = [(s, o) for s, o in ZERO_CHOICES
             if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
-            and (request.offload is None or o == request.offload) and within_bound(o)]
+            and (request.offload is None or o == request.offload) and within_bound(o)
+            and not (request.method is Method.QLORA and s is ZeroStage.PARAMETERS)]
     fallback = request.offload or Offload.NONE
     if request.zero_stage is not None and not zero and within_bound(fallback):
         zero = [(request.zero_stage, fallback)]
@@ -380,7 +384,7 @@ def _distinct(candidates: list[Candidate]) -> list[Candidate]:
 
 def describe(settings: TrainingSettings) -> str:
     s = settings
-    method = f"LoRA r={s.lora.rank}" if s.method is Method.LORA else "full fine-tuning"
+    method = f"{s.method} r={s.lora.rank}" if s.method.trains_adapters else "full fine-tuning"
     offload = "" if s.offload is Offload.NONE else f" + {s.offload} offload"
     ckpt = "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing"
     return (f"{method}, ZeRO-{int(s.zero_stage)}{offload}, {ckpt}, {s.attention}, {s.precision}, "
@@ -412,6 +416,9 @@ def _explain(arch: Architecture, chosen: Candidate, request: Request, pinned_pro
         lines.append("ZeRO-3 partitions the weights themselves: the model does not fit otherwise.")
     if s.gradient_checkpointing and request.gradient_checkpointing is None:
         lines.append("Gradient checkpointing is on: activations do not fit otherwise (costs one extra forward).")
+    if s.method is Method.QLORA:
+        lines.append("QLoRA: the step time leaves out dequantising the 4-bit weights (once in forward, again in "
+                     "backward and in the recomputation), so expect slower steps than predicted.")
     if s.attention is Attention.SDPA and request.attention is None:
         lines.append(f"{chosen.gpu} has compute capability below 8.0: FlashAttention-2 is unavailable, using SDPA.")
     lines.append(_time_split(chosen.step))

@@ -60,6 +60,13 @@ class Buckets(BaseModel):
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
 
 
+# ZeRO-3 partitions parameters by flattening them with the model's 16-bit ones, which 4-bit weights can join only
+# stored as bf16 (bnb_4bit_quant_storage) and only under FSDP-style loading that the trainer does not do; ZeRO-0 to
+# 2 keep the frozen 4-bit base whole on every GPU and partition the adapters' states, which is all QLoRA trains.
+QLORA_ZERO3 = ("method 'QLoRA' runs with ZeRO stage 0-2: ZeRO-3 cannot partition bitsandbytes' 4-bit weights as "
+               "kubetune's trainer loads them (that needs bnb_4bit_quant_storage and a zero.Init-aware "
+               "quantised load); the 4-bit base is small enough to keep whole on every GPU")
+
 _ENUM_FIELDS: tuple[tuple[str, type[Enum]], ...] = (
     ("precision", Precision), ("optimizer", Optimizer), ("method", Method), ("attention", Attention),
     ("zero_stage", ZeroStage), ("offload", Offload))
@@ -99,6 +106,8 @@ class TrainingSettings:
             raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
         if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:
             raise ValueError("`offload` needs `zero_stage` 1 or higher")
+        if self.method is Method.QLORA and self.zero_stage is ZeroStage.PARAMETERS:
+            raise ValueError(QLORA_ZERO3)
         if self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:
             raise ValueError("`num_gpus` must be a multiple of `gpus_per_node` across nodes")
 

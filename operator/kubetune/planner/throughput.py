@@ -196,7 +196,7 @@ def _cached_micro_step_work(arch: Architecture, key: tuple[Any, ...]) -> MicroSt
     gemms.append(_gemm(tokens, arch.hidden_size, arch.vocab_size, 1, w, 1 + backward_gemms))
 
     lora = settings.lora
-    adapters = arch.lora_modules(lora.target_modules) if settings.method is Method.LORA else {}
+    adapters = arch.lora_modules(lora.target_modules) if settings.method.trains_adapters else {}
     lora_in = sum(d_in for d_in, _ in adapters.values())
     lora_out = sum(d_out for _, d_out in adapters.values())
     if adapters:
@@ -241,7 +241,7 @@ def _cached_micro_step_work(arch: Architecture, key: tuple[Any, ...]) -> MicroSt
 
 def _trainable_tensors(arch: Architecture, settings: TrainingSettings) -> int:
     """Trainable parameter tensors, each with its own DeepSpeed gradient hook."""
-    if settings.method is Method.LORA:
+    if settings.method.trains_adapters:
         return 2 * len(arch.lora_modules(settings.lora.target_modules)) * arch.num_layers
     embeddings = 1 if arch.tie_word_embeddings else 2
     return len(arch.layer_tensor_numels()) * arch.num_layers + embeddings + 1
@@ -251,7 +251,7 @@ def _zero3_modules(arch: Architecture, settings: TrainingSettings) -> int:
     """Modules ZeRO-3 gathers parameters for, per layer: the linears (the experts' fused tensors as one),
     the norms, and LoRA's A and B."""
     linears = 4 + (2 if arch.is_moe else len(arch.linear_shapes) - 4)
-    adapters = len(arch.lora_modules(settings.lora.target_modules)) if settings.method is Method.LORA else 0
+    adapters = len(arch.lora_modules(settings.lora.target_modules)) if settings.method.trains_adapters else 0
     return linears + arch.norms_per_layer + 2 * adapters
 
 

@@ -7,7 +7,6 @@ from typing import Any
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig
-from kubetune.api.vocabulary import Method
 from kubetune.planner.ds_config import ds_config
 from kubetune.planner.settings import TrainingSettings
 from kubetune.resources.names import labels, names
@@ -20,7 +19,7 @@ def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: T
         output=spec.output, checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method,
         # alpha = 2 x rank, the common choice; the API exposes rank only.
         lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
-        if settings.method is Method.LORA else None,
+        if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
         precision=settings.precision, metrics_port=contract.METRICS_PORT, plan=plan,
     )

@@ -7,6 +7,11 @@ parameter, LoRA's adapters included, to that dtype and leaves buffers (rotary fr
 it casts nothing.
 """
 
+import importlib.util
+import os
+import tempfile
+from typing import Any
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
@@ -52,13 +57,39 @@ def build_model(config: TrainerConfig) -> torch.nn.Module:
         hf_config = AutoConfig.for_model(config.model.config["model_type"], **kwargs)
         # fp32 weights, cast by DeepSpeed to the training dtype.
         model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
+        if config.method is Method.QLORA:
+            # bitsandbytes quantises as a checkpoint loads: the random model goes through one, as a Hub model would.
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_pretrained(folder)
+                model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention,
+                                                             dtype=DTYPE[config.precision], **quantized_loading(config))
     else:
         # The checkpoint's own dtype (transformers' default), which DeepSpeed casts under BF16 and FP16; under FP32
         # DeepSpeed casts nothing, so a 16-bit checkpoint is loaded as fp32 here, as the plan counts it.
         dtype = torch.float32 if config.precision is Precision.FP32 else None
+        if config.method is Method.QLORA:
+            dtype = DTYPE[config.precision]  # the parameters bitsandbytes leaves unquantised, in the compute dtype
         model = AutoModelForCausalLM.from_pretrained(on_claim(config, config.model.name), revision=config.model.revision,
-                                                     attn_implementation=attention, dtype=dtype)
+                                                     attn_implementation=attention, dtype=dtype,
+                                                     **(quantized_loading(config) if config.method is Method.QLORA
+                                                        else {}))
     return prepare(model, config)
+
+
+def quantized_loading(config: TrainerConfig) -> dict[str, Any]:
+    """from_pretrained's arguments for QLoRA's 4-bit base: NF4 with double quantisation (the QLoRA paper's, and
+    what planner/quantization.py counts), computing in the training dtype, loaded onto this rank's device (where
+    bitsandbytes quantises). Without bitsandbytes the run is refused as invalid input: no retry would install it."""
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("method QLoRA needs bitsandbytes, which this trainer image lacks: run the trainer image of "
+                         "kubetune's release (unset spec.images.trainer), or use method LoRA")
+    from transformers import BitsAndBytesConfig
+
+    device: int | str = int(os.environ.get("LOCAL_RANK", "0")) if torch.cuda.is_available() else "cpu"
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=DTYPE[config.precision]),
+            "device_map": {"": device}}
 
 
 def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
@@ -71,7 +102,9 @@ def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
         model.enable_input_require_grads()
-    if config.method is Method.LORA and (lora := config.lora) is not None:  # trainer.json has it with LoRA
+    # Not peft.prepare_model_for_kbit_training for QLoRA: its fp32 copy of the unquantised parameters would be cast
+    # back by DeepSpeed's 16-bit mode, and checkpointing is set up above.
+    if config.method.trains_adapters and (lora := config.lora) is not None:  # trainer.json has it with LoRA
         import peft
 
         return peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,

@@ -24,7 +24,6 @@ from transformers import AutoTokenizer, get_cosine_schedule_with_warmup
 
 from kubetune.api import contract, trainer_config
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune.api.vocabulary import Method
 from kubetune.catalog import gpus
 from kubetune.planner import architecture, throughput
 from kubetune.planner.settings import TrainingSettings
@@ -152,7 +151,7 @@ def train(config: TrainerConfig, ds: dict) -> None:
         return
     _save_final(engine, config, rank)
     if rank == 0:
-        print(f"saved the {'adapter' if config.method is Method.LORA else 'model'} to {Path(config.output.path) / 'final'}",
+        print(f"saved the {'adapter' if config.method.trains_adapters else 'model'} to {Path(config.output.path) / 'final'}",
               flush=True)
 
 
@@ -192,7 +191,7 @@ def _flops_per_token_at_peak(config: TrainerConfig, model: torch.nn.Module) -> f
 
 def _save_final(engine, config: TrainerConfig, rank: int) -> None:
     final = Path(config.output.path) / "final"
-    if config.method is Method.LORA:
+    if config.method.trains_adapters:
         # Under ZeRO-3 an adapter above the persistence threshold is partitioned like any weight: without
         # gathering, rank 0 would save empty tensors. (A no-op under ZeRO-1/2.)
         adapters = [p for p in engine.module.parameters() if p.requires_grad]
