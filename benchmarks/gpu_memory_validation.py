@@ -3,13 +3,14 @@
     python benchmarks/gpu_memory_validation.py [--quick] [--out benchmarks/results/gpu_memory.md] [--smoke]
 
 For each configuration of a grid (models of 0.5-3B built from their catalog configs; sequence length
-512-8192; full fine-tuning and LoRA; checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
+512-8192; full fine-tuning, LoRA and QLoRA (bitsandbytes' 4-bit base); checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
 installed), one warm-up step, then one measured forward + backward in bf16 on one GPU:
 
 - allocated: torch.cuda.max_memory_allocated() minus what was allocated before the step (weights,
   adapters), i.e. what the step itself needed: activations, logits and gradients;
 - predicted: the memory model's activations + logits at the start of backward, plus the first gradients
-  backward produces there (the head's), for full fine-tuning;
+  backward produces there (the head's), for full fine-tuning, and for QLoRA the weight a 4-bit matmul
+  dequantises while it runs;
 - reserved and device: max_memory_reserved() and the device's used memory (mem_get_info), for the allocator
   margin and the CUDA context the model adds on top.
 
@@ -40,7 +41,7 @@ import torch
 
 from kubetune.api.vocabulary import Attention, Method, ZeroStage
 from kubetune.memprobe import probes, tiny_models
-from kubetune.planner import activations, architecture, memory
+from kubetune.planner import activations, architecture, memory, quantization
 from kubetune.planner.settings import Buckets, TrainingSettings
 
 GIB = 1024**3
@@ -82,7 +83,9 @@ def predicted_step_bytes(arch, settings: TrainingSettings, device: str) -> int:
     head_gradient = 0
     if settings.method is Method.FULL:
         head_gradient = settings.precision.bytes * arch.vocab_size * arch.hidden_size
-    return memory.activation_bytes(arch, settings) + activations.logits_peak(arch, settings) + head_gradient
+    dequantised = quantization.dequantization_bytes(arch, settings.precision.bytes) if settings.method is Method.QLORA else 0
+    return (memory.activation_bytes(arch, settings) + activations.logits_peak(arch, settings) + head_gradient
+            + dequantised)
 
 
 def measure_gpu(model, arch, settings: TrainingSettings) -> dict:
@@ -148,8 +151,10 @@ def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]
 def deepspeed_grid(quick: bool):
     for name in MODELS[:2] if quick else MODELS:
         for seq_len in (512, 2048):
-            for method in (Method.LORA, Method.FULL):
+            for method in (Method.LORA, Method.QLORA, Method.FULL):
                 for stage in ZeroStage:
+                    if method is Method.QLORA and stage is ZeroStage.PARAMETERS:
+                        continue  # refused: settings.QLORA_ZERO3
                     yield name, TrainingSettings(seq_len=seq_len, method=method, zero_stage=stage,
                                                  attention=attentions()[-1], num_gpus=1)
 
@@ -159,7 +164,7 @@ def grid(quick: bool, device: str, smoke: bool = False):
     seq_lens = (512,) if device == "cpu" else (SEQ_LENS[:2] if quick else SEQ_LENS)
     for name in models:
         for seq_len in seq_lens:
-            for method in (Method.LORA, Method.FULL):
+            for method in (Method.LORA, Method.QLORA, Method.FULL):
                 for ckpt in (False, True):
                     for attention in attentions():
                         yield name, TrainingSettings(seq_len=seq_len, micro_batch=1, method=method,

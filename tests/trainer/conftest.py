@@ -56,7 +56,7 @@ def write_configs(world: Path, output: Path, *, method: Method, stage: int, step
                                 gradient_checkpointing=checkpointing, num_gpus=ranks, gpus_per_node=ranks,
                                 buckets=Buckets.for_hidden_size(64))
     # LoRA on a random-weight model needs a bold rate to move within a few dozen steps.
-    ds = ds_config(settings, learning_rate=1e-2 if method is Method.LORA else 3e-3)
+    ds = ds_config(settings, learning_rate=1e-2 if method.trains_adapters else 3e-3)
     ds["optimizer"]["params"]["torch_adam"] = True  # no fused CUDA Adam on the CPU
     config = TrainerConfig(
         job="test", model=api.ModelSource(name="tiny-llama", config=model_config()),
@@ -65,7 +65,7 @@ def write_configs(world: Path, output: Path, *, method: Method, stage: int, step
         training=api.Training(max_steps=steps, seq_len=SEQ_LEN, seed=7),
         output=api.Output(path=str(output), save=save), checkpoint_interval_steps=interval, method=method,
         lora=LoraConfig(rank=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj"], dropout=0.0) if method is Method.LORA else None,
+                                                   "down_proj"], dropout=0.0) if method.trains_adapters else None,
         gradient_checkpointing=checkpointing, attention=Attention.SDPA, precision=Precision.BF16, metrics_port=port,
     )
     (output / "trainer.json").write_text(config.model_dump_json(by_alias=True, exclude_none=True))

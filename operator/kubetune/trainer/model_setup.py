@@ -10,8 +10,10 @@ it casts nothing.
 import importlib.util
 import os
 import tempfile
+from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
@@ -59,8 +61,10 @@ def build_model(config: TrainerConfig) -> torch.nn.Module:
         model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
         if config.method is Method.QLORA:
             # bitsandbytes quantises as a checkpoint loads: the random model goes through one, as a Hub model would.
+            # Written by hand: under torch.distributed save_pretrained writes on rank 0 only, and every rank loads.
             with tempfile.TemporaryDirectory() as folder:
-                model.save_pretrained(folder)
+                model.config.save_pretrained(folder)
+                safetensors.torch.save_model(model, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
                 model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention,
                                                              dtype=DTYPE[config.precision], **quantized_loading(config))
     else:
