@@ -58,7 +58,7 @@ def plan_command(
     max_nodes: int = typer.Option(4, min=1, help="Most nodes the planner may use when --nodes is not given."),
     global_batch: int = typer.Option(32, min=1, help="Sequences per optimizer step."),
     micro_batch: int | None = typer.Option(None, min=1, help="Sequences per GPU per micro-step (pinned)."),
-    method: Method | None = typer.Option(None, case_sensitive=False, help="Full or LoRA (pinned)."),
+    method: Method | None = typer.Option(None, case_sensitive=False, help="LoRA, QLoRA or Full (pinned)."),
     lora_rank: int = typer.Option(16, min=1, help="LoRA rank."),
     lora_target: list[str] = typer.Option([], help="LoRA target modules; repeat it (default: every linear layer)."),
     zero_stage: int | None = typer.Option(None, min=0, max=3, help="DeepSpeed ZeRO stage (pinned)."),
@@ -97,7 +97,11 @@ def plan_command(
     pools = [search.GpuPool(gpu=t, gpus_per_node=gpus_per_node, nodes=nodes or max_nodes,
                             host_memory_bytes=host_memory_gib * 1024**3 if host_memory_gib else None,
                             usd_per_hour=price_table.get(t.id)) for t in types]
-    result = search.plan(arch, request, pools)
+    try:
+        result = search.plan(arch, request, pools)
+    except ValueError as error:  # pins only a configuration contradicts (QLoRA on ZeRO-3)
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
     capacities = {t.id: t.memory_bytes for t in types}
     if as_json:
         print(json.dumps(report.to_json(result, request, capacities), indent=2))

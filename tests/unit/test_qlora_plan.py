@@ -1,5 +1,9 @@
 """QLoRA in the planner: what its 4-bit base holds, that it is planned only when asked for, and what it refuses.
-(tests/measured/test_memory_model_vs_torch.py checks the same bytes against bitsandbytes on the CPU.)"""
+(tests/measured/test_qlora_memory.py checks the same bytes against bitsandbytes on the CPU.)"""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -67,3 +71,11 @@ def test_qlora_is_never_planned_on_zero3_and_a_pinned_zero3_is_refused_with_the_
     with pytest.raises(ValueError, match="ZeRO stage 0-2"):
         TrainingSettings(seq_len=2048, method=Method.QLORA, zero_stage=ZeroStage.PARAMETERS)
     assert "ZeRO-3" in QLORA_ZERO3
+
+
+def test_the_cli_refuses_a_pinned_zero3_qlora_with_the_reason() -> None:
+    result = subprocess.run([str(Path(sys.executable).parent / "kubetune"), "plan", "--model", "Llama-3.1-70B", "--gpu",
+                             "H100-SXM-80GB", "--gpus", "8", "--seq-len", "2048", "--method", "QLoRA", "--zero-stage", "3"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "ZeRO stage 0-2" in " ".join(result.stdout.split()) and "Traceback" not in result.stdout + result.stderr
