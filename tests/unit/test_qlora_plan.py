@@ -60,7 +60,10 @@ def test_qlora_fits_a_70b_on_one_80gb_gpu_where_lora_does_not() -> None:
 def test_auto_never_chooses_qlora_even_when_nothing_else_fits() -> None:
     result = plan("Llama-3.1-70B", "A100-SXM4-80GB", 1, seq_len=2048, global_batch=8, offload=Offload.NONE)
     assert result.chosen is None  # QLoRA would fit (above): it changes what is trained, so only a spec asks for it
-    assert "QLoRA" not in result.explanation[-1]
+    assert result.explanation[-1].startswith("QLoRA would fit: ") and "ask for method QLoRA" in result.explanation[-1]
+    # Where QLoRA would not fit either, nothing is said of it.
+    tiny = plan("Llama-3.1-70B", "L4-24GB", 1, seq_len=2048, global_batch=8, offload=Offload.NONE)
+    assert tiny.chosen is None and not any("QLoRA" in line for line in tiny.explanation)
 
 
 def test_qlora_is_never_planned_on_zero3_and_a_pinned_zero3_is_refused_with_the_reason() -> None:

@@ -340,15 +340,27 @@ def plan(arch: Architecture, request: Request, pools: list[GpuPool]) -> SearchRe
     evaluated = len(candidates) + len(rejected)
     if not candidates:
         smallest = min(rejected, key=lambda c: c.memory.total_bytes) if rejected else None
+        explanation = _nothing_fits(pinned_problems, smallest, request)
+        if request.method is None and smallest is not None:
+            explanation += _qlora_would_fit(arch, request, pools)
         return SearchResult(model=arch.name, objective=request.objective, chosen=None, runners_up=[],
-                    explanation=_nothing_fits(pinned_problems, smallest, request), candidates_evaluated=evaluated,
-                    smallest_need=smallest)
+                    explanation=explanation, candidates_evaluated=evaluated, smallest_need=smallest)
     ranked = _rank(candidates, request.objective)
     chosen = ranked[0]
     runners_up = [(c, _why_lost(c, chosen, request.objective)) for c in _distinct(ranked[1:])[:RUNNERS_UP]]
     return SearchResult(model=arch.name, objective=request.objective, chosen=chosen, runners_up=runners_up,
                 explanation=_explain(arch, chosen, request, pinned_problems), candidates_evaluated=evaluated,
                 smallest_need=None)
+
+
+def _qlora_would_fit(arch: Architecture, request: Request, pools: list[GpuPool]) -> list[str]:
+    """What an unpinned method that fits nothing learns: whether QLoRA, which the planner never picks, would fit."""
+    chosen = plan(arch, request.model_copy(update={"method": Method.QLORA}), pools).chosen
+    if chosen is None:
+        return []
+    return [f"QLoRA would fit: {chosen.memory.total_bytes / GIB:.1f} GiB per GPU with {describe(chosen.settings)} on "
+            f"{chosen.gpu}. The planner does not choose it by itself, as its adapters learn on a 4-bit copy of the "
+            "model: ask for method QLoRA to run it."]
 
 
 def _micro_batches(pool: GpuPool, request: Request, shape: _Shape, configurations: _Configurations,
