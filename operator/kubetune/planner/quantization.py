@@ -11,7 +11,7 @@ QLoRA paper's double quantisation, which the trainer asks for):
 - one absmax per block of 64 weights, itself quantised to 8 bits (quantize_blockwise): n / 64 bytes;
 - the second level: one fp32 absmax per 256 first-level blocks, its 256-entry fp32 code book and an fp32 offset;
 - the NF4 code book: 16 fp32 values.
-That is 4.127 bits per weight, measured to the byte on the CPU (tests/measured/test_qlora.py).
+That is 4.127 bits per weight, measured to the byte on the CPU (tests/measured/test_qlora_memory.py).
 """
 
 from kubetune.planner.architecture import Architecture
