@@ -3,7 +3,8 @@
     python benchmarks/gpu_memory_validation.py [--quick] [--out benchmarks/results/gpu_memory.md] [--smoke]
 
 For each configuration of a grid (models of 0.5-3B built from their catalog configs; sequence length
-512-8192; full fine-tuning, LoRA and QLoRA (bitsandbytes' 4-bit base); checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
+512-8192; full fine-tuning, LoRA (with 16-bit and fp32 adapters) and QLoRA (bitsandbytes' 4-bit base);
+checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
 installed), one warm-up step, then one measured forward + backward in bf16 on one GPU:
 
 - allocated: torch.cuda.max_memory_allocated() minus what was allocated before the step (weights,
@@ -14,8 +15,9 @@ installed), one warm-up step, then one measured forward + backward in bf16 on on
 - reserved and device: max_memory_reserved() and the device's used memory (mem_get_info), for the allocator
   margin and the CUDA context the model adds on top.
 
-A second grid (`--deepspeed`, needs deepspeed) runs whole DeepSpeed steps on one GPU, ZeRO stages 0-3,
-with the config kubetune generates (planner/ds_config.py), and compares max_memory_allocated over a full
+A second grid (`--deepspeed`, needs deepspeed) runs whole DeepSpeed steps on one GPU, ZeRO stages 0-3, the
+activation grid's methods plus pure bf16 (full and LoRA: bf16 master weights and AdamW states), with the config
+kubetune generates (planner/ds_config.py), and compares max_memory_allocated over a full
 step (forward, backward, optimizer) with the model's total less what the allocator does not see (CUDA
 context) and its margin.
 
@@ -39,10 +41,10 @@ from pathlib import Path
 
 import torch
 
-from kubetune.api.vocabulary import Attention, Method, ZeroStage
+from kubetune.api.vocabulary import Attention, Method, Precision, ZeroStage
 from kubetune.memprobe import probes, tiny_models
 from kubetune.planner import activations, architecture, memory, quantization
-from kubetune.planner.settings import Buckets, TrainingSettings
+from kubetune.planner.settings import Buckets, Lora, TrainingSettings
 
 GIB = 1024**3
 MODELS = ("Qwen/Qwen2.5-0.5B", "meta-llama/Llama-3.2-1B", "Qwen/Qwen2.5-1.5B", "meta-llama/Llama-3.2-3B")
@@ -65,8 +67,8 @@ def build(name: str, settings: TrainingSettings, device: str):
         config = tiny_models.tiny_config("llama" if "llama" in name.lower() else "qwen2", 2)
     else:
         config = dict(architecture.catalog()[name])
-    # The trainer's model for these settings (checkpointing, LoRA), in bf16 as DeepSpeed's bf16 engine casts
-    # it, adapters included.
+    # The trainer's model for these settings (checkpointing, LoRA), in the dtypes DeepSpeed leaves it in with the
+    # plan's config: bf16, adapters included unless they are fp32.
     model, arch = tiny_models.build(config, settings)
     return model.to(device), arch
 
@@ -125,7 +127,7 @@ def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]
         deepspeed.init_distributed(dist_backend="nccl")
     config = dict(architecture.catalog()[name])
     arch = architecture.from_hf_config(config)
-    # What the trainer hands to deepspeed.initialize (fp32 weights; DeepSpeed casts them).
+    # What the trainer hands to deepspeed.initialize: the weights in the training dtype.
     model = tiny_models.trainer_model(config, settings)
     settings = dataclasses.replace(settings, buckets=Buckets.for_hidden_size(arch.hidden_size))
     torch.cuda.reset_peak_memory_stats()
@@ -148,14 +150,31 @@ def measure_deepspeed(name: str, settings: TrainingSettings) -> tuple[dict, int]
     return measured, predicted
 
 
+# (method, precision, fp32 LoRA adapters): the precisions users run, each through the trainer's own preparation.
+# Pure bf16 saves what mixed bf16 saves, so only the whole-step grid (--deepspeed) runs it.
+ACTIVATION_VARIANTS = ((Method.LORA, Precision.BF16, False), (Method.LORA, Precision.BF16, True),
+                       (Method.QLORA, Precision.BF16, False), (Method.FULL, Precision.BF16, False))
+STEP_VARIANTS = (*ACTIVATION_VARIANTS, (Method.LORA, Precision.PURE_BF16, False),
+                 (Method.FULL, Precision.PURE_BF16, False))
+
+
+def label(settings: TrainingSettings) -> str:
+    """The method column: the method, with the precision when it is not mixed bf16 and fp32 adapters."""
+    extra = [str(settings.precision)] if settings.precision is not Precision.BF16 else []
+    if settings.method.trains_adapters and settings.lora.adapters_fp32:
+        extra.append("fp32 adapters")
+    return " ".join([str(settings.method), *extra])
+
+
 def deepspeed_grid(quick: bool):
     for name in MODELS[:2] if quick else MODELS:
         for seq_len in (512, 2048):
-            for method in (Method.LORA, Method.QLORA, Method.FULL):
+            for method, precision, adapters_fp32 in STEP_VARIANTS:
                 for stage in ZeroStage:
                     if method is Method.QLORA and stage is ZeroStage.PARAMETERS:
                         continue  # refused: settings.QLORA_ZERO3
                     yield name, TrainingSettings(seq_len=seq_len, method=method, zero_stage=stage,
+                                                 precision=precision, lora=Lora(adapters_fp32=adapters_fp32),
                                                  attention=attentions()[-1], num_gpus=1)
 
 
@@ -164,10 +183,11 @@ def grid(quick: bool, device: str, smoke: bool = False):
     seq_lens = (512,) if device == "cpu" else (SEQ_LENS[:2] if quick else SEQ_LENS)
     for name in models:
         for seq_len in seq_lens:
-            for method in (Method.LORA, Method.QLORA, Method.FULL):
+            for method, precision, adapters_fp32 in ACTIVATION_VARIANTS:
                 for ckpt in (False, True):
                     for attention in attentions():
                         yield name, TrainingSettings(seq_len=seq_len, micro_batch=1, method=method,
+                                                     precision=precision, lora=Lora(adapters_fp32=adapters_fp32),
                                                      gradient_checkpointing=ckpt, attention=attention,
                                                      zero_stage=ZeroStage.DISABLED)
 
@@ -207,7 +227,7 @@ def main() -> None:
                 measured = (measure_gpu if args.device == "cuda" else measure_cpu)(model, arch, settings)
                 predicted = predicted_step_bytes(arch, settings, args.device)
         except torch.OutOfMemoryError:
-            print(f"| {name} | {settings.seq_len} | {settings.method} | ZeRO-{int(settings.zero_stage)} | OOM |")
+            print(f"| {name} | {settings.seq_len} | {label(settings)} | ZeRO-{int(settings.zero_stage)} | OOM |")
             continue
         finally:
             model = None
@@ -215,13 +235,14 @@ def main() -> None:
                 torch.cuda.empty_cache()
         error = predicted / measured["allocated_bytes"] - 1
         row = {"model": name, "seq_len": settings.seq_len, "method": settings.method.value,
+               "precision": settings.precision.value, "lora_adapters_fp32": settings.lora.adapters_fp32,
                "zero_stage": int(settings.zero_stage) if args.deepspeed else None,
                "gradient_checkpointing": settings.gradient_checkpointing, "attention": settings.attention.value,
                "predicted_bytes": predicted, **measured, "error": error}
         rows.append(row)
         gib = lambda v: f"{v / GIB:.2f}" if v is not None else "-"  # noqa: E731
         kind = f"ZeRO-{int(settings.zero_stage)}" if args.deepspeed else ("on" if settings.gradient_checkpointing else "off")
-        print(f"| {name} | {settings.seq_len} | {settings.method} | {kind} "
+        print(f"| {name} | {settings.seq_len} | {label(settings)} | {kind} "
               f"| {settings.attention} | {gib(predicted)} | {gib(measured['allocated_bytes'])} | {error:+.1%} "
               f"| {gib(measured['reserved_bytes'])} | {gib(measured['device_used_bytes'])} |", flush=True)
     errors = [abs(r["error"]) for r in rows]

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetune.api import crd
-from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Precision, ZeroStage
+from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Objective, Offload, Precision, ZeroStage
 from kubetune.catalog import gpus
 from kubetune.devcluster import profile as profiles
 from kubetune.devcluster.cluster import ClusterError, LocalCluster
@@ -66,7 +66,10 @@ def plan_command(
     gradient_checkpointing: str | None = typer.Option(None, help="on or off (pinned)."),
     attention: Attention | None = typer.Option(None, case_sensitive=False,
                                                help="Eager, SDPA or FlashAttention2 (pinned)."),
-    precision: Precision | None = typer.Option(None, case_sensitive=False, help="BF16, FP16 or FP32 (pinned)."),
+    precision: Precision | None = typer.Option(None, case_sensitive=False,
+                                               help="BF16, FP16, FP32 or PureBF16 (pinned)."),
+    lora_adapter_precision: AdapterPrecision = typer.Option(AdapterPrecision.MODEL, case_sensitive=False,
+                                                            help="LoRA adapters in the model's dtype (Model) or FP32."),
     optimizer: Optimizer = typer.Option(Optimizer.ADAMW, help="adamw or sgd."),
     objective: Objective = typer.Option(Objective.CHEAPEST, case_sensitive=False, help="What to optimise."),
     prices: Path | None = typer.Option(None, exists=True, help="YAML map of GPU id to USD per GPU-hour."),
@@ -84,7 +87,8 @@ def plan_command(
         types = _gpu_types(gpu)
         request = search.Request(
             seq_len=seq_len, global_batch=global_batch, micro_batch=micro_batch, method=method,
-            lora=Lora(rank=lora_rank, target_modules=tuple(lora_target) or ALL_LINEAR),
+            lora=Lora(rank=lora_rank, target_modules=tuple(lora_target) or ALL_LINEAR,
+                      adapters_fp32=lora_adapter_precision is AdapterPrecision.FP32),
             zero_stage=ZeroStage(zero_stage) if zero_stage is not None else None, offload=offload,
             gradient_checkpointing=_on_off(gradient_checkpointing, "--gradient-checkpointing"),
             attention=attention, precision=precision, optimizer=optimizer, num_gpus=gpus_count, num_nodes=nodes,

@@ -111,10 +111,17 @@ def test_lora_saves_more_than_full_fine_tuning_with_fp32_adapters() -> None:
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
-@pytest.mark.parametrize("method", list(Method))
-def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: str, method: Method) -> None:
-    # fp32 without DeepSpeed holds exactly what torch's AdamW holds: the model's ZeRO-0 fp32 case.
-    settings = settings_for(method=method, precision=Precision.FP32)
+@pytest.mark.parametrize(("method", "precision", "lora"), [
+    (Method.FULL, Precision.FP32, Lora()), (Method.LORA, Precision.FP32, Lora()),
+    (Method.FULL, Precision.PURE_BF16, Lora()), (Method.LORA, Precision.PURE_BF16, Lora()),
+    (Method.LORA, Precision.BF16, Lora(adapters_fp32=True)), (Method.QLORA, Precision.FP32, Lora())],
+    ids=["full-fp32", "lora-fp32", "full-pure-bf16", "lora-pure-bf16", "lora-fp32-adapters", "qlora-fp32"])
+def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: str, method: Method,
+                                                                   precision: Precision, lora: Lora) -> None:
+    # Where DeepSpeed's ZeRO-0 runs torch's AdamW on the parameters themselves (fp32, pure bf16, fp32 adapters beside
+    # a bf16 model), the model's states are exactly what torch's AdamW holds after a step: 8 bytes per trained
+    # parameter in pure bf16 (2 weight, 2 gradient, 2 x 2 moments), 16 in fp32.
+    settings = settings_for(method=method, precision=precision, lora=lora)
     model, arch = tiny_models.build(tiny_models.tiny_config(model_type, 2), settings)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], foreach=False)
     measured = probes.train_step_states(model, torch.randint(0, arch.vocab_size, (1, 32)), optimizer)
@@ -122,3 +129,5 @@ def test_weights_gradients_and_optimizer_states_after_a_real_step(model_type: st
     assert states.weights == measured.weights  # LoRA's adapters included
     assert states.gradients_persistent + states.gradients_backward == measured.gradients
     assert states.optimizer_states == measured.optimizer_states
+    if precision is Precision.PURE_BF16 and method is Method.FULL:
+        assert measured.weights + measured.gradients + measured.optimizer_states == 8 * measured.trainable_params

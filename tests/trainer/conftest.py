@@ -16,10 +16,10 @@ pytest.importorskip("deepspeed")
 
 from kubetune.api import v1alpha1 as api  # noqa: E402
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig  # noqa: E402
-from kubetune.api.vocabulary import Attention, Method, Precision, ZeroStage  # noqa: E402
+from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Precision, ZeroStage  # noqa: E402
 from kubetune.devcluster import seed  # noqa: E402
 from kubetune.planner.ds_config import ds_config  # noqa: E402
-from kubetune.planner.settings import Buckets, TrainingSettings  # noqa: E402
+from kubetune.planner.settings import Buckets, Lora, TrainingSettings  # noqa: E402
 
 TORCHRUN = str(Path(sys.executable).parent / "torchrun")
 SEQ_LEN = 48
@@ -49,12 +49,14 @@ class Run:
 
 def write_configs(world: Path, output: Path, *, method: Method, stage: int, steps: int, interval: int,
                   checkpointing: bool = True, port: int = 19400, save: str = "Adapter", ranks: int = RANKS,
-                  micro_batch: int = 4, accumulation: int = 1) -> tuple[Path, Path]:
+                  micro_batch: int = 4, accumulation: int = 1, precision: Precision = Precision.BF16,
+                  adapters_fp32: bool = False) -> tuple[Path, Path]:
     output.mkdir(parents=True, exist_ok=True)
     settings = TrainingSettings(seq_len=SEQ_LEN, micro_batch=micro_batch, gradient_accumulation=accumulation,
                                 method=method, zero_stage=ZeroStage(stage),
                                 gradient_checkpointing=checkpointing, num_gpus=ranks, gpus_per_node=ranks,
-                                buckets=Buckets.for_hidden_size(64))
+                                buckets=Buckets.for_hidden_size(64), precision=precision,
+                                lora=Lora(adapters_fp32=adapters_fp32))
     # LoRA on a random-weight model needs a bold rate to move within a few dozen steps.
     ds = ds_config(settings, learning_rate=1e-2 if method.trains_adapters else 3e-3)
     ds["optimizer"]["params"]["torch_adam"] = True  # no fused CUDA Adam on the CPU
@@ -65,8 +67,10 @@ def write_configs(world: Path, output: Path, *, method: Method, stage: int, step
         training=api.Training(max_steps=steps, seq_len=SEQ_LEN, seed=7),
         output=api.Output(path=str(output), save=save), checkpoint_interval_steps=interval, method=method,
         lora=LoraConfig(rank=8, alpha=16, targets=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                                                   "down_proj"], dropout=0.0) if method.trains_adapters else None,
-        gradient_checkpointing=checkpointing, attention=Attention.SDPA, precision=Precision.BF16, metrics_port=port,
+                                                   "down_proj"], dropout=0.0,
+                        adapter_precision=AdapterPrecision.FP32 if adapters_fp32 else AdapterPrecision.MODEL)
+        if method.trains_adapters else None,
+        gradient_checkpointing=checkpointing, attention=Attention.SDPA, precision=precision, metrics_port=port,
     )
     (output / "trainer.json").write_text(config.model_dump_json(by_alias=True, exclude_none=True))
     (output / "ds_config.json").write_text(json.dumps(ds))

@@ -13,7 +13,8 @@ from kubetune.trainer import run
 def _run_with_a_minimal_config(monkeypatch, tmp_path) -> None:
     """Command-line arguments naming a valid trainer.json and an empty DeepSpeed config."""
     config = tmp_path / "trainer.json"
-    config.write_text('{"version": 2, "job": "j", "model": {"name": "m"}, "dataset": {"source": "d"}, "training": {}, '
+    config.write_text(f'{{"version": {trainer_config.VERSION}, "job": "j", "model": {{"name": "m"}}, '
+                      '"dataset": {"source": "d"}, "training": {}, '
                       '"output": {}, "checkpointIntervalSteps": 1, "method": "LoRA", "gradientCheckpointing": false, '
                       '"attention": "SDPA", "precision": "BF16"}')
     (tmp_path / "ds.json").write_text("{}")

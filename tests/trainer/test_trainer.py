@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from kubetune.api import contract
-from kubetune.api.vocabulary import Method
+from kubetune.api.vocabulary import Method, Precision
 from tests.trainer.conftest import (
     Run,
     finish,
@@ -225,3 +225,51 @@ def test_a_gpu_out_of_memory_on_one_rank_is_the_pods_verdict(world: Path, tmp_pa
     message = (tmp_path / "termination-log").read_text()
     assert contract.parse_oom(message) is not None and "\n" not in message, message
     assert [e["step"] for e in Run(tmp_path).log()] == [1, 2, 3][: 3 if ranks == 2 else 2]
+
+
+def test_pure_bf16_full_fine_tuning_learns_and_a_replan_resumes_its_bf16_optimizer_states(world: Path,
+                                                                                        tmp_path: Path) -> None:
+    """Pure bf16 (bf16 master weights and AdamW states, DeepSpeed's bf16_master_weights_and_grads) learns like
+    mixed bf16, and a replan onto another GPU count and ZeRO stage converts and loads its checkpoint (the
+    replan keeps the precision: decision.decide's `resuming`)."""
+    reference_dir, replanned_dir = tmp_path / "reference", tmp_path / "replanned"
+    first = {"method": Method.FULL, "stage": 2, "steps": 24, "interval": 4, "ranks": 1, "accumulation": 2,
+             "precision": Precision.PURE_BF16}
+    config, ds = write_configs(world, reference_dir, port=19470, **first)
+    reference = Run(reference_dir, launch(config, ds, reference_dir, master_port=29670, ranks=1))
+    finish(reference.process, reference_dir)
+    curve = [losses(reference)[step] for step in sorted(losses(reference))]
+    assert mean(curve[-4:]) < 0.6 * mean(curve[:4]), curve
+
+    config, ds = write_configs(world, replanned_dir, port=19480, **first)
+    run = Run(replanned_dir, launch(config, ds, replanned_dir, master_port=29680, ranks=1))
+    wait_for_step(run, 10)
+    kill(run.process)
+    interrupted_at = max(losses(run))
+    assert interrupted_at < 24, "the run finished before it could be killed"
+    checkpoint = int((replanned_dir / "checkpoints" / "latest-complete").read_text().split("-")[1])
+    config, ds = write_configs(world, replanned_dir, **{**first, "stage": 3, "ranks": 2, "accumulation": 1},
+                               port=19480)
+    run.process = launch(config, ds, replanned_dir, master_port=29681, ranks=2)
+    finish(run.process, replanned_dir)
+    log = run.log()
+    resumed = log[[entry["step"] for entry in log].index(interrupted_at) + 1:]
+    assert resumed[0]["step"] == checkpoint + 1 and resumed[-1]["step"] == 24
+    expected = {entry["step"]: entry for entry in reference.log()}
+    for entry in resumed:
+        assert entry["loss"] == pytest.approx(expected[entry["step"]]["loss"], rel=0.03), entry
+
+
+def test_lora_with_fp32_adapters_learns_and_saves_fp32_adapters(world: Path, tmp_path: Path) -> None:
+    """loraAdapterPrecision FP32: DeepSpeed runs without its bf16 cast, the frozen model stays bf16 as loaded and
+    the adapters train, and are saved, in fp32."""
+    config, ds = write_configs(world, tmp_path, method=Method.LORA, stage=2, steps=30, interval=30, port=19490,
+                               adapters_fp32=True)
+    run = Run(tmp_path, launch(config, ds, tmp_path, master_port=29690))
+    finish(run.process, tmp_path)
+    curve = [losses(run)[step] for step in sorted(losses(run))]
+    assert mean(curve[-5:]) < 0.9 * mean(curve[:5]), curve  # 30 steps: LoRA's 60-step test asks 0.8
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "final" / "adapter_model.safetensors")
+    assert saved and {str(t.dtype) for t in saved.values()} == {"torch.float32"}

@@ -57,6 +57,8 @@ specs = st.builds(
         "zeroStage": maybe(mostly([0, 1, 2, 3], [4, -1])), "offload": maybe(mostly(["None", "Optimizer", "All"], ["GPU"])),
         "gradientCheckpointing": maybe(mostly(["Auto", "Enabled", "Disabled"], [True])),
         "attention": maybe(st.sampled_from(["Auto", "Eager", "SDPA", "FlashAttention2"])), "microBatch": maybe(ints),
+        "precision": maybe(mostly(["Auto", "BF16", "FP16", "FP32", "PureBF16"], ["INT8"])),
+        "loraAdapterPrecision": maybe(mostly(["Model", "FP32"], ["FP8"])),
     }),
     st.fixed_dictionaries({"seqLen": maybe(ints), "globalBatch": maybe(ints), "maxSteps": maybe(ints),
                            "learningRate": maybe(mostly(["2e-4", "0.1", "1e999", "0"], ["x"]))}),

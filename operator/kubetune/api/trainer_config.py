@@ -15,10 +15,12 @@ from pydantic.alias_generators import to_camel
 
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
-from kubetune.api.vocabulary import Attention, Method, Precision
+from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Precision
 
 # 2: the configuration's names are the API's (api/vocabulary.py: LoRA, FlashAttention2, BF16).
-VERSION: Literal[2] = 2
+# 3: LoRA's adapter precision (an older trainer would train model-dtype adapters where fp32 ones were planned)
+# and precision PureBF16.
+VERSION: Literal[3] = 3
 
 
 class LoraConfig(BaseModel):
@@ -28,12 +30,13 @@ class LoraConfig(BaseModel):
     alpha: int = Field(gt=0)
     targets: list[str]
     dropout: float = Field(ge=0, lt=1)
+    adapter_precision: AdapterPrecision = AdapterPrecision.MODEL
 
 
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
-    version: Literal[2] = VERSION
+    version: Literal[3] = VERSION
     job: str
     model: api.ModelSource
     tokenizer: str | None = None  # a path or hub id; the model's when empty

@@ -76,6 +76,16 @@ class MethodType(StrEnum):
     FULL = v.Method.FULL.value
 
 
+class PrecisionType(StrEnum):
+    """The precision hint: a vocabulary.Precision, or Auto (mixed bf16 where the GPU has bf16, else fp16)."""
+
+    AUTO = "Auto"
+    BF16 = v.Precision.BF16.value
+    FP16 = v.Precision.FP16.value
+    FP32 = v.Precision.FP32.value
+    PURE_BF16 = v.Precision.PURE_BF16.value
+
+
 class Toggle(StrEnum):
     AUTO = "Auto"
     ENABLED = "Enabled"
@@ -139,8 +149,17 @@ class Method(_Model):
          "`offload` 'All' (parameters too) needs `zeroStage` 3"),
         ("!has(self.offload) || self.offload == 'None' || !has(self.zeroStage) || self.zeroStage >= 1",
          "`offload` needs `zeroStage` 1 or higher"),
-        ("self.type != 'Full' || (!has(self.loraRank) && !has(self.loraTargets) && !has(self.loraDropoutPercent))",
+        ("self.type != 'Full' || (!has(self.loraRank) && !has(self.loraTargets) && !has(self.loraDropoutPercent) "
+         "&& !has(self.loraAdapterPrecision))",
          "LoRA settings may not be given with `type` 'Full'"),
+        ("self.precision != 'PureBF16' || !has(self.offload) || self.offload == 'None'",
+         "`precision` 'PureBF16' runs without `offload`: DeepSpeed offloads bf16 optimizer states only through its "
+         "compiled CPU Adam, which kubetune's trainer cannot run or check; pure bf16 already halves the optimizer "
+         "states"),
+        ("!has(self.loraAdapterPrecision) || self.loraAdapterPrecision != 'FP32' || "
+         "(self.precision != 'PureBF16' && self.precision != 'FP16')",
+         "`loraAdapterPrecision` 'FP32' needs `precision` BF16, FP32 or Auto: pure bf16 trains bf16 adapters, and "
+         "fp16 needs DeepSpeed's loss scaling, which casts the adapters to fp16"),
         ("self.type != 'QLoRA' || !has(self.zeroStage) || self.zeroStage <= 2",
          "`type` 'QLoRA' runs with `zeroStage` 0-2: ZeRO-3 cannot partition the 4-bit base model as the trainer "
          "loads it, and the 4-bit base is small enough to keep whole on every GPU"),
@@ -156,6 +175,17 @@ class Method(_Model):
         "linear layers).")
     lora_dropout_percent: int | None = Field(default=None, ge=0, le=90, description="loraDropoutPercent is "
                                              "LoRA dropout in percent (0 when unset).")
+    lora_adapter_precision: v.AdapterPrecision | None = Field(
+        default=None, description="loraAdapterPrecision is what LoRA's adapters train in: Model (the model's 16-bit "
+        "dtype, as DeepSpeed casts them; the default) or FP32 (fp32 adapters, gradients and AdamW states beside "
+        "the 16-bit model, as PEFT keeps them: finer updates, twice the adapters' memory, and an fp32 copy of "
+        "each adapted layer's input).")
+    precision: PrecisionType = Field(default=PrecisionType.AUTO, description="precision is BF16 (bf16 weights and "
+                                     "activations, fp32 master weights and AdamW states: 16 bytes per trained "
+                                     "parameter), FP16 (as BF16, with loss scaling), FP32, PureBF16 (bf16 weights, "
+                                     "gradients and AdamW states, no fp32 master: 8-10 bytes per trained parameter, "
+                                     "but updates smaller than bf16's resolution are lost; no offload), or Auto "
+                                     "(BF16 where the GPU has bf16, else FP16; never PureBF16).")
     zero_stage: int | None = Field(default=None, ge=0, le=3, description="zeroStage pins the DeepSpeed ZeRO "
                                    "stage (0-3).")
     offload: v.Offload | None = Field(default=None, description="offload pins DeepSpeed offload to the CPU: "
@@ -408,7 +438,10 @@ class Plan(_Model):
     offload: v.Offload = Field(description="offload to the CPU: None, Optimizer or All (parameters too).")
     gradient_checkpointing: bool = Field(description="gradientCheckpointing on or off.")
     attention: v.Attention = Field(description="attention kernel: Eager, SDPA or FlashAttention2.")
-    precision: v.Precision = Field(description="precision of weights and activations: BF16, FP16 or FP32.")
+    precision: v.Precision = Field(description="precision of weights and activations: BF16, FP16 or FP32, with "
+                                   "an fp32 master and optimizer states; PureBF16: all in bf16.")
+    lora_adapter_precision: v.AdapterPrecision | None = Field(default=None, description="loraAdapterPrecision "
+                                                              "when the method trains LoRA adapters: Model or FP32.")
     micro_batch: int = Field(description="microBatch: sequences per GPU per forward pass.")
     gradient_accumulation: int = Field(description="gradientAccumulation: micro-batches per optimizer step.")
     predicted_peak_bytes: int = Field(description="predictedPeakBytes per GPU (`memory.totalBytes`).")

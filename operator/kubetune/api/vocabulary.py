@@ -40,10 +40,25 @@ class Precision(StrEnum):
     BF16 = "BF16"  # DeepSpeed bf16: 16-bit weights and activations, fp32 master weights in the optimizer
     FP16 = "FP16"  # as BF16, with loss scaling
     FP32 = "FP32"
+    # bf16 weights, gradients and optimizer states with no fp32 master (torchtune's and plain torch's bf16):
+    # 8-10 bytes per trained parameter with AdamW instead of 16-20. Updates below bf16's resolution are lost.
+    PURE_BF16 = "PureBF16"
 
     @property
     def bytes(self) -> int:
+        """Bytes of a weight and of an activation."""
         return 4 if self is Precision.FP32 else 2
+
+    @property
+    def is_bf16(self) -> bool:
+        return self in (Precision.BF16, Precision.PURE_BF16)
+
+
+class AdapterPrecision(StrEnum):
+    """What dtype LoRA's adapters train in."""
+
+    MODEL = "Model"  # the weights' 16-bit dtype, as DeepSpeed casts them: 2-byte adapters and gradients
+    FP32 = "FP32"  # as PEFT keeps them: fp32 adapters, gradients and AdamW states, the frozen model in 16 bits
 
 
 class ZeroStage(IntEnum):

@@ -8,9 +8,10 @@ import torch
 
 from kubetune.api import v1alpha1 as api
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig
-from kubetune.api.vocabulary import Method
+from kubetune.api.vocabulary import AdapterPrecision
 from kubetune.planner import architecture
 from kubetune.planner.architecture import Architecture
+from kubetune.planner.ds_config import ds_config
 from kubetune.planner.settings import TrainingSettings
 from kubetune.trainer import model_setup
 
@@ -51,7 +52,8 @@ def trainer_config(model_config: dict[str, Any], settings: TrainingSettings, see
         job="memprobe", model=api.ModelSource(name=f"tiny-{model_config['model_type']}", config=model_config),
         dataset=api.Dataset(source="unused.jsonl"), training=api.Training(seq_len=settings.seq_len, seed=seed),
         output=api.Output(), checkpoint_interval_steps=1, method=settings.method,
-        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
+        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout,
+                        adapter_precision=AdapterPrecision.FP32 if lora.adapters_fp32 else AdapterPrecision.MODEL)
         if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
         precision=settings.precision,
@@ -64,20 +66,15 @@ def trainer_model(model_config: dict[str, Any], settings: TrainingSettings) -> t
 
 
 def as_deepspeed_casts(model: torch.nn.Module, settings: TrainingSettings) -> torch.nn.Module:
-    """What deepspeed.initialize does to the module's dtypes (engine._cast_module_mixed_precision): under BF16 or
-    FP16 every floating-point parameter, adapters included, in that dtype; buffers left as they are.
-
-    `settings.lora.adapters_fp32` is PEFT's behaviour without DeepSpeed (adapters kept in fp32): the memory
-    model covers it, the trainer never runs it."""
-    dtype = model_setup.DTYPE[settings.precision]
-    if dtype is not torch.float32:
+    """What deepspeed.initialize does to the module's dtypes (engine._cast_module_mixed_precision) with the plan's
+    ds_config: in its bf16 or fp16 mode every floating-point parameter, adapters included, in that dtype; buffers
+    left as they are; without one (fp32, fp32 LoRA adapters, pure bf16 without ZeRO) nothing."""
+    config = ds_config(settings)
+    dtype = torch.bfloat16 if config["bf16"]["enabled"] else torch.float16 if config["fp16"]["enabled"] else None
+    if dtype is not None:
         for parameter in model.parameters():
             if parameter.dtype.is_floating_point and parameter.dtype != dtype:
                 parameter.data = parameter.data.to(dtype)
-    if settings.method is Method.LORA and settings.lora.adapters_fp32:
-        for name, parameter in model.named_parameters():
-            if ".lora_" in name:
-                parameter.data = parameter.data.to(torch.float32)
     return model
 
 

@@ -6,7 +6,7 @@ from typing import Literal, TypeVar
 
 from kubetune.api import v1alpha1 as api
 from kubetune.api.conditions import Reason
-from kubetune.api.vocabulary import Attention, Method, Offload, ZeroStage
+from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Offload, Precision, ZeroStage
 from kubetune.catalog.cluster_gpus import GpuNodeGroup, allowed
 from kubetune.planner import architecture, search
 from kubetune.planner.settings import ALL_LINEAR, Buckets, Lora, TrainingSettings
@@ -36,13 +36,15 @@ def _hint(value: api.MethodType | api.AttentionType, kind: type[Hinted]) -> Hint
 def request_for(spec: api.FineTuneJobSpec) -> search.Request:
     m = spec.method
     lora = Lora(rank=m.lora_rank or api.DEFAULT_LORA_RANK, target_modules=tuple(m.lora_targets or ALL_LINEAR),
-                dropout=(m.lora_dropout_percent or 0) / 100)
+                dropout=(m.lora_dropout_percent or 0) / 100,
+                adapters_fp32=m.lora_adapter_precision is AdapterPrecision.FP32)
     toggles = {api.Toggle.ENABLED: True, api.Toggle.DISABLED: False, api.Toggle.AUTO: None}
     return search.Request(
         seq_len=spec.training.seq_len, global_batch=spec.training.global_batch, micro_batch=m.micro_batch,
         method=_hint(m.type, Method), lora=lora, zero_stage=ZeroStage(m.zero_stage) if m.zero_stage is not None else None,
         offload=m.offload, gradient_checkpointing=toggles[m.gradient_checkpointing],
         attention=_hint(m.attention, Attention), objective=spec.resources.objective,
+        precision=None if m.precision is api.PrecisionType.AUTO else Precision(m.precision),
         num_gpus=spec.resources.gpus, num_nodes=spec.resources.nodes,
     )
 
@@ -216,6 +218,8 @@ def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: G
         gradient_checkpointing=s.gradient_checkpointing, attention=s.attention, precision=s.precision,
         micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total_bytes,
         memory=m, predicted_step_milliseconds=int(chosen.step.step_seconds * 1000),
+        lora_adapter_precision=(AdapterPrecision.FP32 if s.lora.adapters_fp32 else AdapterPrecision.MODEL)
+        if s.method.trains_adapters else None,
         predicted_tokens_per_second=round(chosen.step.tokens_per_second),
         explanation=result.explanation[:16],
         runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method,

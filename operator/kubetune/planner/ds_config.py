@@ -37,10 +37,28 @@ def ds_config(settings: TrainingSettings, learning_rate: float = 2e-4) -> dict[s
         "train_micro_batch_size_per_gpu": settings.micro_batch,
         "gradient_accumulation_steps": settings.gradient_accumulation,
         "train_batch_size": settings.micro_batch * settings.gradient_accumulation * settings.num_gpus,
-        "bf16": {"enabled": settings.precision is Precision.BF16},
-        "fp16": {"enabled": settings.precision is Precision.FP16},
+        **_precision(settings),
         "zero_optimization": zero,
         "optimizer": optimizer,
         "gradient_clipping": 1.0,
         "steps_per_print": 1_000_000,  # the trainer reports progress itself
     }
+
+
+def _precision(settings: TrainingSettings) -> dict[str, Any]:
+    """DeepSpeed's precision settings. Its bf16 mode casts every parameter to bf16 (engine.py,
+    _cast_module_mixed_precision), so fp32 LoRA adapters run without it: the trainer loads the frozen model in bf16
+    itself (trainer/model_setup.py) and DeepSpeed then trains fp32 parameters with an fp32 optimizer. Pure bf16 is
+    bf16_master_weights_and_grads with bf16_optimizer_states, which DeepSpeed accepts at ZeRO 1-3 only
+    (runtime/config.py); at ZeRO-0 it runs without a bf16 mode, so torch's AdamW steps on the bf16 weights
+    themselves, with bf16 communication (without a bf16 mode DeepSpeed would all-reduce in fp32)."""
+    precision = settings.precision
+    fp32_adapters = settings.method.trains_adapters and settings.lora.adapters_fp32
+    pure_zero0 = precision is Precision.PURE_BF16 and settings.zero_stage is ZeroStage.DISABLED
+    bf16: dict[str, Any] = {"enabled": precision.is_bf16 and not fp32_adapters and not pure_zero0}
+    if precision is Precision.PURE_BF16 and not pure_zero0:
+        bf16 |= {"bf16_master_weights_and_grads": True, "bf16_optimizer_states": True}
+    config: dict[str, Any] = {"bf16": bf16, "fp16": {"enabled": precision is Precision.FP16}}
+    if pure_zero0:
+        config["communication_data_type"] = "bf16"
+    return config

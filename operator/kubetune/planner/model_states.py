@@ -34,11 +34,12 @@ def _trainable(arch: Architecture, method: Method, lora: Lora) -> int:
 def persistent_params(arch: Architecture, settings: TrainingSettings) -> int:
     """Parameters ZeRO-3 also keeps whole on every GPU because their tensors are small (below
     stage3_param_persistence_threshold): norms, biases, small K/V projections, LoRA adapters."""
-    return _persistent(arch, settings.buckets.param_persistence_threshold, settings.method, settings.lora)
+    return sum(_persistent(arch, settings.buckets.param_persistence_threshold, settings.method, settings.lora))
 
 
 @lru_cache(maxsize=256)
-def _persistent(arch: Architecture, threshold: int, method: Method, lora: Lora) -> int:
+def _persistent(arch: Architecture, threshold: int, method: Method, lora: Lora) -> tuple[int, int]:
+    """The model's and LoRA's adapters' persistent parameters, apart: adapters may be fp32."""
     layer = sum(n for n in arch.layer_tensor_numels() if n < threshold)
     final_norm = arch.norm_params if arch.norm_params < threshold else 0
     adapters = 0
@@ -46,7 +47,7 @@ def _persistent(arch: Architecture, threshold: int, method: Method, lora: Lora) 
         rank = lora.rank
         for d_in, d_out in arch.lora_modules(lora.target_modules).values():
             adapters += sum(n for n in (rank * d_in, rank * d_out) if n < threshold)
-    return (layer + adapters) * arch.num_layers + final_norm
+    return layer * arch.num_layers + final_norm, adapters * arch.num_layers
 
 
 @dataclass(frozen=True)
@@ -62,62 +63,101 @@ class ModelStates:
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
 
 
+@dataclass(frozen=True)
+class TrainedBytes:
+    """Bytes per trainable parameter of what the optimizer works with, by DeepSpeed's code path."""
+
+    parameter: int  # the trainable parameter, and its gradient
+    optimizer: int  # what the optimizer updates and keeps its states (moments) in
+    master: int  # a separate copy the optimizer updates, in its dtype (0: it updates the parameter itself)
+
+    @property
+    def step_gradient(self) -> int:
+        """The gradient in the optimizer's dtype, built at the step when it is not the parameter's."""
+        return self.optimizer if self.optimizer != self.parameter else 0
+
+
+def trained_bytes(settings: TrainingSettings) -> TrainedBytes:
+    """The dtypes DeepSpeed 0.19 trains with, for the ds_config kubetune writes (planner/ds_config.py).
+
+    The optimizer's dtype is fp32 except in pure bf16 (bf16_master_weights_and_grads with bf16_optimizer_states, or
+    at ZeRO-0 no DeepSpeed bf16 mode at all). Trainable parameters are 16-bit unless the precision is FP32 or LoRA's
+    adapters are kept fp32. Whether the optimizer keeps its own copy of them:
+    - ZeRO-0: in 16-bit mixed precision the FP16 optimizer's fp32 master (engine.py, _do_optimizer_sanity_check:
+      DDP_BFLOAT16); otherwise the basic optimizer (torch's AdamW) updates the parameters themselves.
+    - ZeRO-1/2/3: always, even when the dtypes agree (pure bf16, fp32). stage_1_and_2.py clones this rank's
+      partition of the flat 16-bit group `.to(master_weights_and_grads_dtype)`. stage3.py (_create_fp32_partitions)
+      means to reuse the 16-bit partition when it already has the master's dtype and device, but compares the
+      tensor's torch.device with the accelerator's device name, a str, which is never equal: it copies too
+      (measured, tests/measured/test_model_states_vs_deepspeed.py).
+    """
+    optimizer_dtype = 2 if settings.precision is Precision.PURE_BF16 else FP32
+    fp32_parameters = settings.precision is Precision.FP32 or (settings.method.trains_adapters
+                                                               and settings.lora.adapters_fp32)
+    parameter = FP32 if fp32_parameters else 2
+    separate = settings.zero_stage is not ZeroStage.DISABLED or parameter != optimizer_dtype
+    return TrainedBytes(parameter=parameter, optimizer=optimizer_dtype, master=optimizer_dtype if separate else 0)
+
+
 def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     total = arch.total_params
     trainable = trainable_params(arch, settings)
     adapters = trainable if settings.method.trains_adapters else 0  # what LoRA adds to the model: all it trains
     n = settings.num_gpus
     stage = settings.zero_stage
-    mixed = settings.precision is not Precision.FP32
     w = settings.precision.bytes
-    # fp32 master weights live with the optimizer states when training in 16 bits.
-    optimizer_per_param = settings.optimizer.state_bytes + (FP32 if mixed else 0)
+    trained = trained_bytes(settings)
+    g = trained.parameter  # the trainable parameters' gradients are in their dtype
+    optimizer_per_param = settings.optimizer.moments * trained.optimizer + trained.master
     offload_optimizer = settings.offload is not Offload.NONE
     offload_params = settings.offload is Offload.ALL
 
     if stage is ZeroStage.PARAMETERS:
         # Every parameter has its 1/N partition; small ones are also kept whole for compute.
-        persistent = persistent_params(arch, settings) * w
-        weights = persistent if offload_params else (total + adapters) * w // n + persistent
+        base_persistent, adapters_persistent = _persistent(
+            arch, settings.buckets.param_persistence_threshold, settings.method, settings.lora)
+        persistent = base_persistent * w + adapters_persistent * g
+        weights = persistent if offload_params else (total * w + adapters * g) // n + persistent
     elif settings.method is Method.QLORA:
         # The 4-bit layers' packed codes and constants; embeddings, LM head, norms and biases in the compute dtype.
-        weights = quantization.quantized_bytes(arch) + (total - quantization.quantized_params(arch)) * w + adapters * w
+        weights = quantization.quantized_bytes(arch) + (total - quantization.quantized_params(arch)) * w + adapters * g
     else:
-        weights = (total + adapters) * w
+        weights = total * w + adapters * g
 
     optimizer = 0 if offload_optimizer else optimizer_per_param * trainable
     if stage is not ZeroStage.DISABLED:
         optimizer //= n
 
-    fp32_step = FP32 * trainable // n if mixed and not offload_optimizer else 0
+    fp32_step = trained.step_gradient * trainable // n if not offload_optimizer else 0
     match stage:
         case ZeroStage.DISABLED:
             # DeepSpeed 0.19 without ZeRO keeps gradients in the model dtype (grad_accum_dtype defaults to it)
             # and wraps the optimizer in its FP16 optimizer even for bf16: 16-bit .grad tensors during
-            # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned.
-            persistent_grads, backward_grads, step_grads = 0, w * trainable, FP32 * trainable if mixed else 0
+            # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned. In pure
+            # bf16 and with fp32 adapters (no DeepSpeed bf16 mode) torch's AdamW steps on the .grad tensors.
+            persistent_grads, backward_grads, step_grads = 0, g * trainable, trained.step_gradient * trainable
         case ZeroStage.OPTIMIZER:
             # Full 16-bit gradients until the accumulation boundary, reduced into the fp32 partition at step.
-            persistent_grads = w * trainable if settings.gradient_accumulation > 1 else 0
-            backward_grads = 0 if persistent_grads else w * trainable
+            persistent_grads = g * trainable if settings.gradient_accumulation > 1 else 0
+            backward_grads = 0 if persistent_grads else g * trainable
             step_grads = fp32_step
         case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS if offload_optimizer:
             # Reduced gradients go straight to the host's fp32 partition, through the staging buffer.
             persistent_grads, backward_grads, step_grads = 0, 0, 0
         case ZeroStage.GRADIENTS:
             # The gradient partition is allocated at the start of backward and kept (contiguous_gradients).
-            persistent_grads, backward_grads, step_grads = w * trainable // n, 0, fp32_step
+            persistent_grads, backward_grads, step_grads = g * trainable // n, 0, fp32_step
         case ZeroStage.PARAMETERS:
             # As stage 2, but the fp32 gradient exists for one optimizer sub-group at a time.
             sub_group = min(trainable // n, settings.buckets.sub_group_elements)
-            persistent_grads, backward_grads = w * trainable // n, 0
-            step_grads = FP32 * sub_group if fp32_step else 0
+            persistent_grads, backward_grads = g * trainable // n, 0
+            step_grads = trained.step_gradient * sub_group if fp32_step else 0
 
     buffers = _buffers(arch, settings, trainable)
     cpu = 0
     if offload_optimizer:
         # Offloaded partition: fp32 master, optimizer moments and fp32 gradients, in pinned host memory.
-        cpu += (optimizer_per_param + FP32) * trainable // n
+        cpu += (settings.optimizer.moments * trained.optimizer + 2 * trained.master) * trainable // n
     if offload_params:
         cpu += w * total // n
     return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, buffers, cpu)
@@ -130,9 +170,11 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     if stage is ZeroStage.DISABLED:
         reduce = 0
     else:
-        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on. DeepSpeed sizes
+        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on, in the gradients'
+        # dtype (DeepSpeed's communication dtype follows its bf16/fp16 mode, fp32 without one). DeepSpeed sizes
         # it from the config alone, however few parameters train (measured: LoRA under ZeRO-3).
-        reduce = buckets.reduce_bucket_elements * w * (2 if buckets.overlaps(stage) else 1)
+        g = trained_bytes(settings).parameter
+        reduce = buckets.reduce_bucket_elements * g * (2 if buckets.overlaps(stage) else 1)
     buffers = reduce
     if stage is ZeroStage.PARAMETERS:
         # Parameters gathered for the module in flight plus the prefetch window; the embedding (or head)

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kubetune.api.v1alpha1 import MemoryBreakdown
+from kubetune.api.vocabulary import AdapterPrecision
 from kubetune.planner.search import GIB, Candidate, Request, SearchResult, describe
 from kubetune.planner.throughput import StepTime
 
@@ -32,6 +33,8 @@ def _configuration(candidate: Candidate, request: Request) -> dict[str, Any]:
         "lora_rank": s.lora.rank if s.method.trains_adapters else None,
         "lora_target_modules": list(s.lora.target_modules) if s.method.trains_adapters else None,
         "lora_dropout": s.lora.dropout if s.method.trains_adapters else None,
+        "lora_adapter_precision": (AdapterPrecision.FP32 if s.lora.adapters_fp32 else AdapterPrecision.MODEL).value
+        if s.method.trains_adapters else None,
         "zero_stage": int(s.zero_stage),
         "offload": s.offload.value,
         "gradient_checkpointing": s.gradient_checkpointing,

@@ -13,7 +13,7 @@ from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Preci
 from kubetune.catalog.gpus import GpuType
 from kubetune.planner import memory, throughput
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.settings import Buckets, Lora, Optimizer, TrainingSettings
+from kubetune.planner.settings import PURE_BF16_OFFLOAD, Buckets, Lora, Optimizer, TrainingSettings
 from kubetune.planner.throughput import Cost, StepTime
 
 GIB = 1024**3
@@ -140,8 +140,14 @@ def _pinned_problems(pool: GpuPool, request: Request) -> list[str]:
     if request.attention is not None and capability < request.attention.min_compute_capability:
         problems.append(f"attention '{request.attention}' needs compute capability 8.0 or newer; "
                         f"{gpu.id} has {gpu.compute_capability}")
-    if request.precision is Precision.BF16 and gpu.bf16_tflops is None:
+    if request.precision is not None and request.precision.is_bf16 and gpu.bf16_tflops is None:
         problems.append(f"{gpu.id} has no bf16 support (compute capability {gpu.compute_capability}); use fp16")
+    if request.precision is Precision.PURE_BF16 and request.offload not in (None, Offload.NONE):
+        problems.append(PURE_BF16_OFFLOAD)
+    if (request.lora.adapters_fp32 and request.precision is None and gpu.bf16_tflops is None
+            and request.method is not Method.FULL):
+        problems.append(f"fp32 LoRA adapters need bf16 (fp16 needs DeepSpeed's loss scaling, which casts the adapters "
+                        f"to fp16), and {gpu.id} has none (compute capability {gpu.compute_capability})")
     if request.num_gpus is not None and request.num_gpus > pool.gpus_per_node * pool.nodes:
         problems.append(f"{request.num_gpus} GPUs asked, {pool.gpus_per_node * pool.nodes} {gpu.id} available")
     if request.num_nodes is not None and request.num_gpus is not None:
@@ -177,7 +183,8 @@ def _choices(pool: GpuPool, request: Request) -> tuple[list[Any], ...]:
     zero = [(s, o) for s, o in ZERO_CHOICES
             if (request.zero_stage is None or s == request.zero_stage) and s >= request.min_zero_stage
             and (request.offload is None or o == request.offload) and within_bound(o)
-            and not (request.method is Method.QLORA and s is ZeroStage.PARAMETERS)]
+            and not (request.method is Method.QLORA and s is ZeroStage.PARAMETERS)
+            and not (precision is Precision.PURE_BF16 and o is not Offload.NONE)]  # settings.PURE_BF16_OFFLOAD
     fallback = request.offload or Offload.NONE
     if request.zero_stage is not None and not zero and within_bound(fallback):
         zero = [(request.zero_stage, fallback)]
@@ -396,7 +403,8 @@ def _distinct(candidates: list[Candidate]) -> list[Candidate]:
 
 def describe(settings: TrainingSettings) -> str:
     s = settings
-    method = f"{s.method} r={s.lora.rank}" if s.method.trains_adapters else "full fine-tuning"
+    fp32 = " (fp32 adapters)" if s.lora.adapters_fp32 else ""
+    method = f"{s.method} r={s.lora.rank}{fp32}" if s.method.trains_adapters else "full fine-tuning"
     offload = "" if s.offload is Offload.NONE else f" + {s.offload} offload"
     ckpt = "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing"
     return (f"{method}, ZeRO-{int(s.zero_stage)}{offload}, {ckpt}, {s.attention}, {s.precision}, "
@@ -428,6 +436,9 @@ def _explain(arch: Architecture, chosen: Candidate, request: Request, pinned_pro
         lines.append("ZeRO-3 partitions the weights themselves: the model does not fit otherwise.")
     if s.gradient_checkpointing and request.gradient_checkpointing is None:
         lines.append("Gradient checkpointing is on: activations do not fit otherwise (costs one extra forward).")
+    if s.precision is Precision.PURE_BF16:
+        lines.append("Pure bf16: weights, gradients and AdamW states in bf16 with no fp32 master, so an update smaller "
+                     "than 1/512-1/256 of a weight is lost; watch the loss against a mixed-precision run.")
     if s.method is Method.QLORA:
         lines.append("QLoRA: the step time leaves out dequantising the 4-bit weights (once in forward, again in "
                      "backward and in the recomputation), so expect slower steps than predicted.")

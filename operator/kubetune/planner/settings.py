@@ -9,12 +9,14 @@ from kubetune.api.vocabulary import Attention, Method, Offload, Precision, ZeroS
 
 
 class Optimizer(StrEnum):
-    ADAMW = "adamw"  # two fp32 moments
-    SGD = "sgd"  # SGD with momentum: one fp32 momentum
+    ADAMW = "adamw"  # two moments
+    SGD = "sgd"  # SGD with momentum: one momentum
 
     @property
-    def state_bytes(self) -> int:
-        return 8 if self is Optimizer.ADAMW else 4
+    def moments(self) -> int:
+        """State tensors per parameter, each in the dtype of the tensor the optimizer updates (torch's AdamW and
+        DeepSpeed's FusedAdam create them with zeros_like): fp32 beside an fp32 master, bf16 in pure bf16."""
+        return 2 if self is Optimizer.ADAMW else 1
 
 
 # PEFT's usual LoRA targets for the decoder families we support.
@@ -27,8 +29,9 @@ class Lora(BaseModel):
     rank: int = Field(default=16, gt=0, le=1024)
     target_modules: tuple[str, ...] = ALL_LINEAR
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    # DeepSpeed casts the whole module, adapters included, to the training dtype; PEFT on its own keeps
-    # adapters in fp32, and each adapted layer then saves its own fp32 copy of its input.
+    # AdapterPrecision.FP32: adapters, their gradients and AdamW states in fp32, as PEFT keeps them (the trainer
+    # then runs DeepSpeed without its bf16 cast); each adapted layer also saves its own fp32 copy of its input.
+    # Otherwise adapters train in the model's 16-bit dtype, as DeepSpeed's bf16 mode casts them.
     adapters_fp32: bool = False
 
 
@@ -59,6 +62,18 @@ class Buckets(BaseModel):
     def overlaps(self, stage: ZeroStage) -> bool:
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
 
+
+# DeepSpeed runs bf16 optimizer states with offload only in its compiled CPU Adam (fp32_optimizer_states=False;
+# runtime/base_optimizer.py, _configure_master_weights), which the trainer cannot run off a GPU, so neither it nor
+# the tests can check it; pure bf16 halves the optimizer states, which is what offload was for.
+PURE_BF16_OFFLOAD = ("precision 'PureBF16' runs without offload: DeepSpeed offloads bf16 optimizer states only "
+                     "through its compiled CPU Adam, which kubetune's trainer cannot run or check; pure bf16 already "
+                     "halves the optimizer states")
+# fp32 adapters run DeepSpeed without its 16-bit mode (which would cast them): no loss scaling for fp16, and pure
+# bf16 is by definition bf16 adapters.
+UNSCALED_FP32_ADAPTERS = (Precision.FP16, Precision.PURE_BF16)
+FP32_ADAPTERS_PRECISION = ("LoRA adapter precision 'FP32' needs precision BF16 (or FP32): pure bf16 trains bf16 "
+                           "adapters, and fp16 needs DeepSpeed's loss scaling, which would cast the adapters to fp16")
 
 # ZeRO-3 partitions parameters by flattening them with the model's 16-bit ones, which 4-bit weights can join only
 # stored as bf16 (bnb_4bit_quant_storage) and only under FSDP-style loading that the trainer does not do; ZeRO-0 to
@@ -106,6 +121,10 @@ class TrainingSettings:
             raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
         if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:
             raise ValueError("`offload` needs `zero_stage` 1 or higher")
+        if self.precision is Precision.PURE_BF16 and self.offload is not Offload.NONE:
+            raise ValueError(PURE_BF16_OFFLOAD)
+        if self.method.trains_adapters and self.lora.adapters_fp32 and self.precision in UNSCALED_FP32_ADAPTERS:
+            raise ValueError(FP32_ADAPTERS_PRECISION)
         if self.method is Method.QLORA and self.zero_stage is ZeroStage.PARAMETERS:
             raise ValueError(QLORA_ZERO3)
         if self.num_gpus > self.gpus_per_node and self.num_gpus % self.gpus_per_node:

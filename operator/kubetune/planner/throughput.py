@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict
 from kubetune.api.vocabulary import Attention, Method, Offload, Precision, ZeroStage
 from kubetune.catalog.gpus import GpuType
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.model_states import trainable_params
+from kubetune.planner.model_states import trainable_params, trained_bytes
 from kubetune.planner.settings import TrainingSettings
 
 
@@ -59,7 +59,7 @@ class TimeCoefficients(BaseModel):
     step_host_seconds: float
     comm_overlap_fraction: float
     cpu_adam_params_per_second: float
-    optimizer_step_bytes_per_param: int
+    optimizer_step_passes: int
 
 
 @cache
@@ -100,7 +100,7 @@ class StepTime:
 
 def peak_tflops(gpu: GpuType, precision: Precision) -> float:
     match precision:
-        case Precision.BF16:
+        case Precision.BF16 | Precision.PURE_BF16:
             return gpu.bf16_tflops or 0.0
         case Precision.FP16:
             return gpu.fp16_tflops
@@ -255,6 +255,14 @@ def _zero3_modules(arch: Architecture, settings: TrainingSettings) -> int:
     return linears + arch.norms_per_layer + 2 * adapters
 
 
+def _optimizer_step_tensor_bytes(settings: TrainingSettings) -> int:
+    """Bytes per trainable parameter of the tensors an Adam step touches on the GPU: the parameter, the gradient in
+    the optimizer's dtype, the master when it is a copy, and the moments (36 bytes read and written in mixed bf16,
+    16-20 in pure bf16)."""
+    trained = trained_bytes(settings)
+    return trained.parameter + trained.optimizer + trained.master + settings.optimizer.moments * trained.optimizer
+
+
 def step_work(arch: Architecture, settings: TrainingSettings) -> StepWork:
     coeff = coefficients()
     n = settings.num_gpus
@@ -272,12 +280,13 @@ def step_work(arch: Architecture, settings: TrainingSettings) -> StepWork:
         zero3 = arch.num_layers * _zero3_modules(arch, settings) * (forwards + 1) * coeff.zero3_seconds_per_module_pass
 
     ring = (n - 1) / n
-    gradient_sync = 2 * trainable * w * ring  # reduce-scatter + all-gather (or one all-reduce)
+    g = trained_bytes(settings).parameter  # trainable parameters and their gradients: fp32 LoRA adapters too
+    gradient_sync = 2 * trainable * g * ring  # reduce-scatter + all-gather (or one all-reduce)
     if settings.zero_stage is ZeroStage.PARAMETERS:
-        per_micro = ((forwards + 1) * total * w + trainable * w) * ring  # forward, backward (and recompute)
-        comm_bytes = micro_steps * per_micro + trainable * w * ring
+        per_micro = ((forwards + 1) * total * w + trainable * g) * ring  # forward, backward (and recompute)
+        comm_bytes = micro_steps * per_micro + trainable * g * ring
     elif settings.zero_stage is ZeroStage.GRADIENTS:
-        comm_bytes = micro_steps * trainable * w * ring + trainable * w * ring
+        comm_bytes = micro_steps * trainable * g * ring + trainable * g * ring
     else:
         comm_bytes = gradient_sync
     overlap = coeff.comm_overlap_fraction if settings.buckets.overlaps(settings.zero_stage) else 0.0
@@ -293,10 +302,11 @@ def step_work(arch: Architecture, settings: TrainingSettings) -> StepWork:
         overlap=overlap,
         # Gradients down in every micro-step (DeepSpeed accumulates offloaded gradients on the CPU), updated
         # parameters up once, and the update itself on the CPU.
-        offload_bytes=(micro_steps + 1) * trainable * w / n if offloaded else 0.0,
+        offload_bytes=(micro_steps + 1) * trainable * g / n if offloaded else 0.0,
         offload_parameter_bytes=micro_steps * 2 * total * w / n if settings.offload is Offload.ALL else 0.0,
         cpu_optimizer_seconds=trainable / n / coeff.cpu_adam_params_per_second if offloaded else 0.0,
-        optimizer_bytes=0.0 if offloaded else coeff.optimizer_step_bytes_per_param * trainable / n,
+        optimizer_bytes=0.0 if offloaded else coeff.optimizer_step_passes * _optimizer_step_tensor_bytes(settings)
+        * trainable / n,
         micro_steps=micro_steps,
         tokens=n * micro_steps * settings.tokens_per_micro_batch,
     )

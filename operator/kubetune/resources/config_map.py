@@ -7,6 +7,7 @@ from typing import Any
 from kubetune.api import contract
 from kubetune.api import v1alpha1 as api
 from kubetune.api.trainer_config import LoraConfig, TrainerConfig
+from kubetune.api.vocabulary import AdapterPrecision
 from kubetune.planner.ds_config import ds_config
 from kubetune.planner.settings import TrainingSettings
 from kubetune.resources.names import labels, names
@@ -18,7 +19,8 @@ def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: T
         job=name, model=spec.model, tokenizer=spec.model.tokenizer, dataset=spec.dataset, training=spec.training,
         output=spec.output, checkpoint_interval_steps=spec.checkpoint_interval_steps, method=settings.method,
         # alpha = 2 x rank, the common choice; the API exposes rank only.
-        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout)
+        lora=LoraConfig(rank=lora.rank, alpha=2 * lora.rank, targets=list(lora.target_modules), dropout=lora.dropout,
+                        adapter_precision=AdapterPrecision.FP32 if lora.adapters_fp32 else AdapterPrecision.MODEL)
         if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
         precision=settings.precision, metrics_port=contract.METRICS_PORT, plan=plan,

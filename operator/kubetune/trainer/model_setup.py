@@ -2,9 +2,11 @@
 (kubetune.memprobe, under tests/measured) both call `build_model`, so the measured tests check the memory model
 against what trains. The configuration's names (api/vocabulary.py) become transformers' here.
 
-What DeepSpeed then does to the module (deepspeed.initialize): under BF16 or FP16 it casts every floating-point
-parameter, LoRA's adapters included, to that dtype and leaves buffers (rotary frequencies) as they are; under FP32
-it casts nothing.
+The weights are loaded in the training dtype. What DeepSpeed then does to the module (deepspeed.initialize): in
+its bf16 or fp16 mode it casts every floating-point parameter, LoRA's adapters included, to that dtype and leaves
+buffers (rotary frequencies) as they are; without one it casts nothing. The plan's ds_config turns that mode off
+for fp32 LoRA adapters (PEFT creates them fp32 beside the bf16 model) and for pure bf16 without ZeRO (torch's AdamW
+then steps on the bf16 weights), so what is loaded here is what trains (planner/ds_config.py).
 """
 
 import importlib.util
@@ -19,11 +21,12 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from kubetune.api import contract
 from kubetune.api.trainer_config import TrainerConfig
-from kubetune.api.vocabulary import Attention, Method, Precision
+from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Precision
 
 ATTN_IMPLEMENTATION = {Attention.EAGER: "eager", Attention.SDPA: "sdpa",
                        Attention.FLASH_ATTENTION_2: "flash_attention_2"}
-DTYPE = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16, Precision.FP32: torch.float32}
+DTYPE = {Precision.BF16: torch.bfloat16, Precision.FP16: torch.float16, Precision.FP32: torch.float32,
+         Precision.PURE_BF16: torch.bfloat16}
 # Non-reentrant: autograd's saved-tensor hooks see through it, and it needs no input that requires grad.
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
@@ -54,25 +57,24 @@ def build_model(config: TrainerConfig) -> torch.nn.Module:
     claim's checkpoint, prepared for training as the plan says."""
     torch.manual_seed(config.training.seed)
     attention = attn_implementation(config.attention)
+    dtype = DTYPE[config.precision]
     if config.model.config:
         kwargs = {k: v for k, v in config.model.config.items() if k != "model_type"}
         hf_config = AutoConfig.for_model(config.model.config["model_type"], **kwargs)
-        # fp32 weights, cast by DeepSpeed to the training dtype.
+        # Initialised in fp32 (as a checkpoint would have been trained), then the parameters cast as DeepSpeed
+        # would: buffers (rotary frequencies) stay as built.
         model = AutoModelForCausalLM.from_config(hf_config, attn_implementation=attention)
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
         if config.method is Method.QLORA:
             # bitsandbytes quantises as a checkpoint loads: the random model goes through one, as a Hub model would.
             # Written by hand: under torch.distributed save_pretrained writes on rank 0 only, and every rank loads.
             with tempfile.TemporaryDirectory() as folder:
                 model.config.save_pretrained(folder)
                 safetensors.torch.save_model(model, str(Path(folder) / "model.safetensors"), metadata={"format": "pt"})
-                model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention,
-                                                             dtype=DTYPE[config.precision], **quantized_loading(config))
+                model = AutoModelForCausalLM.from_pretrained(folder, attn_implementation=attention, dtype=dtype,
+                                                             **quantized_loading(config))
     else:
-        # The checkpoint's own dtype (transformers' default), which DeepSpeed casts under BF16 and FP16; under FP32
-        # DeepSpeed casts nothing, so a 16-bit checkpoint is loaded as fp32 here, as the plan counts it.
-        dtype = torch.float32 if config.precision is Precision.FP32 else None
-        if config.method is Method.QLORA:
-            dtype = DTYPE[config.precision]  # the parameters bitsandbytes leaves unquantised, in the compute dtype
         model = AutoModelForCausalLM.from_pretrained(on_claim(config, config.model.name), revision=config.model.revision,
                                                      attn_implementation=attention, dtype=dtype,
                                                      **(quantized_loading(config) if config.method is Method.QLORA
@@ -111,6 +113,8 @@ def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
     if config.method.trains_adapters and (lora := config.lora) is not None:  # trainer.json has it with LoRA
         import peft
 
+        # PEFT upcasts 16-bit adapters to fp32 unless told not to (autocast_adapter_dtype).
         return peft.get_peft_model(model, peft.LoraConfig(r=lora.rank, lora_alpha=lora.alpha,
-                                                           target_modules=lora.targets, lora_dropout=lora.dropout))
+                                                           target_modules=lora.targets, lora_dropout=lora.dropout),
+                                   autocast_adapter_dtype=lora.adapter_precision is AdapterPrecision.FP32)
     return model
