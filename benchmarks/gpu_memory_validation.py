@@ -5,7 +5,7 @@
 For each configuration of a grid (models of 0.5-3B built from their catalog configs; sequence length
 512-8192; full fine-tuning, LoRA (with 16-bit and fp32 adapters) and QLoRA (bitsandbytes' 4-bit base);
 checkpointing on and off; SDPA, and FlashAttention-2 when flash-attn is
-installed), one warm-up step, then one measured forward + backward in bf16 on one GPU:
+installed; on the GPU also the chunked cross-entropy at the planner's chunk), one warm-up step, then one measured forward + backward in bf16 on one GPU:
 
 - allocated: torch.cuda.max_memory_allocated() minus what was allocated before the step (weights,
   adapters), i.e. what the step itself needed: activations, logits and gradients;
@@ -83,7 +83,8 @@ def predicted_step_bytes(arch, settings: TrainingSettings, device: str) -> int:
         layers = activations.first_layer(arch, settings, "cpu").total
         return saved + layers + (arch.num_layers - 1) * activations.layer(arch, settings, "cpu").total
     head_gradient = 0
-    if settings.method is Method.FULL:
+    # The chunked loss's term already holds the head's gradient summed over the chunks done.
+    if settings.method is Method.FULL and settings.loss_chunk_tokens is None:
         head_gradient = settings.precision.bytes * arch.vocab_size * arch.hidden_size
     dequantised = quantization.dequantization_bytes(arch, settings.precision.bytes) if settings.method is Method.QLORA else 0
     return (memory.activation_bytes(arch, settings) + activations.logits_peak(arch, settings) + head_gradient
@@ -163,6 +164,8 @@ def label(settings: TrainingSettings) -> str:
     extra = [str(settings.precision)] if settings.precision is not Precision.BF16 else []
     if settings.method.trains_adapters and settings.lora.adapters_fp32:
         extra.append("fp32 adapters")
+    if settings.loss_chunk_tokens is not None:
+        extra.append(f"chunked loss ({settings.loss_chunk_tokens})")
     return " ".join([str(settings.method), *extra])
 
 
@@ -190,6 +193,14 @@ def grid(quick: bool, device: str, smoke: bool = False):
                                                      precision=precision, lora=Lora(adapters_fp32=adapters_fp32),
                                                      gradient_checkpointing=ckpt, attention=attention,
                                                      zero_stage=ZeroStage.DISABLED)
+            if device == "cuda":
+                # The chunked cross-entropy at the planner's chunk; the CPU check counts saved tensors, which
+                # do not show its per-chunk peak (tests/measured/test_chunked_loss.py measures that).
+                chunk = memory.loss_chunk_tokens(architecture.from_hf_config(dict(architecture.catalog()[name])))
+                for method in (Method.LORA, Method.FULL):
+                    yield name, TrainingSettings(seq_len=seq_len, micro_batch=1, method=method, gradient_checkpointing=True,
+                                                 attention=attentions()[-1], zero_stage=ZeroStage.DISABLED,
+                                                 loss_chunk_tokens=chunk)
 
 
 def main() -> None:

@@ -104,3 +104,47 @@ def test_zero_0_only_when_pinned() -> None:
     assert free.chosen.settings.zero_stage is not ZeroStage.DISABLED
     pinned = plan("Llama-2-13b-hf", "V100-SXM2-32GB", seq_len=512, nodes=2, zero_stage=ZeroStage.DISABLED)
     assert pinned.chosen.settings.zero_stage is ZeroStage.DISABLED
+
+
+def test_long_context_fits_one_gpu_only_with_the_chunked_cross_entropy() -> None:
+    """Llama-3.1-8B at 64k tokens: Hugging Face's loss alone holds 12 B x 65,536 x 128,256 = 94 GiB per sequence,
+    so not even LoRA with ZeRO-3, full offload and checkpointing on 8 H100s fits; chunked, one H100 is enough."""
+    import dataclasses
+
+    from kubetune.planner import memory
+    from kubetune.planner.settings import Buckets, TrainingSettings
+
+    result = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=65536, global_batch=8)
+    chosen = result.chosen
+    assert chosen is not None and chosen.settings.num_gpus == 1
+    assert chosen.settings.loss_chunk_tokens == 256  # 2^25 logits / 128,256 entries, down to a power of two
+    assert any("Cross-entropy in chunks of 256 tokens" in line for line in result.explanation)
+
+    arch = architecture.load("Llama-3.1-8B")
+    usable = gpus.by_id("H100-SXM-80GB").memory_bytes * (1 - memory.coefficients().fit_headroom_fraction)
+    most_frugal = TrainingSettings(seq_len=65536, method=Method.LORA, gradient_checkpointing=True,
+                                   zero_stage=ZeroStage.PARAMETERS, offload=Offload.ALL, num_gpus=8, gpus_per_node=8,
+                                   buckets=Buckets.for_hidden_size(arch.hidden_size))
+    assert memory.estimate(arch, most_frugal).total_bytes > usable
+    assert memory.estimate(arch, dataclasses.replace(chosen.settings, loss_chunk_tokens=None)).total_bytes > usable
+
+
+def test_the_stock_loss_where_its_logits_fit() -> None:
+    # The chunked loss recomputes the LM head's forward: only worth it where the stock loss does not fit.
+    chosen = plan("Llama-3.1-8B", "H100-SXM-80GB", seq_len=2048, num_gpus=8, micro_batch=1).chosen
+    assert chosen.settings.loss_chunk_tokens is None
+
+
+def test_the_chunked_loss_costs_one_more_forward_of_the_lm_head() -> None:
+    import dataclasses
+
+    from kubetune.planner import throughput
+    from kubetune.planner.settings import TrainingSettings
+
+    arch = architecture.load("Llama-3.1-8B")
+    stock = TrainingSettings(seq_len=8192)
+    chunked = dataclasses.replace(stock, loss_chunk_tokens=256)
+    gpu = gpus.by_id("H100-SXM-80GB")
+    slower = throughput.step_time(arch, chunked, gpu).step_seconds / throughput.step_time(arch, stock, gpu).step_seconds
+    # The head is 0.5B of the 8B parameters: one more forward of it is a few per cent of a LoRA step.
+    assert 1.01 < slower < 1.06

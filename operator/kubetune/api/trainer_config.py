@@ -20,7 +20,8 @@ from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Precisi
 # 2: the configuration's names are the API's (api/vocabulary.py: LoRA, FlashAttention2, BF16).
 # 3: LoRA's adapter precision (an older trainer would train model-dtype adapters where fp32 ones were planned)
 # and precision PureBF16.
-VERSION: Literal[3] = 3
+# 4: lossChunkTokens (an older trainer would run the stock loss, whose logits the plan may not have room for).
+VERSION: Literal[4] = 4
 
 
 class LoraConfig(BaseModel):
@@ -36,7 +37,7 @@ class LoraConfig(BaseModel):
 class TrainerConfig(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
-    version: Literal[3] = VERSION
+    version: Literal[4] = VERSION
     job: str
     model: api.ModelSource
     tokenizer: str | None = None  # a path or hub id; the model's when empty
@@ -49,6 +50,8 @@ class TrainerConfig(BaseModel):
     gradient_checkpointing: bool
     attention: Attention
     precision: Precision
+    # The chunked cross-entropy's chunk in tokens (trainer/chunked_loss.py); absent: Hugging Face's own loss.
+    loss_chunk_tokens: int | None = Field(default=None, gt=0)
     metrics_port: int = Field(default=contract.METRICS_PORT, gt=0, lt=65536)
     # The prediction travels with the run, so the trainer reports predicted against measured memory.
     plan: api.Plan | None = None

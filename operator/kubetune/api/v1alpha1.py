@@ -444,6 +444,9 @@ class Plan(_Model):
                                                               "when the method trains LoRA adapters: Model or FP32.")
     micro_batch: int = Field(description="microBatch: sequences per GPU per forward pass.")
     gradient_accumulation: int = Field(description="gradientAccumulation: micro-batches per optimizer step.")
+    loss_chunk_tokens: int | None = Field(default=None, description="lossChunkTokens: the trainer computes the "
+                                          "cross-entropy this many tokens at a time, so the whole micro-batch's "
+                                          "fp32 logits never exist; absent: Hugging Face's own loss.")
     predicted_peak_bytes: int = Field(description="predictedPeakBytes per GPU (`memory.totalBytes`).")
     memory: MemoryBreakdown = Field(description="memory is the predicted peak's breakdown.")
     predicted_step_milliseconds: int = Field(description="predictedStepMilliseconds per optimizer step.")

@@ -56,7 +56,7 @@ def trainer_config(model_config: dict[str, Any], settings: TrainingSettings, see
                         adapter_precision=AdapterPrecision.FP32 if lora.adapters_fp32 else AdapterPrecision.MODEL)
         if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
-        precision=settings.precision,
+        precision=settings.precision, loss_chunk_tokens=settings.loss_chunk_tokens,
     )
 
 

@@ -194,14 +194,38 @@ def checkpointed_layer(arch: Architecture, settings: TrainingSettings) -> int:
 
 
 def logits_peak(arch: Architecture, settings: TrainingSettings) -> int:
-    """Logits and loss at the start of backward, Hugging Face's ForCausalLMLoss.
+    """The loss's own peak, reached in its backward while every activation is still saved.
 
-    The logits in the activation dtype (held by the model output), their fp32 log-probabilities (saved by
-    log_softmax) and two fp32 gradients while the loss backward runs: 14 bytes per token per vocabulary
-    entry in bf16, measured in the memory-model survey.
+    Hugging Face's ForCausalLMLoss (transformers 5.24): the head's 16-bit logits and their fp32 upcast are freed
+    once log_softmax has run (the trainer keeps only `.loss` of the model output, and log_softmax saves only its
+    output), so the backward starts with the fp32 log-probabilities and the int64 targets, and holds two fp32
+    gradients of the log-probabilities beside them (nll_loss's, then log_softmax's): 12 bytes per token per
+    vocabulary entry in any precision, measured on the CPU (tests/measured/test_chunked_loss.py). The memory-model
+    survey's 14 also counted the 16-bit logits, which only a caller holding the whole output keeps.
+
+    With the chunked loss (trainer/chunked_loss.py) those 12 bytes are one chunk's, and what stays is small: the
+    targets, the head's input saved for the recomputation (already counted outside the layers when the head
+    trains), the chunks' input gradients produced so far (all but the last chunk's), and, when the head trains,
+    its weight gradient summed over the chunks already done.
     """
-    per_entry = settings.precision.bytes + FP32 + 2 * FP32
-    return per_entry * settings.tokens_per_micro_batch * arch.vocab_size
+    tokens = settings.tokens_per_micro_batch
+    targets = 8 * tokens
+    chunk = settings.loss_chunk_tokens
+    if chunk is None or chunk >= tokens:
+        chunk_tokens, chunks = tokens, 1
+    else:
+        chunk_tokens, chunks = chunk, -(-tokens // chunk)
+    peak = 3 * FP32 * chunk_tokens * arch.vocab_size + targets
+    if chunk is None:
+        return peak
+    act, hidden = settings.precision.bytes, arch.hidden_size
+    head_trained = settings.method is Method.FULL
+    peak += (tokens - chunk_tokens) * hidden * act
+    if not head_trained:
+        peak += tokens * hidden * act
+    elif chunks > 1:
+        peak += arch.vocab_size * hidden * act
+    return peak
 
 
 def logits_saved(arch: Architecture, settings: TrainingSettings) -> int:

@@ -216,10 +216,10 @@ def _status_plan(chosen: search.Candidate, result: search.SearchResult, group: G
         peak_summary=f"{m.total_bytes / GIB:.1f}GiB/{capacity / GIB:.0f}GiB", method=s.method,
         lora_rank=s.lora.rank if s.method.trains_adapters else None, zero_stage=s.zero_stage, offload=s.offload,
         gradient_checkpointing=s.gradient_checkpointing, attention=s.attention, precision=s.precision,
-        micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, predicted_peak_bytes=m.total_bytes,
-        memory=m, predicted_step_milliseconds=int(chosen.step.step_seconds * 1000),
         lora_adapter_precision=(AdapterPrecision.FP32 if s.lora.adapters_fp32 else AdapterPrecision.MODEL)
         if s.method.trains_adapters else None,
+        micro_batch=s.micro_batch, gradient_accumulation=s.gradient_accumulation, loss_chunk_tokens=s.loss_chunk_tokens,
+        predicted_peak_bytes=m.total_bytes, memory=m, predicted_step_milliseconds=int(chosen.step.step_seconds * 1000),
         predicted_tokens_per_second=round(chosen.step.tokens_per_second),
         explanation=result.explanation[:16],
         runners_up=[api.RunnerUp(gpu_type=c.gpu, gpus=c.settings.num_gpus, method=c.settings.method,
@@ -235,7 +235,8 @@ def summary(plan: api.Plan) -> str:
     """The plan in one line, for conditions, Events and attempts."""
     return (f"{plan.gpu_type} x {plan.gpus} ({plan.nodes} node(s)): {plan.method}"
             f"{f' r={plan.lora_rank}' if plan.lora_rank else ''}, ZeRO-{int(plan.zero_stage)}, offload {plan.offload}, "
-            f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}, {plan.attention}, "
+            f"checkpointing {'on' if plan.gradient_checkpointing else 'off'}"
+            f"{', chunked cross-entropy' if plan.loss_chunk_tokens else ''}, {plan.attention}, "
             f"micro-batch {plan.micro_batch} x {plan.gradient_accumulation}; predicted peak {plan.peak_summary} "
             f"per GPU, {plan.predicted_tokens_per_second:,} tokens/s")
 
@@ -249,5 +250,5 @@ def settings_from_plan(spec: api.FineTuneJobSpec, plan: api.Plan) -> TrainingSet
         precision=plan.precision, method=plan.method, lora=request_for(spec).lora,
         gradient_checkpointing=plan.gradient_checkpointing, attention=plan.attention, zero_stage=plan.zero_stage,
         offload=plan.offload, buckets=Buckets.for_hidden_size(arch.hidden_size), num_gpus=plan.gpus,
-        gpus_per_node=plan.gpus_per_node,
+        gpus_per_node=plan.gpus_per_node, loss_chunk_tokens=plan.loss_chunk_tokens,
     )

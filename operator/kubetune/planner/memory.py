@@ -23,12 +23,20 @@ class Coefficients(BaseModel):
     nccl_bytes: int
     allocator_fragmentation: float
     fit_headroom_fraction: float
+    loss_chunk_entries: int
 
 
 @cache
 def coefficients() -> Coefficients:
     text = resources.files("kubetune.planner").joinpath("coefficients.yaml").read_text()
     return Coefficients.model_validate(yaml.safe_load(text))
+
+
+def loss_chunk_tokens(arch: Architecture) -> int:
+    """Tokens per chunk of the chunked cross-entropy: the largest power of two whose logits stay within
+    `loss_chunk_entries` (at least one token)."""
+    fitting = max(1, coefficients().loss_chunk_entries // arch.vocab_size)
+    return 1 << (fitting.bit_length() - 1)
 
 
 def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:

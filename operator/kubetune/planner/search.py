@@ -1,6 +1,7 @@
 """The planner: enumerate configurations per GPU type, keep those that fit, rank them by an objective and
 explain the choice. Anything the request pins is honoured; a pinned choice that cannot work says why."""
 
+import dataclasses
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import product
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from kubetune.api.v1alpha1 import MemoryBreakdown
 from kubetune.api.vocabulary import Attention, Method, Objective, Offload, Precision, ZeroStage
 from kubetune.catalog.gpus import GpuType
-from kubetune.planner import memory, throughput
+from kubetune.planner import activations, memory, throughput
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.settings import PURE_BF16_OFFLOAD, Buckets, Lora, Optimizer, TrainingSettings
 from kubetune.planner.throughput import Cost, StepTime
@@ -226,12 +227,13 @@ class _Configurations:
         self._arch = arch
         self._request = request
         self._buckets = request.buckets or Buckets.for_hidden_size(arch.hidden_size)
-        # Keyed on the shape and micro-batch rather than on the settings: the request fixes the rest for the
+        self._loss_chunk = memory.loss_chunk_tokens(arch)
+        # Keyed on the shape, micro-batch and loss rather than on the settings: the request fixes the rest for the
         # whole plan, and hashing the settings would hash their pydantic LoRA and bucket fields every time.
-        self._made: dict[tuple[_Shape, int], _Configuration] = {}
+        self._made: dict[tuple[_Shape, int, bool], _Configuration] = {}
 
-    def get(self, shape: _Shape, micro_batch: int) -> _Configuration:
-        made = self._made.get((shape, micro_batch))
+    def get(self, shape: _Shape, micro_batch: int, chunked_loss: bool = False) -> _Configuration:
+        made = self._made.get((shape, micro_batch, chunked_loss))
         if made is None:
             request = self._request
             settings = TrainingSettings(
@@ -240,8 +242,9 @@ class _Configurations:
                 precision=shape.precision, optimizer=request.optimizer, method=shape.method, lora=request.lora,
                 gradient_checkpointing=shape.gradient_checkpointing, attention=shape.attention,
                 zero_stage=shape.zero_stage, offload=shape.offload, buckets=self._buckets,
-                num_gpus=shape.num_gpus, gpus_per_node=shape.gpus_per_node)
-            made = self._made[(shape, micro_batch)] = _Configuration(self._arch, settings)
+                num_gpus=shape.num_gpus, gpus_per_node=shape.gpus_per_node,
+                loss_chunk_tokens=self._loss_chunk if chunked_loss else None)
+            made = self._made[(shape, micro_batch, chunked_loss)] = _Configuration(self._arch, settings)
         return made
 
 
@@ -372,15 +375,23 @@ def _qlora_would_fit(arch: Architecture, request: Request, pools: list[GpuPool])
 
 def _micro_batches(pool: GpuPool, request: Request, shape: _Shape, configurations: _Configurations,
                    candidates: list[Candidate], rejected: list[Candidate]) -> bool:
-    """Evaluate growing micro-batches until one does not fit; True when at least one fits."""
+    """Evaluate growing micro-batches until one does not fit; True when at least one fits.
+
+    Each with Hugging Face's loss, and where its logits do not fit, with the chunked cross-entropy: that costs one
+    more forward of the LM head (a few per cent of the step), far less than checkpointing, a higher ZeRO stage,
+    offload or a smaller micro-batch, which are what the search would otherwise take to fit."""
     n = shape.num_gpus
     micro_batches = [request.micro_batch] if request.micro_batch else [
         b for b in (1, 2, 4, 8, 16, 32, 64) if b * n <= request.global_batch]
     fitted = False
+    chunked = False  # once the stock loss does not fit, a larger micro-batch needs the chunked one too
     for micro_batch in micro_batches:
         if request.global_batch % (micro_batch * n):
             continue
-        candidate = _evaluate(pool, configurations.get(shape, micro_batch), request.memory_scale)
+        candidate = _evaluate(pool, configurations.get(shape, micro_batch, chunked), request.memory_scale)
+        if not candidate.fits and not chunked:
+            chunked = True
+            candidate = _evaluate(pool, configurations.get(shape, micro_batch, chunked), request.memory_scale)
         if not candidate.fits:
             rejected.append(candidate)
             break  # a larger micro-batch only needs more memory
@@ -407,7 +418,8 @@ def describe(settings: TrainingSettings) -> str:
     method = f"{s.method} r={s.lora.rank}{fp32}" if s.method.trains_adapters else "full fine-tuning"
     offload = "" if s.offload is Offload.NONE else f" + {s.offload} offload"
     ckpt = "gradient checkpointing" if s.gradient_checkpointing else "no checkpointing"
-    return (f"{method}, ZeRO-{int(s.zero_stage)}{offload}, {ckpt}, {s.attention}, {s.precision}, "
+    loss = "" if s.loss_chunk_tokens is None else f", chunked cross-entropy ({s.loss_chunk_tokens} tokens a chunk)"
+    return (f"{method}, ZeRO-{int(s.zero_stage)}{offload}, {ckpt}{loss}, {s.attention}, {s.precision}, "
             f"micro-batch {s.micro_batch} x {s.gradient_accumulation} accumulation on {s.num_gpus} GPU(s)")
 
 
@@ -436,6 +448,11 @@ def _explain(arch: Architecture, chosen: Candidate, request: Request, pinned_pro
         lines.append("ZeRO-3 partitions the weights themselves: the model does not fit otherwise.")
     if s.gradient_checkpointing and request.gradient_checkpointing is None:
         lines.append("Gradient checkpointing is on: activations do not fit otherwise (costs one extra forward).")
+    if s.loss_chunk_tokens is not None:
+        stock = activations.logits_peak(arch, dataclasses.replace(s, loss_chunk_tokens=None))
+        lines.append(f"Cross-entropy in chunks of {s.loss_chunk_tokens} tokens: Hugging Face's loss would hold "
+                     f"{stock / GIB:.1f} GiB of fp32 logits and their gradients per GPU, this one "
+                     f"{activations.logits_peak(arch, s) / GIB:.2f} GiB, for one more forward of the LM head.")
     if s.precision is Precision.PURE_BF16:
         lines.append("Pure bf16: weights, gradients and AdamW states in bf16 with no fp32 master, so an update smaller "
                      "than 1/512-1/256 of a weight is lost; watch the loss against a mixed-precision run.")

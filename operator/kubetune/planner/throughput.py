@@ -42,6 +42,8 @@ class TimeCoefficients(BaseModel):
     elementwise_bytes_per_intermediate: float
     backward_traffic_ratio: float
     logits_bytes_per_entry: float
+    chunked_loss_recompute_bytes_per_entry: float
+    chunked_loss_ops_per_chunk: int
     lora_forward_bytes_per_input: float
     lora_forward_bytes_per_output: float
     lora_backward_bytes_per_input: float
@@ -168,14 +170,15 @@ def _micro_step_work(arch: Architecture, settings: TrainingSettings) -> MicroSte
     on neither the ZeRO stage nor the GPU count, so the planner's many configurations share a few."""
     s = settings
     return _cached_micro_step_work(arch, (s.seq_len, s.micro_batch, s.method, s.lora, s.gradient_checkpointing,
-                                          s.attention, s.precision))
+                                          s.attention, s.precision, s.loss_chunk_tokens))
 
 
 @lru_cache(maxsize=2048)
 def _cached_micro_step_work(arch: Architecture, key: tuple[Any, ...]) -> MicroStepWork:
-    seq_len, micro_batch, method, lora, checkpointing, attention_kernel, precision = key
+    seq_len, micro_batch, method, lora, checkpointing, attention_kernel, precision, loss_chunk = key
     settings = TrainingSettings(seq_len=seq_len, micro_batch=micro_batch, method=method, lora=lora,
-                                gradient_checkpointing=checkpointing, attention=attention_kernel, precision=precision)
+                                gradient_checkpointing=checkpointing, attention=attention_kernel, precision=precision,
+                                loss_chunk_tokens=loss_chunk)
     c = coefficients()
     w = settings.precision.bytes
     tokens = settings.tokens_per_micro_batch
@@ -192,8 +195,9 @@ def _cached_micro_step_work(arch: Architecture, key: tuple[Any, ...]) -> MicroSt
             # Each expert runs on its share of the routed tokens, and its weights are read whatever that share.
             routed = tokens * arch.experts_per_token
             gemms.append(_gemm(routed, d_in, d_out, arch.num_experts, w, layers * gemm_count))
-    # The LM head runs outside the checkpointed layers: once forward.
-    gemms.append(_gemm(tokens, arch.hidden_size, arch.vocab_size, 1, w, 1 + backward_gemms))
+    # The LM head runs outside the checkpointed layers: once forward, and again in backward under the chunked loss.
+    head_forwards = 1 if loss_chunk is None else 2
+    gemms.append(_gemm(tokens, arch.hidden_size, arch.vocab_size, 1, w, head_forwards + backward_gemms))
 
     lora = settings.lora
     adapters = arch.lora_modules(lora.target_modules) if settings.method.trains_adapters else {}
@@ -230,11 +234,15 @@ def _cached_micro_step_work(arch: Architecture, key: tuple[Any, ...]) -> MicroSt
         adapter_bytes += (forwards + 1) * c.lora_dropout_bytes_per_input * lora_in
     memory += tokens * layers * (elementwise * traffic_passes + adapter_bytes * w / 2)
     memory += tokens * arch.vocab_size * c.logits_bytes_per_entry
+    if loss_chunk is not None:
+        memory += tokens * arch.vocab_size * c.chunked_loss_recompute_bytes_per_entry
 
     layer_ops = c.layer_forward_ops + c.lora_forward_ops * len(adapters)
     if arch.is_moe:
         layer_ops += c.moe_expert_forward_ops * arch.num_experts
     ops = layers * layer_ops * (forwards + c.backward_ops_per_forward_op) + c.micro_step_ops
+    if loss_chunk is not None:
+        ops += -(-tokens // loss_chunk) * c.chunked_loss_ops_per_chunk
     host = ops * c.host_seconds_per_op
     return tuple(gemms), attention, memory, host
 

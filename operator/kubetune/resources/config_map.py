@@ -23,7 +23,8 @@ def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: T
                         adapter_precision=AdapterPrecision.FP32 if lora.adapters_fp32 else AdapterPrecision.MODEL)
         if settings.method.trains_adapters else None,
         gradient_checkpointing=settings.gradient_checkpointing, attention=settings.attention,
-        precision=settings.precision, metrics_port=contract.METRICS_PORT, plan=plan,
+        precision=settings.precision, loss_chunk_tokens=settings.loss_chunk_tokens, metrics_port=contract.METRICS_PORT,
+        plan=plan,
     )
     lr = float(spec.training.learning_rate)
     return {

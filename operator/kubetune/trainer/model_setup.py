@@ -22,6 +22,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from kubetune.api import contract
 from kubetune.api.trainer_config import TrainerConfig
 from kubetune.api.vocabulary import AdapterPrecision, Attention, Method, Precision
+from kubetune.trainer import chunked_loss
 
 ATTN_IMPLEMENTATION = {Attention.EAGER: "eager", Attention.SDPA: "sdpa",
                        Attention.FLASH_ATTENTION_2: "flash_attention_2"}
@@ -99,7 +100,7 @@ def quantized_loading(config: TrainerConfig) -> dict[str, Any]:
 
 
 def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
-    """Checkpointing and LoRA on a loaded model, in training mode."""
+    """Checkpointing, the chunked loss and LoRA on a loaded model, in training mode."""
     model.config.use_cache = False
     # from_pretrained returns the model in eval mode and DeepSpeed leaves the mode alone: without this a Hub
     # model would train with dropout off (LoRA's too) and without gradient checkpointing, which transformers
@@ -108,6 +109,9 @@ def prepare(model: PreTrainedModel, config: TrainerConfig) -> torch.nn.Module:
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)
         model.enable_input_require_grads()
+    if config.loss_chunk_tokens is not None:
+        # On the Hugging Face model itself, before PEFT wraps it: PEFT calls this model's forward.
+        chunked_loss.use_chunked_loss(model, config.loss_chunk_tokens)
     # Not peft.prepare_model_for_kbit_training for QLoRA: its fp32 copy of the unquantised parameters would be cast
     # back by DeepSpeed's 16-bit mode, and checkpointing is set up above.
     if config.method.trains_adapters and (lora := config.lora) is not None:  # trainer.json has it with LoRA
