@@ -53,6 +53,13 @@ SHUTDOWN_SECONDS = 20
 def grace_seconds(checkpoint_bytes: int) -> int:
     """The pod's termination grace period: time to write a checkpoint of this many bytes, and the margin."""
     return SAVE_MARGIN_SECONDS + -(-checkpoint_bytes // SAVE_BYTES_PER_SECOND)
+# torch's caching allocator configuration in every training pod: expandable segments map pages into one
+# growing virtual range per stream, so freed blocks merge with their neighbours and the fixed shapes of every
+# step (trainer/data.py pads to seq_len) find room again; the planner's allocator margin assumes exactly this
+# (planner/coefficients.yaml, allocator_*). PYTORCH_ALLOC_CONF is torch's name since 2.9 (the trainer's pin;
+# PYTORCH_CUDA_ALLOC_CONF is its older alias); expandable segments since 2.1 (pytorch/pytorch#96995).
+ALLOCATOR_CONF_ENV = "PYTORCH_ALLOC_CONF"
+ALLOCATOR_CONF = "expandable_segments:True"
 # Set on pods of nodes whose GPUs are simulated: only then may the trainer run on the CPU. Elsewhere a pod
 # that sees no GPU (a driver not mounted) fails at once instead of crawling on the CPU for days.
 SIMULATED_GPUS_ENV = "KUBETUNE_SIMULATED_GPUS"

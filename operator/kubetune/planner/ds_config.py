@@ -21,6 +21,12 @@ def ds_config(settings: TrainingSettings, learning_rate: float = 2e-4) -> dict[s
             "stage3_prefetch_bucket_size": buckets.prefetch_bucket_elements,
             "stage3_max_live_parameters": buckets.max_live_parameters,
             "stage3_param_persistence_threshold": buckets.param_persistence_threshold,
+            # DeepSpeed's default (1e9 elements) keeps every gathered parameter that the trace uses again within
+            # that many elements (partitioned_param_coordinator.py, __params_to_release): at the turn from forward
+            # to backward the last layers stay whole, up to 2 GB in bf16 that depend on the layer sizes (measured on
+            # the CPU: nearly the whole tiny model). 0 releases each one after use, as the memory and time models
+            # count it: the layers are gathered again in backward, one all-gather each as for the others.
+            "stage3_max_reuse_distance": 0,
             "sub_group_size": buckets.sub_group_elements,
             # Save a whole 16-bit model at the end rather than only ZeRO shards.
             "stage3_gather_16bit_weights_on_model_save": True,

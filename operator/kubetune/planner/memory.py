@@ -1,6 +1,7 @@
 """Per-GPU peak memory: fixed overhead + model states + the largest of the forward-end, backward-end and
 optimizer-step phases, with a breakdown of every term."""
 
+from dataclasses import dataclass
 from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
@@ -8,8 +9,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict
 
+from kubetune.api import contract
 from kubetune.api.v1alpha1 import MemoryBreakdown
-from kubetune.api.vocabulary import Phase
+from kubetune.api.vocabulary import Attention, Phase, ZeroStage
 from kubetune.planner import activations
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.model_states import model_states
@@ -21,22 +23,25 @@ class Coefficients(BaseModel):
 
     cuda_context_bytes: int
     nccl_bytes: int
-    allocator_fragmentation: float
+    cublas_workspace_bytes: int
+    flash_backward_bytes_per_query_element: int
+    flash_backward_gqa_bytes_per_query_element: int
+    flash_backward_bytes_per_head: int
+    allocator_conf: str
+    allocator_large_page_bytes: int
+    allocator_small_page_bytes: int
+    allocator_streams: int
     fit_headroom_fraction: float
-    loss_chunk_entries: int
 
 
 @cache
 def coefficients() -> Coefficients:
     text = resources.files("kubetune.planner").joinpath("coefficients.yaml").read_text()
-    return Coefficients.model_validate(yaml.safe_load(text))
-
-
-def loss_chunk_tokens(arch: Architecture) -> int:
-    """Tokens per chunk of the chunked cross-entropy: the largest power of two whose logits stay within
-    `loss_chunk_entries` (at least one token)."""
-    fitting = max(1, coefficients().loss_chunk_entries // arch.vocab_size)
-    return 1 << (fitting.bit_length() - 1)
+    coeff = Coefficients.model_validate(yaml.safe_load(text))
+    if coeff.allocator_conf != contract.ALLOCATOR_CONF:
+        raise ValueError(f"the allocator margin was derived for {coeff.allocator_conf!r}, but the training pods run "
+                         f"{contract.ALLOCATOR_CONF!r}: derive it again (coefficients.yaml)")
+    return coeff
 
 
 def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
@@ -49,6 +54,24 @@ def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
            settings.gradient_checkpointing)
     one, two = _activation_line(arch, key)
     return one + (settings.micro_batch - 1) * (two - one)
+
+
+def recomputed_layer_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """Under gradient checkpointing, the one layer backward recomputes, counted in `activation_bytes`: its full
+    set of saved activations (0 without checkpointing)."""
+    if not settings.gradient_checkpointing:
+        return 0
+    key = (settings.seq_len, settings.method, settings.lora, settings.attention, settings.precision, False)
+    one, two = _layer_line(arch, key)
+    return one + (settings.micro_batch - 1) * (two - one)
+
+
+@lru_cache(maxsize=2048)
+def _layer_line(arch: Architecture, key: tuple[Any, ...]) -> tuple[int, int]:
+    seq_len, method, lora, attention, precision, checkpointing = key
+    return tuple(activations.layer(arch, TrainingSettings(  # type: ignore[return-value]
+        seq_len=seq_len, micro_batch=micro_batch, method=method, lora=lora, attention=attention, precision=precision,
+        gradient_checkpointing=checkpointing)).total for micro_batch in (1, 2))
 
 
 @lru_cache(maxsize=2048)
@@ -75,35 +98,94 @@ def _activation_bytes(arch: Architecture, key: tuple[Any, ...], micro_batch: int
 PHASES = tuple(Phase)
 
 
-def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
-    coeff = coefficients()
+@dataclass(frozen=True)
+class _Phases:
+    """What each phase holds, as estimate() adds it up."""
+
+    fixed: int  # weights, optimizer states, buffers
+    grads: dict[Phase, int]
+    dynamic: dict[Phase, int]
+    at_start: dict[str, int]  # what the start of backward holds besides the model states, by breakdown field
+    margin: dict[Phase, int]
+
+    @property
+    def allocated(self) -> dict[Phase, int]:
+        return {phase: self.fixed + self.grads[phase] + self.dynamic[phase] for phase in PHASES}
+
+
+def _phases(arch: Architecture, settings: TrainingSettings) -> _Phases:
     states = model_states(arch, settings)
     acts = activation_bytes(arch, settings)
     logits = activations.logits_peak(arch, settings)
-    overhead = coeff.cuda_context_bytes + (coeff.nccl_bytes if settings.num_gpus > 1 else 0)
-    fixed = states.weights + states.optimizer_states + states.buffers
-
     grads = {
         Phase.BACKWARD_START: states.gradients_persistent,
         Phase.BACKWARD_END: states.gradients_persistent + states.gradients_backward,
         Phase.OPTIMIZER_STEP: states.gradients_persistent + states.gradients_backward + states.gradients_step,
     }
-    dynamic = {
-        Phase.BACKWARD_START: acts + logits,
-        Phase.BACKWARD_END: 0,
-        Phase.OPTIMIZER_STEP: 0,
-    }
-    margin = {phase: int(coeff.allocator_fragmentation * (dynamic[phase] + states.buffers)) for phase in PHASES}
-    totals = {phase: fixed + grads[phase] + dynamic[phase] + margin[phase] + overhead for phase in PHASES}
+    # The loss's backward runs first, before any layer is recomputed, any ZeRO-3 module gathered again (the head
+    # was released after forward) or, under ZeRO-1/2, the gradient partition allocated at the first bucket's
+    # reduction; by then the loss's buffers are freed while the other layers' activations are still held
+    # (measured on the CPU, tests/measured/test_step_peak_vs_deepspeed.py). So the start of backward holds the
+    # loss, or the recomputed layer with its gathered parameters and the gradient partition, whichever is larger.
+    recomputed = recomputed_layer_bytes(arch, settings)
+    partition = states.gradients_backward if settings.zero_stage in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS) else 0
+    loss_first = logits >= recomputed + states.gathered + partition
+    at_start = {"activations": acts - recomputed if loss_first else acts, "logits": logits if loss_first else 0,
+                "gathered": 0 if loss_first else states.gathered, "gradients": 0 if loss_first else partition}
+    dynamic = {Phase.BACKWARD_START: sum(at_start.values()), Phase.BACKWARD_END: 0, Phase.OPTIMIZER_STEP: 0}
+    # While activations are held, one layer's worth of holes (coefficients.yaml, allocator_*); the segments'
+    # last pages are a fixed overhead.
+    margin = {phase: 0 for phase in PHASES}
+    margin[Phase.BACKWARD_START] = recomputed or activations.layer(arch, settings).total
+    return _Phases(states.weights + states.optimizer_states + states.buffers, grads, dynamic, at_start, margin)
+
+
+def allocated_peak_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """The peak of what torch's allocator hands out in a step that the CPU measures too: every phase without what
+    only a GPU holds (the CUDA context, NCCL, kernel workspaces: `gpu_only_bytes`) and the caching allocator's
+    margin. torch.cuda.max_memory_allocated also counts the workspaces."""
+    return max(_phases(arch, settings).allocated.values())
+
+
+def kernel_workspace_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """Kernels' workspaces, allocated through the caching allocator on a GPU and invisible on the CPU
+    (coefficients.yaml): cuBLAS's, and FlashAttention-2's backward buffers for one layer (SDPA runs the same
+    kernel on GPUs that have it; eager attention runs GEMMs)."""
+    c = coefficients()
+    workspace = c.cublas_workspace_bytes
+    if settings.attention is not Attention.EAGER:
+        query = arch.num_heads * arch.head_dim
+        per_token = c.flash_backward_bytes_per_query_element * query + c.flash_backward_bytes_per_head * arch.num_heads
+        if arch.num_kv_heads != arch.num_heads:
+            per_token += c.flash_backward_gqa_bytes_per_query_element * query
+        workspace += per_token * settings.tokens_per_micro_batch
+    return workspace
+
+
+def gpu_only_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """What no configuration's tensors hold and the CPU cannot show: the CUDA context, NCCL's buffers when more
+    than one GPU trains, the unfilled last page of each allocating stream's segments, kernels' workspaces."""
+    c = coefficients()
+    pages = c.allocator_streams * (c.allocator_large_page_bytes + c.allocator_small_page_bytes)
+    nccl = c.nccl_bytes if settings.num_gpus > 1 else 0
+    return c.cuda_context_bytes + nccl + pages + kernel_workspace_bytes(arch, settings)
+
+
+def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
+    states = model_states(arch, settings)
+    overhead = gpu_only_bytes(arch, settings)
+    phases = _phases(arch, settings)
+    grads, at_start, margin = phases.grads, phases.at_start, phases.margin
+    totals = {phase: allocated + margin[phase] + overhead for phase, allocated in phases.allocated.items()}
     peak = max(totals, key=totals.__getitem__)
     at_peak = peak is Phase.BACKWARD_START
     return MemoryBreakdown(
         weights_bytes=states.weights,
-        gradients_bytes=grads[peak],
+        gradients_bytes=grads[peak] + (at_start["gradients"] if at_peak else 0),
         optimizer_states_bytes=states.optimizer_states,
-        activations_bytes=acts if at_peak else 0,
-        logits_bytes=logits if at_peak else 0,
-        buffers_bytes=states.buffers,
+        activations_bytes=at_start["activations"] if at_peak else 0,
+        logits_bytes=at_start["logits"] if at_peak else 0,
+        buffers_bytes=states.buffers + (at_start["gathered"] if at_peak else 0),
         overhead_bytes=overhead,
         allocator_margin_bytes=margin[peak],
         total_bytes=totals[peak],

@@ -59,7 +59,8 @@ class ModelStates:
     gradients_persistent: int  # held from before the forward pass to the end of the step
     gradients_backward: int  # what backward adds by its end (16-bit grads not yet reduced away)
     gradients_step: int  # what the optimizer step adds (the fp32 gradient partition)
-    buffers: int  # communication buckets, gathered ZeRO-3 parameters, offload staging, QLoRA's dequantised weight
+    buffers: int  # communication buckets, offload staging, QLoRA's dequantised weight: forward, backward and step
+    gathered: int  # ZeRO-3's whole parameters of the module in flight: in forward and backward only
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
 
 
@@ -136,7 +137,7 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
             # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned. In pure
             # bf16 and with fp32 adapters (no DeepSpeed bf16 mode) torch's AdamW steps on the .grad tensors.
             persistent_grads, backward_grads, step_grads = 0, g * trainable, trained.step_gradient * trainable
-        case ZeroStage.OPTIMIZER:
+        case ZeroStage.OPTIMIZER if settings.gradient_accumulation > 1 or offload_optimizer:
             # Full 16-bit gradients until the accumulation boundary, reduced into the fp32 partition at step.
             persistent_grads = g * trainable if settings.gradient_accumulation > 1 else 0
             backward_grads = 0 if persistent_grads else g * trainable
@@ -144,14 +145,23 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
         case ZeroStage.GRADIENTS | ZeroStage.PARAMETERS if offload_optimizer:
             # Reduced gradients go straight to the host's fp32 partition, through the staging buffer.
             persistent_grads, backward_grads, step_grads = 0, 0, 0
-        case ZeroStage.GRADIENTS:
-            # The gradient partition is allocated at the start of backward and kept (contiguous_gradients).
-            persistent_grads, backward_grads, step_grads = g * trainable // n, 0, fp32_step
+        case ZeroStage.GRADIENTS | ZeroStage.OPTIMIZER:
+            # Stage 1 without accumulation runs stage 2's code (measured: the same bytes at every moment). The
+            # gradient partition is allocated in backward, when the first bucket is reduced, from the whole of
+            # every parameter that overlaps this rank's partition (stage_1_and_2.py, copy_grads_in_partition):
+            # up to one parameter more at each partition boundary; it is freed after the step. At the step the
+            # partition is flattened into a new 16-bit tensor and that one cast to the optimizer's dtype, both
+            # alive at once (stage_1_and_2.py, step: self.flatten(...).to(...)).
+            boundaries = 0 if n == 1 else 1 if n == 2 else 2
+            backward_grads = g * (trainable // n + boundaries * _largest_trainable_tensor(arch, settings))
+            persistent_grads, step_grads = 0, g * trainable // n + fp32_step
         case ZeroStage.PARAMETERS:
-            # As stage 2, but the fp32 gradient exists for one optimizer sub-group at a time.
+            # As stage 2, but the gradient partition is kept between steps, and the step flattens and casts one
+            # optimizer sub-group at a time (stage3.py, _prepare_fp32_grad_for_sub_group: a 16-bit copy and its
+            # cast alive at once).
             sub_group = min(trainable // n, settings.buckets.sub_group_elements)
             persistent_grads, backward_grads = g * trainable // n, 0
-            step_grads = trained.step_gradient * sub_group if fp32_step else 0
+            step_grads = (g + trained.step_gradient) * sub_group if fp32_step else 0
 
     buffers = _buffers(arch, settings, trainable)
     cpu = 0
@@ -160,29 +170,51 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
         cpu += (settings.optimizer.moments * trained.optimizer + 2 * trained.master) * trainable // n
     if offload_params:
         cpu += w * total // n
-    return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, buffers, cpu)
+    return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, buffers,
+                       _gathered(arch, settings), cpu)
+
+
+def _largest_trainable_tensor(arch: Architecture, settings: TrainingSettings) -> int:
+    if not settings.method.trains_adapters:
+        return arch.largest_param_numel
+    return max(settings.lora.rank * max(d_in, d_out) for d_in, d_out in
+               arch.lora_modules(settings.lora.target_modules).values())
+
+
+def _reduce_bucket(settings: TrainingSettings) -> int:
+    """The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on, in the gradients' dtype
+    (DeepSpeed's communication dtype follows its bf16/fp16 mode, fp32 without one). DeepSpeed sizes it from the
+    config alone, however few parameters train (measured: LoRA under ZeRO-3)."""
+    buckets = settings.buckets
+    g = trained_bytes(settings).parameter
+    return buckets.reduce_bucket_elements * g * (2 if buckets.overlaps(settings.zero_stage) else 1)
+
+
+def _gathered(arch: Architecture, settings: TrainingSettings) -> int:
+    """ZeRO-3's whole parameters of the module in flight, plus the prefetch window (none in kubetune's config:
+    settings.Buckets.for_hidden_size). A module is a leaf with parameters of its own (a linear, the embedding or
+    head, an MoE block's fused experts), released after use (stage3_max_reuse_distance 0). Under gradient
+    checkpointing the recomputed layer's parameters stay gathered until its backward is done
+    (partitioned_param_coordinator.py, release_sub_module: ds_recompute_parameters), so a whole layer is. On one
+    GPU the partition is the whole parameter and nothing is gathered (partition_parameters.py,
+    all_gather_coalesced: _no_gather_coalesced)."""
+    if settings.zero_stage is not ZeroStage.PARAMETERS or settings.num_gpus == 1:
+        return 0
+    buckets = settings.buckets
+    leaf = max(arch.largest_param_numel, arch.mlp_params if arch.is_moe else 0)
+    largest_module = max(arch.layer_params if settings.gradient_checkpointing else leaf, arch.embedding_params)
+    gathered = min(largest_module + buckets.prefetch_bucket_elements, buckets.max_live_parameters)
+    return max(gathered, largest_module) * settings.precision.bytes
 
 
 def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> int:
+    """What DeepSpeed holds besides the model states. Stage 1-2's reduce bucket exists in backward only, but is
+    counted in every phase: h^2 elements in kubetune's config, 32 MiB at h = 4096."""
     stage = settings.zero_stage
     w = settings.precision.bytes
-    buckets = settings.buckets
-    if stage is ZeroStage.DISABLED:
-        reduce = 0
-    else:
-        # The gradient reduce bucket (IPG buffer), double-buffered when overlap_comm is on, in the gradients'
-        # dtype (DeepSpeed's communication dtype follows its bf16/fp16 mode, fp32 without one). DeepSpeed sizes
-        # it from the config alone, however few parameters train (measured: LoRA under ZeRO-3).
-        g = trained_bytes(settings).parameter
-        reduce = buckets.reduce_bucket_elements * g * (2 if buckets.overlaps(stage) else 1)
-    buffers = reduce
-    if stage is ZeroStage.PARAMETERS:
-        # Parameters gathered for the module in flight plus the prefetch window; the embedding (or head)
-        # must be gathered whole when it runs.
-        largest_module = max(arch.layer_params, arch.embedding_params)
-        gathered = min(largest_module + buckets.prefetch_bucket_elements, buckets.max_live_parameters)
-        buffers += max(gathered, largest_module) * w
-    elif settings.offload is Offload.OPTIMIZER:
+    # ZeRO-3 keeps its reduce bucket between steps too (measured).
+    buffers = 0 if stage is ZeroStage.DISABLED else _reduce_bucket(settings)
+    if stage is not ZeroStage.PARAMETERS and settings.offload is Offload.OPTIMIZER:
         # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
         buffers += arch.largest_param_numel * w if settings.method is Method.FULL else 0
     if settings.method is Method.QLORA:

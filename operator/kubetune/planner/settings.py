@@ -53,11 +53,16 @@ class Buckets(BaseModel):
     @classmethod
     def for_hidden_size(cls, hidden_size: int) -> "Buckets":
         """What kubetune's generated ds_config uses: sized on the model like Hugging Face's "auto" values
-        (h^2 buckets, 0.9 h^2 prefetch, 10 h persistence), not DeepSpeed's fixed 500M-element buckets,
-        which cost 1-2 GB per GPU whatever the model."""
+        (h^2 buckets, 10 h persistence), not DeepSpeed's fixed 500M-element buckets, which cost 1-2 GB per GPU
+        whatever the model. No ZeRO-3 prefetch: DeepSpeed 0.19's prefetch marks every still-gathered parameter its
+        look-ahead passes as fetched for that later use and then does not release it
+        (partitioned_param_coordinator.py, fetch_sub_module and __params_to_release), so at the turn from
+        forward to backward whole layers stay gathered, how many depending on the module trace (measured on the
+        CPU: 2 of 3 layers and the head of a tiny Llama with HF's 0.9 h^2). The time model already puts ZeRO-3's
+        per-module gathers on the critical path (time_coefficients.yaml, zero3_seconds_per_module_pass)."""
         square = hidden_size * hidden_size
-        return cls(reduce_bucket_elements=square, allgather_bucket_elements=square,
-                   prefetch_bucket_elements=int(0.9 * square), param_persistence_threshold=10 * hidden_size)
+        return cls(reduce_bucket_elements=square, allgather_bucket_elements=square, prefetch_bucket_elements=0,
+                   param_persistence_threshold=10 * hidden_size)
 
     def overlaps(self, stage: ZeroStage) -> bool:
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
@@ -106,8 +111,6 @@ class TrainingSettings:
     buckets: Buckets = Buckets()
     num_gpus: int = 1
     gpus_per_node: int = 1
-    # Tokens per chunk of the trainer's chunked cross-entropy (trainer/chunked_loss.py); None: the stock loss.
-    loss_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # Accept enum values given as plain strings or ints (from JSON, the CLI or tests). Members are left as
@@ -119,8 +122,6 @@ class TrainingSettings:
         for name in ("seq_len", "micro_batch", "gradient_accumulation", "num_gpus", "gpus_per_node"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1")
-        if self.loss_chunk_tokens is not None and self.loss_chunk_tokens < 1:
-            raise ValueError("`loss_chunk_tokens` must be at least 1")
         if self.offload is Offload.ALL and self.zero_stage is not ZeroStage.PARAMETERS:
             raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
         if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:

@@ -71,7 +71,8 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
     # What a pod writes when it saves: each GPU's model states, and what offload keeps on the host.
     grace = contract.grace_seconds((plan.memory.weights_bytes + plan.memory.optimizer_states_bytes) *
                                    plan.gpus_per_node + plan.memory.host_bytes_per_node)
-    env: list[dict[str, Any]] = [{"name": contract.SAVE_SECONDS_ENV, "value": str(grace - contract.SHUTDOWN_SECONDS)}]
+    env: list[dict[str, Any]] = [{"name": contract.SAVE_SECONDS_ENV, "value": str(grace - contract.SHUTDOWN_SECONDS)},
+                                 {"name": contract.ALLOCATOR_CONF_ENV, "value": contract.ALLOCATOR_CONF}]
     if group.simulated:
         env.append({"name": contract.SIMULATED_GPUS_ENV, "value": "1"})
     inject = (annotations or {}).get(contract.INJECT_FAULT_ANNOTATION)

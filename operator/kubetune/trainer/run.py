@@ -42,10 +42,13 @@ TERMINATION_LOG = Path(os.environ.get("KUBETUNE_TERMINATION_LOG", contract.TERMI
 
 def for_this_machine(ds: dict) -> dict:
     """The plan's DeepSpeed config as this machine can run it: without a GPU (simulated GPUs) the optimizer is
-    torch's own, since DeepSpeed's fused Adam is a CUDA kernel."""
+    torch's own, since DeepSpeed's fused Adam is a CUDA kernel. Torch's fused CPU kernel, like DeepSpeed's, updates
+    each tensor in place; its default per-tensor path would allocate two temporaries of the largest tensor (the
+    whole flattened partition under ZeRO 1-2), memory the GPU plan never holds."""
     if torch.cuda.is_available() or ds.get("optimizer", {}).get("type") not in ("Adam", "AdamW"):
         return ds
-    return {**ds, "optimizer": {**ds["optimizer"], "params": {**ds["optimizer"]["params"], "torch_adam": True}}}
+    params = {**ds["optimizer"]["params"], "torch_adam": True, "fused": True}
+    return {**ds, "optimizer": {**ds["optimizer"], "params": params}}
 
 
 def total_steps(config: TrainerConfig, examples: int, ds: dict) -> int:

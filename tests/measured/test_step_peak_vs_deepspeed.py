@@ -1,0 +1,72 @@
+"""The planner's allocated peak against the whole step's peak measured on the CPU: real DeepSpeed under torchrun
+(gloo), tiny random-weight models of several families built as the trainer builds them, ZeRO 0-3, LoRA and full,
+gradient checkpointing on and off, two sequence lengths, one and two ranks. The probe (memprobe/peak.py) counts
+live tensor bytes at every allocation and free through a step (forward with the loss, backward, optimizer step),
+DeepSpeed's own buffers included, on the rank that peaks highest; the planner's estimate without what the CPU
+cannot hold (memory.allocated_peak_bytes) must match it within TOLERANCE in every case. One torchrun per rank count
+runs all its cases.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("deepspeed")
+
+from kubetune.api.vocabulary import Method, ZeroStage  # noqa: E402
+from kubetune.memprobe.step_peak import Case  # noqa: E402
+from kubetune.planner import memory  # noqa: E402
+
+pytestmark = pytest.mark.measured
+
+TOLERANCE = 0.03
+FAMILIES = ("llama", "qwen2", "mixtral")
+SEQ_LENS = (64, 256)
+
+
+def grid() -> dict[str, tuple[int, Case]]:
+    """Every ZeRO stage with each method on one and two ranks; family, checkpointing and length rotate over them
+    so that each stage meets each of them."""
+    cases = {}
+    for ranks, stage, (m, method) in product((1, 2), ZeroStage, enumerate((Method.FULL, Method.LORA))):
+        case = Case(family=FAMILIES[(2 * stage + m + ranks) % 3], zero_stage=stage, method=method,
+                    gradient_checkpointing=(stage + m + ranks) % 2 == 1, seq_len=SEQ_LENS[(stage + ranks) % 2])
+        name = (f"{case.family}-zero{int(stage)}-{method.value.lower()}-{'ckpt' if case.gradient_checkpointing else 'nockpt'}"
+                f"-s{case.seq_len}-{ranks}rank")
+        cases[name] = (ranks, case)
+    return cases
+
+
+GRID = grid()
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory) -> dict[str, dict]:
+    torchrun = Path(sys.executable).parent / "torchrun"
+    results = {}
+    for ranks in (1, 2):
+        names = [name for name, (r, _) in GRID.items() if r == ranks]
+        path = tmp_path_factory.mktemp("step_peak") / f"cases-{ranks}.json"
+        path.write_text(json.dumps([GRID[name][1].model_dump(mode="json") for name in names]))
+        run = subprocess.run(
+            [str(torchrun), "--standalone", f"--nproc_per_node={ranks}", "-m", "kubetune.memprobe.step_peak", str(path)],
+            env=dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1"),
+            capture_output=True, text=True, timeout=900, check=False)
+        assert run.returncode == 0, run.stderr[-3000:]
+        rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+        results |= dict(zip(names, rows, strict=True))
+    return results
+
+
+@pytest.mark.parametrize("name", GRID)
+def test_predicted_allocated_peak_matches_the_measured_step(measured: dict, name: str) -> None:
+    ranks, case = GRID[name]
+    row = measured[name]
+    assert Case.model_validate(row["case"]) == case
+    predicted = memory.allocated_peak_bytes(case.arch(), case.settings(ranks))
+    assert predicted == pytest.approx(row["peak_bytes"], rel=TOLERANCE), row
