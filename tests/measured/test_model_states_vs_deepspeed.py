@@ -40,6 +40,11 @@ def measured() -> dict[tuple[int, str], dict]:
     return {(row["stage"], row["precision"], row["method"], row["adapters_fp32"]): row for row in rows}
 
 
+def skip_refused(stage: int, method: Method) -> None:
+    if deepspeed_states.refused(stage, method):
+        pytest.skip("QLoRA is refused on ZeRO-3 (settings.QLORA_ZERO3)")
+
+
 VARIANTS = pytest.mark.parametrize(("precision", "method", "adapters_fp32"), deepspeed_states.VARIANTS,
                                    ids=[f"{p}-{m}{'-fp32-adapters' if a else ''}" for p, m, a in deepspeed_states.VARIANTS])
 
@@ -48,6 +53,7 @@ VARIANTS = pytest.mark.parametrize(("precision", "method", "adapters_fp32"), dee
 @VARIANTS
 def test_deepspeed_holds_what_the_model_predicts(measured: dict, stage: int, precision: Precision, method: Method,
                                                  adapters_fp32: bool) -> None:
+    skip_refused(stage, method)
     row = measured[(stage, precision, method, adapters_fp32)]
     arch = architecture.from_hf_config(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE))
     buckets = deepspeed_states.BUCKETS
@@ -66,6 +72,7 @@ def test_the_optimizer_keeps_its_states_in_the_planned_dtype_and_learns(measured
                                                                         precision: Precision, method: Method,
                                                                         adapters_fp32: bool) -> None:
     """bf16 AdamW moments in pure bf16 (no fp32 anywhere in the optimizer), fp32 otherwise; the loss falls."""
+    skip_refused(stage, method)
     row = measured[(stage, precision, method, adapters_fp32)]
     settings = deepspeed_states.settings_for(stage, method, RANKS, precision, adapters_fp32)
     dtype = {2: "torch.bfloat16", 4: "torch.float32"}[trained_bytes(settings).optimizer]
@@ -79,6 +86,7 @@ def test_the_optimizer_keeps_its_states_in_the_planned_dtype_and_learns(measured
 @VARIANTS
 def test_deepspeed_casts_the_module_as_the_activation_probes_assume(measured: dict, stage: int, precision: Precision,
                                                                    method: Method, adapters_fp32: bool) -> None:
+    skip_refused(stage, method)
     model, _ = tiny_models.build(tiny_models.tiny_config("llama", 4, **deepspeed_states.SHAPE),
                                  deepspeed_states.settings_for(stage, method, RANKS, precision, adapters_fp32))
     assert measured[(stage, precision, method, adapters_fp32)]["dtypes"] == deepspeed_states.dtypes(model)
