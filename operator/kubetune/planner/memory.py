@@ -32,6 +32,7 @@ class Coefficients(BaseModel):
     allocator_small_page_bytes: int
     allocator_streams: int
     fit_headroom_fraction: float
+    loss_chunk_entries: int
 
 
 @cache
@@ -42,6 +43,13 @@ def coefficients() -> Coefficients:
         raise ValueError(f"the allocator margin was derived for {coeff.allocator_conf!r}, but the training pods run "
                          f"{contract.ALLOCATOR_CONF!r}: derive it again (coefficients.yaml)")
     return coeff
+
+
+def loss_chunk_tokens(arch: Architecture) -> int:
+    """Tokens per chunk of the chunked cross-entropy: the largest power of two whose logits stay within
+    `loss_chunk_entries` (at least one token)."""
+    fitting = max(1, coefficients().loss_chunk_entries // arch.vocab_size)
+    return 1 << (fitting.bit_length() - 1)
 
 
 def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:

@@ -111,6 +111,8 @@ class TrainingSettings:
     buckets: Buckets = Buckets()
     num_gpus: int = 1
     gpus_per_node: int = 1
+    # Tokens per chunk of the trainer's chunked cross-entropy (trainer/chunked_loss.py); None: the stock loss.
+    loss_chunk_tokens: int | None = None
 
     def __post_init__(self) -> None:
         # Accept enum values given as plain strings or ints (from JSON, the CLI or tests). Members are left as
@@ -122,6 +124,8 @@ class TrainingSettings:
         for name in ("seq_len", "micro_batch", "gradient_accumulation", "num_gpus", "gpus_per_node"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be at least 1")
+        if self.loss_chunk_tokens is not None and self.loss_chunk_tokens < 1:
+            raise ValueError("`loss_chunk_tokens` must be at least 1")
         if self.offload is Offload.ALL and self.zero_stage is not ZeroStage.PARAMETERS:
             raise ValueError("`offload` 'all' (parameters too) needs `zero_stage` 3")
         if self.offload is not Offload.NONE and self.zero_stage is ZeroStage.DISABLED:
