@@ -3,10 +3,10 @@ and shared by every reconcile.
 
 Planning needs all nodes and every pod that holds GPUs. The copies are kept by watches, so no reconcile waits for
 a read but the very first. What is derived from them (GPU node groups, blocked workers, rank 0's IPs) is derived
-again when they changed: at once for a reconcile about to create a job's pods, which must count the GPUs other
-pods took a moment ago (else its pods would hold GPUs while their peers could not start), and otherwise once
-the last derivation is MAX_AGE_SECONDS old, since grouping 2,000 nodes for every reconcile of a burst would be
-most of the operator's time. Staleness is harmless for planning: the scheduler still places every pod against
+again when they changed and the last derivation is PLACE_MAX_AGE_SECONDS old for a reconcile about to create a
+job's pods, which must count the GPUs other pods took a moment ago (else its pods would hold GPUs while their
+peers could not start), and MAX_AGE_SECONDS old otherwise: at 1,000 new jobs, deriving again for each placement
+(each one's pods change the copy) took the operator's whole time, 200 s per creating reconcile. Staleness is harmless for planning: the scheduler still places every pod against
 live capacity, and a plan on capacity that went away waits in Pending like any other pod."""
 
 import time
@@ -20,6 +20,7 @@ from kubetune.controller.mirror import Mirror, slim_node, slim_pod
 from kubetune.resources import names
 
 MAX_AGE_SECONDS = 5.0
+PLACE_MAX_AGE_SECONDS = 1.0
 
 
 class CapacitySnapshot:
@@ -40,7 +41,7 @@ class CapacitySnapshot:
 
     async def groups(self, count_pods: bool = True, fresh: bool = False) -> list[GpuNodeGroup]:
         """GPU node groups, with the GPUs that running and pending pods hold taken out unless told not to.
-        `fresh`: from the copies as they are now."""
+        `fresh`: derived from the copies at most PLACE_MAX_AGE_SECONDS ago."""
         await self._current(fresh)
         return self._free if count_pods else self._all
 
@@ -69,7 +70,8 @@ class CapacitySnapshot:
         await self.nodes.ready()
         await self.pods.ready()
         changes = (self.nodes.changes, self.pods.changes)
-        if changes == self._derived_from or (not fresh and time.monotonic() - self._derived_at < MAX_AGE_SECONDS):
+        max_age = PLACE_MAX_AGE_SECONDS if fresh else MAX_AGE_SECONDS
+        if changes == self._derived_from or time.monotonic() - self._derived_at < max_age:
             return
         nodes, pods = list(self.nodes.objects.values()), list(self.pods.objects.values())
         all_groups = with_autoscaled(node_groups(nodes, []), self.autoscaled)
