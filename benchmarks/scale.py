@@ -8,7 +8,7 @@ The specs are a seeded mix of catalog models, sequence lengths, methods, GPU-typ
 what a fleet submits), or one spec repeated (`identical`: the plan cache then plans about once per capacity
 read). Reports the time until every job is settled (planned with its Job created, planned and waiting for
 free GPUs, or refused), exact wall times of the reconciles that changed something (planned, created children,
-observed a change) apart from the no-op timer ticks (from the operator's `--log-reconcile-timings` lines),
+observed a change) apart from the no-op periodic ones (from the operator's `--log-reconcile-timings` lines),
 operator CPU seconds and peak RSS, apiserver requests per job, and the correctness checks: no duplicate
 children, no job without a status. Targets (2-core machine): all settled within 10 s after the last create,
 p99 of working reconciles under 1 s, RSS under 300 MB. The raw output (each job's outcome, every reconcile's
@@ -274,7 +274,7 @@ def main() -> None:
                 break
             print(f"  {time.monotonic() - t0:5.0f} s: {settled} settled, {len(jobs)} Jobs", file=sys.stderr)
             time.sleep(2)
-        time.sleep(3 if args.smoke else 15)  # let the reconcile timers run over the settled jobs too
+        time.sleep(3 if args.smoke else 15)  # let the periodic reconciles pass over the settled jobs too
         cpu_after, peak_rss = process_usage(operator.pid)
         samples = apiserver_metrics(cluster)
         requests = apiserver_requests(samples) - requests_before
@@ -347,7 +347,7 @@ def main() -> None:
         print(f"\nraw output: {out}")
     finally:
         if args.kubeconfig is not None and operator is not None:
-            # While the operator runs, so that it removes its finalizers and the namespace can go.
+            # While the operator runs, so that its deletion handler sees them go.
             cluster.kubectl("delete", "ftj", "--all", "-n", namespace, "--timeout=120s", timeout=180)
         if operator is not None:
             operator.terminate()

@@ -1,5 +1,6 @@
-"""kopf handlers. One level-based reconcile, run on create, on spec changes and by a timer: plan if not
-planned, make sure the children exist, and read the Job and its pods into conditions, phase and Events.
+"""kopf handlers. One level-based reconcile, run on create, on spec changes and periodically (controller/ticks.py):
+plan if not planned, make sure the children exist, and read the Job and its pods into conditions, phase and
+Events.
 
 The handlers gather facts (the spec, status, the indexed Job, the capacity snapshot, pods when a policy asks
 for them), call the pure policies (planner.decision, suspension, observation, recovery, refusals, events)
@@ -24,10 +25,12 @@ from kubetune.config import OperatorConfig
 from kubetune.controller import clock, events, observation, progress, recovery, refusals, resize, suspension
 from kubetune.controller import metrics as m
 from kubetune.controller.conditions import Conditions
+from kubetune.controller.event_poster import EventPoster
 from kubetune.controller.kube import Kube
 from kubetune.controller.refusals import Refused
 from kubetune.controller.serial import Serial
 from kubetune.controller.snapshot import CapacitySnapshot
+from kubetune.controller.ticks import Ticks
 from kubetune.planner import decision
 from kubetune.resources import names
 from kubetune.resources.config_map import config_map
@@ -35,6 +38,8 @@ from kubetune.resources.job import job as job_manifest
 from kubetune.resources.service import service
 
 RESOURCE = (api.GROUP, api.VERSION, api.PLURAL)
+# kopf's copy of the last handled spec, an annotation as long as the spec (configure() sets its prefix).
+DIFF_BASE = "kubetune.io/last-handled-configuration"
 # Identical specs against the same read of the cluster get the same plan; fleets submit many alike.
 RECENT_PLANS = 256
 # One DEBUG line per reconcile with its exact wall time, and whether it changed the status (a plan, children,
@@ -43,22 +48,22 @@ RECENT_PLANS = 256
 timings = logging.getLogger("kubetune.reconciles")
 
 
-def register(registry: kopf.OperatorRegistry, config: OperatorConfig) -> None:
-    """The handlers, on a registry of their own: the timer's interval is the configuration's. kopf's default
-    registry would bring its login through the installed client library; this one is told which."""
+def register(registry: kopf.OperatorRegistry) -> None:
+    """The handlers, on a registry of their own. kopf's default registry would bring its login through the
+    installed client library; this one is told which."""
     kopf.on.login(registry=registry)(kopf.login_via_async_client)
-    kopf.on.startup(registry=registry)(configure)
+    kopf.on.startup(registry=registry)(configure)  # type: ignore[arg-type]  # its indexes, by name, as for reconcile
     kopf.on.cleanup(registry=registry)(close)
     for on in (kopf.on.create(*RESOURCE, registry=registry), kopf.on.resume(*RESOURCE, registry=registry),
-               kopf.on.update(*RESOURCE, field="spec", registry=registry),
-               kopf.timer(*RESOURCE, interval=config.reconcile_seconds, initial_delay=config.reconcile_seconds,
-                          when=_unfinished, registry=registry)):
+               kopf.on.update(*RESOURCE, field="spec", registry=registry)):
         on(reconcile)  # type: ignore[arg-type]  # kopf passes its indexes by name, beyond its protocols' arguments
+    kopf.index(*RESOURCE, registry=registry)(unfinished_jobs)
     kopf.index("batch", "v1", "jobs", labels={names.LABEL_COMPONENT: "trainer"}, registry=registry)(trainer_jobs)
     kopf.on.delete(*RESOURCE, optional=True, registry=registry)(forget)
 
 
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, trainer_jobs: kopf.Index,
+                    unfinished_jobs: kopf.Index, **_: Any) -> None:
     # kopf's own bookkeeping lives in annotations under our prefix, never in status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io")
@@ -75,22 +80,62 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.progress = progress.ProgressReader()
     memo.serial = Serial()
     memo.plans = LRUCache(maxsize=RECENT_PLANS)
+    memo.events = EventPoster(memo.kube, memo.config.identity)
+    # The jobs kopf's handlers have reconciled in this process: kopf filled its indexes before they ran, which
+    # reconciling relies on, and they are the jobs this operator serves (its namespaces).
+    memo.handled = set()
+
+    def ticked() -> list[dict[str, Any]]:
+        return [body for key in memo.handled for body in unfinished_jobs.get(key, [])]
+
+    async def tick(body: dict[str, Any]) -> None:
+        patch = kopf.Patch()
+        await _reconcile(memo, body, body["spec"], body.get("status", {}), patch, trainer_jobs, retry=0)
+        if patch:
+            await memo.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], dict(patch))
+
+    memo.ticks = Ticks(memo.config.reconcile_seconds, ticked, tick)
+    memo.ticks.start()
 
 
 async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.ticks.close()
+    await memo.events.close()
     await memo.capacity.close()
     await memo.kube.close()
 
 
-def _unfinished(status: kopf.Status, **_: Any) -> bool:
-    """A finished job needs no timer: kopf stops it when this stops matching."""
-    return not any(cond.get("type") in (ConditionType.SUCCEEDED, ConditionType.FAILED) and cond.get("status") == "True"
-                   for cond in status.get("conditions", []))
+def _finished(status: dict[str, Any]) -> bool:
+    return any(cond.get("type") in (ConditionType.SUCCEEDED, ConditionType.FAILED) and cond.get("status") == "True"
+               for cond in status.get("conditions", []))
 
 
-async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name: str, patch: kopf.Patch,
-                    memo: kopf.Memo, retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
+def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    """The FineTuneJobs the periodic reconcile visits, by (namespace, name): the unfinished ones, holding only
+    what reconciling reads (not managedFields, nor kopf's copy of the last handled spec)."""
+    metadata = body["metadata"]
+    if _finished(body.get("status", {})) or metadata.get("deletionTimestamp"):
+        return {}
+    annotations = {key: value for key, value in metadata.get("annotations", {}).items() if key != DIFF_BASE}
+    return {(metadata["namespace"], metadata["name"]): {
+        "apiVersion": body["apiVersion"], "kind": body["kind"],
+        "metadata": {"name": metadata["name"], "namespace": metadata["namespace"], "uid": metadata["uid"],
+                     "generation": metadata.get("generation", 1), "creationTimestamp": metadata["creationTimestamp"],
+                     "labels": dict(metadata.get("labels", {})), "annotations": annotations},
+        "spec": dict(body["spec"]), "status": dict(body.get("status", {}))}}
+
+
+async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                    retry: int, trainer_jobs: kopf.Index, **_: Any) -> None:
+    memo.handled.add((body["metadata"]["namespace"], body["metadata"]["name"]))
+    await _reconcile(memo, body, dict(spec), dict(status), patch, trainer_jobs, retry)
+
+
+async def _reconcile(memo: kopf.Memo, body: Any, spec: dict[str, Any], status: dict[str, Any], patch: kopf.Patch,
+                     trainer_jobs: kopf.Index, retry: int) -> None:
+    """One reconcile, from kopf's handlers (kopf applies `patch`) or from a periodic pass (which applies it)."""
     namespace: str = body["metadata"]["namespace"]
+    name: str = body["metadata"]["name"]
     key = (namespace, name)
     async with memo.serial.turn(key):
         if memo.serial.stale(key, dict(status)):
@@ -99,9 +144,9 @@ async def reconcile(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, name:
         started = time.perf_counter()
         if retry:
             m.reconcile_retries.inc()
-        run = _Reconcile(body, dict(status), patch, memo)
+        run = _Reconcile(body, status, patch, memo)
         try:
-            await run.reconcile(dict(spec), list(trainer_jobs.get(key, [])))
+            await run.reconcile(spec, list(trainer_jobs.get(key, [])))
         except Exception as error:
             m.reconcile_errors.labels(type(error).__name__).inc()
             raise
@@ -135,6 +180,7 @@ def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, A
 
 async def forget(name: str, body: kopf.Body, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     namespace: str = body["metadata"]["namespace"]
+    memo.handled.discard((namespace, name))
     memo.series.forget(namespace, name)
     memo.serial.forget((namespace, name))
     for attempt in range(1, len(status.get("attempts", [])) + 2):
@@ -153,7 +199,7 @@ def _foreign_message(child: dict[str, Any]) -> str:
 class _Reconcile:
     """One reconcile of one FineTuneJob: the facts it has read, and the writes it has decided on."""
 
-    def __init__(self, body: kopf.Body, status: dict[str, Any], patch: kopf.Patch, memo: kopf.Memo) -> None:
+    def __init__(self, body: Any, status: dict[str, Any], patch: kopf.Patch, memo: kopf.Memo) -> None:
         self.body, self.status, self.patch, self.memo = body, status, patch, memo
         self.config: OperatorConfig = memo.config
         self.kube: Kube = memo.kube
@@ -316,7 +362,7 @@ class _Reconcile:
                     return foreign_job
         finally:
             if created:  # one Event for what this reconcile created
-                kopf.event(self.body, type="Normal", reason="Created", message="created " + ", ".join(created))
+                self.memo.events.post(self.body, "Normal", "Created", "created " + ", ".join(created))
         child = names.names(self.name)
         self.patch.status["children"] = {"configMap": child["config_map"], "service": child["service"],
                                          "job": child["job"]}
@@ -367,13 +413,13 @@ class _Reconcile:
             self.patch.status["memoryScale"] = f"{response.memory_scale:.3f}"
         if response.warning is not None:
             reason, message = response.warning
-            kopf.warn(self.body, reason=reason, message=message)
+            self.memo.events.post(self.body, "Warning", reason, message)
 
     async def _resize(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> None:
         response = resize.respond(spec, plan, self.attempt, await self.capacity.groups(), self.config.gpu_prices)
         self._end_attempt(response)
         if not response.gave_up:
-            kopf.event(self.body, type="Normal", reason=Reason.RESIZED, message=response.record.action)
+            self.memo.events.post(self.body, "Normal", Reason.RESIZED, response.record.action)
 
     def _end_attempt(self, response: recovery.Response) -> None:
         """Record the attempt's end and what follows: the next reconcile replaces its Job, or none follows."""
@@ -390,7 +436,7 @@ class _Reconcile:
             if condition["type"] == ConditionType.FAILED and condition["status"] == "True":
                 m.failures.labels(self.namespace, condition["reason"]).inc()
         for event in events.for_changes(self.conds.changed):
-            kopf.event(self.body, type=event.type, reason=event.reason, message=event.message)
+            self.memo.events.post(self.body, event.type, event.reason, event.message)
         if self.conds.changed:
             self.patch.status["conditions"] = self.conds.as_list()
         phase = self.conds.phase()

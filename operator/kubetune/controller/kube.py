@@ -178,6 +178,20 @@ class Kube:
                                                                _preload_content=False)
         await self._json(response)
 
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A merge patch ({"status": ...}) of a FineTuneJob's status subresource, as kopf applies its handlers'
+        patches. Gone already is fine."""
+        response = await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
+            *FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], name, patch,
+            _content_type="application/merge-patch+json", _preload_content=False)
+        if response.status != NOT_FOUND:
+            await self._json(response)
+
+    async def post_event(self, event: dict[str, Any]) -> None:
+        response = await self.core.create_namespaced_event(event["metadata"]["namespace"], event,  # type: ignore[arg-type]
+                                                           _preload_content=False)
+        await self._json(response)
+
     async def finetunejob(self, namespace: str, name: str) -> dict[str, Any] | None:
         response = await self.custom.get_namespaced_custom_object(*FINETUNEJOBS[:2], namespace, FINETUNEJOBS[2], name,
                                                                   _preload_content=False)

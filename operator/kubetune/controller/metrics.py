@@ -43,7 +43,7 @@ reconcile_errors = Counter("kubetune_reconcile_errors_total",
                            "Reconciles that raised (kopf retries them), by exception type.", ("reason",),
                            registry=registry)
 reconcile_waits = Counter("kubetune_reconcile_waits_total",
-                          "Reconciles that waited for another of the same FineTuneJob to finish (a timer tick "
+                          "Reconciles that waited for another of the same FineTuneJob to finish (a periodic one "
                           "meeting a change): they run one at a time.", registry=registry)
 reconcile_stale_skips = Counter("kubetune_reconcile_stale_skips_total",
                                 "Reconciles skipped because the previous one's status write had not reached their "

@@ -19,7 +19,7 @@ def run(config: OperatorConfig) -> bool:
     if config.metrics_port is not None:
         metrics.serve(config.metrics_port)
     registry = kopf.OperatorRegistry()
-    handlers.register(registry, config)
+    handlers.register(registry)
     options: dict[str, Any] = {"registry": registry, "memo": kopf.Memo(config=config), "standalone": True,
                                "clusterwide": not config.namespaces, "namespaces": list(config.namespaces),
                                "liveness_endpoint": config.liveness_endpoint}

@@ -1,10 +1,10 @@
 """One reconcile of a FineTuneJob at a time, each on a view that holds the previous one's writes.
 
-kopf runs an object's timer beside its change handlers, and the one reconcile is both: unguarded, two could
-plan, post Events or record an attempt twice. A lock per object orders them; but kopf applies a handler's
-status patch only after the handler returns, so the next in line may still hold the object as it was before
-that patch. Such a stale view is skipped (the patch's own watch event brings the fresh one, and the timer
-reconciles it), for a short while at most: a write that never shows must not stop the job."""
+The periodic pass (controller/ticks.py) runs beside kopf's change handlers, and the one reconcile is both:
+unguarded, two could plan, post Events or record an attempt twice. A lock per object orders them; but a
+reconcile's status patch is applied only after it returns, so the next in line may still hold the object as it
+was before that patch. Such a stale view is skipped (the patch's own watch event brings the fresh one, and the
+next pass reconciles it), for a short while at most: a write that never shows must not stop the job."""
 
 import asyncio
 import time
