@@ -144,7 +144,9 @@ class LocalCluster:
             raise ClusterError(f"kwokctl create cluster failed:\n{result.stdout}\n{result.stderr}")
         # ServiceAccount admission rejects pods until the controller-manager has made the default account.
         self._wait_for("default ServiceAccount", lambda: self.kubectl("get", "sa", "default").returncode == 0)
-        self.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(profile.node_manifests()))
+        # One create per node: 2,000 of them outlast kubectl's usual minute on two busy cores.
+        self.kubectl_ok("apply", "-f", "-", stdin=yaml.safe_dump_all(profile.node_manifests()),
+                        timeout=START_TIMEOUT_SECONDS)
         expected = {node["metadata"]["name"] for node in profile.node_manifests()}
         self._wait_for(f"{len(expected)} Ready nodes", lambda: expected <= self.ready_nodes())
         if profile.real_node is not None:
