@@ -395,10 +395,11 @@ class MemoryBreakdown(_Model):
                                    "peak is at the start of backward).")
     logits_bytes: int = Field(description="logitsBytes: the logits and the loss's copies of them.")
     buffers_bytes: int = Field(description="buffersBytes: DeepSpeed's communication and prefetch buckets.")
-    overhead_bytes: int = Field(description="overheadBytes: the CUDA context and NCCL's buffers, which no "
-                                "configuration changes.")
-    allocator_margin_bytes: int = Field(description="allocatorMarginBytes: the caching allocator's "
-                                        "fragmentation.")
+    overhead_bytes: int = Field(description="overheadBytes: what no tensor of the configuration holds: the CUDA "
+                                "context, NCCL's buffers, kernels' workspaces and the allocator's unfilled last "
+                                "pages.")
+    allocator_margin_bytes: int = Field(description="allocatorMarginBytes: what the caching allocator reserves "
+                                        "beyond the allocated peak.")
     total_bytes: int = Field(description="totalBytes: all of the above, what must fit in the GPU.")
     peak_phase: v.Phase = Field(description="peakPhase is when in the step the peak falls: BackwardStart, "
                               "BackwardEnd or OptimizerStep.")
