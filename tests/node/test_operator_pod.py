@@ -63,6 +63,9 @@ def operator_pod(cluster: LocalCluster, image: str, watched: str) -> Iterator[di
                           for port in container["ports"]]
     container["env"] += [{"name": "KUBERNETES_SERVICE_HOST", "value": server.hostname},
                          {"name": "KUBERNETES_SERVICE_PORT", "value": str(server.port)}]
+    # Unconditionally: the Deployment controller's status writes since the read would make a replace at the read's
+    # resourceVersion a conflict.
+    deployment["metadata"].pop("resourceVersion", None)
     cluster.kubectl_ok("replace", "-f", "-", stdin=json.dumps(deployment))
 
     def ready() -> dict | None:
