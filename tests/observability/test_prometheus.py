@@ -86,7 +86,10 @@ def tiny_job() -> dict[str, Any]:
     return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": JOB},
             "spec": {"model": {"name": "tiny-llama", "config": model_config()}, "dataset": {"source": "data.jsonl"},
                      "training": {"seqLen": 48, "globalBatch": 8, "maxSteps": 100000},
-                     "method": {"type": "LoRA", "microBatch": 4, "zeroStage": 2}, "checkpointIntervalSteps": 5,
+                     # BF16 pinned: the ranks run here on the CPU, where DeepSpeed has no fp16, and the cheapest
+                     # GPU for the plan may be one without bf16 (planned fp16).
+                     "method": {"type": "LoRA", "microBatch": 4, "zeroStage": 2, "precision": "BF16"},
+                     "checkpointIntervalSteps": 5,
                      # One pod of two GPUs: its two metrics ports are the two ranks run here.
                      "resources": {"gpus": 2, "nodes": 1}}}
 
