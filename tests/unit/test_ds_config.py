@@ -14,8 +14,10 @@ def test_zero3_with_full_offload_and_model_sized_buckets() -> None:
     assert config["train_batch_size"] == 2 * 4 * 16
     assert zero["stage"] == 3 and zero["overlap_comm"] is True
     assert zero["reduce_bucket_size"] == 4096 * 4096
-    # No prefetch, and each gathered parameter released after use: what the memory model counts (settings.py).
-    assert zero["stage3_prefetch_bucket_size"] == 0 and zero["stage3_max_reuse_distance"] == 0
+    # Hugging Face's prefetch (0.9 h^2: without it a resumed ZeRO-3 run fails DeepSpeed's trace check), and each
+    # gathered parameter released after use.
+    assert zero["stage3_prefetch_bucket_size"] > 0
+    assert zero["stage3_max_reuse_distance"] == 0
     assert zero["stage3_param_persistence_threshold"] == 40960
     assert zero["offload_param"]["device"] == "cpu" and zero["offload_optimizer"]["device"] == "cpu"
 

@@ -54,14 +54,16 @@ class Buckets(BaseModel):
     def for_hidden_size(cls, hidden_size: int) -> "Buckets":
         """What kubetune's generated ds_config uses: sized on the model like Hugging Face's "auto" values
         (h^2 buckets, 10 h persistence), not DeepSpeed's fixed 500M-element buckets, which cost 1-2 GB per GPU
-        whatever the model. No ZeRO-3 prefetch: DeepSpeed 0.19's prefetch marks every still-gathered parameter its
+        whatever the model. ZeRO-3 prefetch stays on (with none, a run resumed under ZeRO-3 fails DeepSpeed's
+        module-trace check: tests/trainer, the replanned-resume test), although DeepSpeed 0.19's prefetch marks every still-gathered parameter its
         look-ahead passes as fetched for that later use and then does not release it
         (partitioned_param_coordinator.py, fetch_sub_module and __params_to_release), so at the turn from
         forward to backward whole layers stay gathered, how many depending on the module trace (measured on the
         CPU: 2 of 3 layers and the head of a tiny Llama with HF's 0.9 h^2). The time model already puts ZeRO-3's
         per-module gathers on the critical path (time_coefficients.yaml, zero3_seconds_per_module_pass)."""
         square = hidden_size * hidden_size
-        return cls(reduce_bucket_elements=square, allgather_bucket_elements=square, prefetch_bucket_elements=0,
+        return cls(reduce_bucket_elements=square, allgather_bucket_elements=square,
+                   prefetch_bucket_elements=int(0.9 * square),
                    param_persistence_threshold=10 * hidden_size)
 
     def overlaps(self, stage: ZeroStage) -> bool:
