@@ -56,7 +56,9 @@ class Case(BaseModel):
         return TrainingSettings(seq_len=self.seq_len, micro_batch=self.micro_batch, method=self.method,
                                 gradient_checkpointing=self.gradient_checkpointing, zero_stage=self.zero_stage,
                                 num_gpus=ranks, gpus_per_node=ranks,
-                                buckets=Buckets.for_hidden_size(self.arch().hidden_size))
+                                buckets=Buckets.for_hidden_size(self.arch().hidden_size).model_copy(
+                                    # Measured without ZeRO-3 prefetch, which the model does not count yet.
+                                    update={"prefetch_bucket_elements": 0}))
 
 
 def measure(case: Case, ranks: int) -> dict:
