@@ -1,6 +1,7 @@
 """The planner's allocated peak against the whole step's peak measured on the CPU: real DeepSpeed under torchrun
 (gloo), tiny random-weight models of several families built as the trainer builds them, ZeRO 0-3, LoRA and full,
-gradient checkpointing on and off, two sequence lengths, one and two ranks. The probe (memprobe/peak.py) counts
+gradient checkpointing on and off, two sequence lengths, one and two ranks; then gradient accumulation, pure bf16
+and fp32 LoRA adapters on the stages whose code they change. The probe (memprobe/peak.py) counts
 live tensor bytes at every allocation and free through a step (forward with the loss, backward, optimizer step),
 DeepSpeed's own buffers included, on the rank that peaks highest; the planner's estimate without what the CPU
 cannot hold (memory.allocated_peak_bytes) must match it within TOLERANCE in every case. One torchrun per rank count
@@ -18,7 +19,7 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
-from kubetune.api.vocabulary import Method, ZeroStage  # noqa: E402
+from kubetune.api.vocabulary import Method, Precision, ZeroStage  # noqa: E402
 from kubetune.memprobe.step_peak import Case  # noqa: E402
 from kubetune.planner import memory  # noqa: E402
 
@@ -39,6 +40,33 @@ def grid() -> dict[str, tuple[int, Case]]:
         name = (f"{case.family}-zero{int(stage)}-{method.value.lower()}-{'ckpt' if case.gradient_checkpointing else 'nockpt'}"
                 f"-s{case.seq_len}-{ranks}rank")
         cases[name] = (ranks, case)
+    # ZeRO-1 keeps whole 16-bit gradients until the boundary when it accumulates (stage 2's code otherwise);
+    # pure bf16 drops the fp32 master and keeps bf16 AdamW states; fp32 adapters run without DeepSpeed's bf16 mode.
+    others = {
+        "llama-zero0-lora-ckpt-s256-ga2-1rank": (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.LORA,
+                                                         gradient_checkpointing=True, seq_len=256,
+                                                         gradient_accumulation=2)),
+        "qwen2-zero1-full-nockpt-s64-ga2-2rank": (2, dict(family="qwen2", zero_stage=ZeroStage.OPTIMIZER,
+                                                          method=Method.FULL, gradient_checkpointing=False, seq_len=64,
+                                                          gradient_accumulation=2)),
+        "mixtral-zero2-lora-nockpt-s256-ga2-2rank": (2, dict(family="mixtral", zero_stage=ZeroStage.GRADIENTS,
+                                                             method=Method.LORA, gradient_checkpointing=False,
+                                                             seq_len=256, gradient_accumulation=2)),
+        "llama-zero0-full-nockpt-s64-purebf16-1rank": (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.FULL,
+                                                               gradient_checkpointing=False, seq_len=64,
+                                                               precision=Precision.PURE_BF16)),
+        "qwen2-zero2-full-ckpt-s256-purebf16-2rank": (2, dict(family="qwen2", zero_stage=ZeroStage.GRADIENTS,
+                                                              method=Method.FULL, gradient_checkpointing=True,
+                                                              seq_len=256, precision=Precision.PURE_BF16)),
+        "llama-zero3-full-nockpt-s64-purebf16-2rank": (2, dict(zero_stage=ZeroStage.PARAMETERS, method=Method.FULL,
+                                                               gradient_checkpointing=False, seq_len=64,
+                                                               precision=Precision.PURE_BF16)),
+        "llama-zero2-lora-ckpt-s256-fp32adapters-2rank": (2, dict(zero_stage=ZeroStage.GRADIENTS, method=Method.LORA,
+                                                                  gradient_checkpointing=True, seq_len=256,
+                                                                  adapters_fp32=True)),
+    }
+    for name, (ranks, fields) in others.items():
+        cases[name] = (ranks, Case(**{"family": "llama", **fields}))
     return cases
 
 

@@ -1,6 +1,7 @@
 """A real Prometheus server (Debian's package) on loopback, and the HTTP API calls the tests make of it."""
 
 import json
+import random
 import signal
 import socket
 import subprocess
@@ -17,6 +18,25 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_consecutive_ports(count: int) -> int:
+    """The first of `count` free ports in a row, for servers that bind port + local rank. Taken below the
+    kernel's ephemeral range, where free_port() and every client's socket draw, so none of them lands on
+    port + 1 between this check and the servers' binds (a CI run's rank 1 lost its port that way)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for base in random.sample(range(max(1024, low - 12000), low - count), 200):
+        sockets = [socket.socket() for _ in range(count)]
+        try:
+            for number, s in enumerate(sockets):
+                s.bind(("127.0.0.1", base + number))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in sockets:
+                s.close()
+    raise RuntimeError(f"no {count} free ports in a row below {low}")
 
 
 class Prometheus:

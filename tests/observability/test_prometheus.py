@@ -26,7 +26,7 @@ from tests.integration.ftj import ROOT, apply, example, get, in_phase, operator_
 from tests.integration.waiting import wait_until
 from tests.observability import dcgm
 from tests.observability.panels import boards, job_panel_queries, substitute
-from tests.observability.prometheus import Prometheus, free_port
+from tests.observability.prometheus import Prometheus, free_consecutive_ports, free_port
 from tests.observability.rendering import render_rules
 from tests.observability.scrape_configs import chart_pod_monitor, dcgm_exporter_job, pod_monitor_job, static_job
 from tests.trainer.conftest import kill, launch, model_config, world  # noqa: F401  (world is a fixture)
@@ -116,7 +116,7 @@ def stack(cluster: LocalCluster, world: Path, tmp_path_factory: pytest.TempPathF
     root = tmp_path_factory.mktemp("observability")
     for namespace in (LONG_RUNNING_NAMESPACE, "obs-other"):
         cluster.kubectl("create", "namespace", namespace)
-    operator_port, trainer_port = free_port(), free_port()
+    operator_port, trainer_port = free_port(), free_consecutive_ports(2)
     trainer_ports = [trainer_port, trainer_port + 1]
     operator_job = static_job(OPERATOR_SCRAPE_JOB, [f"127.0.0.1:{operator_port}"])
     prometheus = Prometheus(root, [operator_job], render_rules(root / "rules.yaml"))

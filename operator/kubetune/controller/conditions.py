@@ -8,6 +8,12 @@ from kubetune.api.conditions import ORDER, TRACKED, ConditionType, Reason
 from kubetune.controller.clock import now
 
 
+def finished(conditions: list[dict[str, Any]]) -> bool:
+    """Succeeded or failed for good: nothing is reconciled any more."""
+    return any(c.get("type") in (ConditionType.SUCCEEDED, ConditionType.FAILED) and c.get("status") == "True"
+               for c in conditions)
+
+
 @dataclass(frozen=True)
 class Update:
     """A condition a policy decided on; None is Unknown."""
@@ -45,6 +51,10 @@ class Conditions:
 
     def true(self, kind: ConditionType) -> bool:
         return self.items.get(kind, {}).get("status") == "True"
+
+    @property
+    def finished(self) -> bool:
+        return finished(list(self.items.values()))
 
     def reason(self, kind: ConditionType) -> str | None:
         return self.items.get(kind, {}).get("reason")

@@ -24,7 +24,7 @@ from kubetune.catalog.cluster_gpus import GpuNodeGroup
 from kubetune.config import OperatorConfig
 from kubetune.controller import clock, events, observation, progress, recovery, refusals, resize, suspension
 from kubetune.controller import metrics as m
-from kubetune.controller.conditions import Conditions
+from kubetune.controller.conditions import Conditions, finished
 from kubetune.controller.event_poster import EventPoster
 from kubetune.controller.kube import Kube
 from kubetune.controller.refusals import Refused
@@ -105,16 +105,11 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.kube.close()
 
 
-def _finished(status: dict[str, Any]) -> bool:
-    return any(cond.get("type") in (ConditionType.SUCCEEDED, ConditionType.FAILED) and cond.get("status") == "True"
-               for cond in status.get("conditions", []))
-
-
 def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The FineTuneJobs the periodic reconcile visits, by (namespace, name): the unfinished ones, holding only
     what reconciling reads (not managedFields, nor kopf's copy of the last handled spec)."""
     metadata = body["metadata"]
-    if _finished(body.get("status", {})) or metadata.get("deletionTimestamp"):
+    if finished(body.get("status", {}).get("conditions", [])) or metadata.get("deletionTimestamp"):
         return {}
     annotations = {key: value for key, value in metadata.get("annotations", {}).items() if key != DIFF_BASE}
     return {(metadata["namespace"], metadata["name"]): {
@@ -210,8 +205,7 @@ class _Reconcile:
         self.attempt = len(status.get("attempts", [])) + 1
 
     async def reconcile(self, raw_spec: dict[str, Any], indexed: list[dict[str, Any]]) -> None:
-        if self.conds.true(ConditionType.SUCCEEDED) or self.conds.true(ConditionType.FAILED) or \
-                self.body["metadata"].get("deletionTimestamp"):
+        if self.conds.finished or self.body["metadata"].get("deletionTimestamp"):
             return
         await self._decide(raw_spec, indexed)
         self._write()

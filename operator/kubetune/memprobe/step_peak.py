@@ -22,13 +22,13 @@ import deepspeed
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from kubetune.api.vocabulary import Method, ZeroStage
+from kubetune.api.vocabulary import Method, Precision, ZeroStage
 from kubetune.memprobe import tiny_models
 from kubetune.memprobe.peak import PeakProbe, gc_tensors
 from kubetune.planner import architecture
 from kubetune.planner.architecture import Architecture
 from kubetune.planner.ds_config import ds_config
-from kubetune.planner.settings import Buckets, TrainingSettings
+from kubetune.planner.settings import Buckets, Lora, TrainingSettings
 from kubetune.trainer.run import for_this_machine
 
 LINEAR = torch.nn.functional.linear
@@ -44,6 +44,9 @@ class Case(BaseModel):
     gradient_checkpointing: bool
     seq_len: int
     micro_batch: int = 1
+    gradient_accumulation: int = 1
+    precision: Precision = Precision.BF16
+    adapters_fp32: bool = False
 
     def model_config_dict(self) -> dict:
         return tiny_models.tiny_config(self.family, self.layers)
@@ -53,7 +56,9 @@ class Case(BaseModel):
 
     def settings(self, ranks: int) -> TrainingSettings:
         """What the planner plans for this case: kubetune's own buckets, sized on the model."""
-        return TrainingSettings(seq_len=self.seq_len, micro_batch=self.micro_batch, method=self.method,
+        return TrainingSettings(seq_len=self.seq_len, micro_batch=self.micro_batch,
+                                gradient_accumulation=self.gradient_accumulation, precision=self.precision,
+                                method=self.method, lora=Lora(adapters_fp32=self.adapters_fp32),
                                 gradient_checkpointing=self.gradient_checkpointing, zero_stage=self.zero_stage,
                                 num_gpus=ranks, gpus_per_node=ranks,
                                 buckets=Buckets.for_hidden_size(self.arch().hidden_size).model_copy(
@@ -77,14 +82,17 @@ def measure(case: Case, ranks: int) -> dict:
     batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
 
     def step(probe: PeakProbe | None = None) -> None:
+        """One optimizer step: as the trainer runs it, engine.step() after every micro-batch, which DeepSpeed
+        turns into the optimizer's step at the accumulation boundary."""
         phase = probe.phase if probe else lambda _: nullcontext()
-        with phase("forward"):
-            loss = engine(**batch).loss
-        with phase("backward"):
-            engine.backward(loss)
-        del loss
-        with phase("optimizer_step"):
-            engine.step()
+        for _ in range(case.gradient_accumulation):
+            with phase("forward"):
+                loss = engine(**batch).loss
+            with phase("backward"):
+                engine.backward(loss)
+            del loss
+            with phase("optimizer_step"):
+                engine.step()
 
     step()
     gc.collect()

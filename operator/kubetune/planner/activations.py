@@ -193,6 +193,17 @@ def checkpointed_layer(arch: Architecture, settings: TrainingSettings) -> int:
     return settings.tokens_per_micro_batch * settings.precision.bytes * arch.hidden_size
 
 
+def adapter_input_gradient(arch: Architecture, settings: TrainingSettings) -> int:
+    """With fp32 adapters, a layer's backward meets an adapted module's input gradient twice at once: the adapter's
+    own in fp32 (its input was cast up) and its cast down to the activation dtype, to be added to the base
+    module's; the widest input (the MLP's down projection) sets it (measured on the CPU: Llama, ZeRO-2, with and
+    without checkpointing). 16-bit adapters add theirs without a cast."""
+    if not settings.method.trains_adapters or not settings.lora.adapters_fp32:
+        return 0
+    widest = max(d_in for d_in, _ in arch.lora_modules(settings.lora.target_modules).values())
+    return (FP32 + settings.precision.bytes) * widest * settings.tokens_per_micro_batch
+
+
 def logits_peak(arch: Architecture, settings: TrainingSettings) -> int:
     """The loss's own peak, reached in its backward while every activation is still saved.
 

@@ -16,6 +16,9 @@ from kubetune.planner.architecture import Architecture
 from kubetune.planner.settings import Lora, TrainingSettings
 
 FP32 = 4
+# Without ZeRO, DeepSpeed all-reduces the gradients in flattened buckets of this many elements, not configurable
+# (engine.py, MEMORY_OPT_ALLREDUCE_SIZE).
+ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
 
 
 def trainable_params(arch: Architecture, settings: TrainingSettings) -> int:
@@ -59,6 +62,7 @@ class ModelStates:
     gradients_persistent: int  # held from before the forward pass to the end of the step
     gradients_backward: int  # what backward adds by its end (16-bit grads not yet reduced away)
     gradients_step: int  # what the optimizer step adds (the fp32 gradient partition)
+    gradients_reduction: int  # what only the end of backward adds: ZeRO-0's flattened copy for the all-reduce
     buffers: int  # communication buckets, offload staging, QLoRA's dequantised weight: forward, backward and step
     gathered: int  # ZeRO-3's whole parameters of the module in flight: in forward and backward only
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
@@ -130,13 +134,20 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
         optimizer //= n
 
     fp32_step = trained.step_gradient * trainable // n if not offload_optimizer else 0
+    reduction = 0
     match stage:
         case ZeroStage.DISABLED:
             # DeepSpeed 0.19 without ZeRO keeps gradients in the model dtype (grad_accum_dtype defaults to it)
             # and wraps the optimizer in its FP16 optimizer even for bf16: 16-bit .grad tensors during
             # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned. In pure
             # bf16 and with fp32 adapters (no DeepSpeed bf16 mode) torch's AdamW steps on the .grad tensors.
-            persistent_grads, backward_grads, step_grads = 0, g * trainable, trained.step_gradient * trainable
+            # Accumulation keeps the .grad tensors from the first micro-batch on. At the boundary the all-reduce
+            # flattens them into one new tensor per bucket (engine.py, allreduce_no_retain), even on one GPU (measured on the CPU: the step's peak in pure bf16).
+            accumulates = settings.gradient_accumulation > 1
+            persistent_grads = g * trainable if accumulates else 0
+            backward_grads = 0 if accumulates else g * trainable
+            step_grads = trained.step_gradient * trainable
+            reduction = g * min(trainable, ALLREDUCE_BUCKET_ELEMENTS + _largest_trainable_tensor(arch, settings))
         case ZeroStage.OPTIMIZER if settings.gradient_accumulation > 1 or offload_optimizer:
             # Full 16-bit gradients until the accumulation boundary, reduced into the fp32 partition at step.
             persistent_grads = g * trainable if settings.gradient_accumulation > 1 else 0
@@ -170,8 +181,18 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
         cpu += (settings.optimizer.moments * trained.optimizer + 2 * trained.master) * trainable // n
     if offload_params:
         cpu += w * total // n
-    return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, buffers,
+    return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, reduction, buffers,
                        _gathered(arch, settings), cpu)
+
+
+def held_head_gradient(arch: Architecture, settings: TrainingSettings) -> int:
+    """The LM head's 16-bit weight gradient, made by the loss's backward and still held when the layers' backward
+    begins: without ZeRO it is the head's .grad; with tied embeddings autograd keeps it in the shared weight's
+    input buffer until the embedding's backward adds its part (the very end), so no ZeRO stage reduces it away
+    before that (measured on the CPU: tied Qwen2 under ZeRO-2). Only full fine-tuning trains the head."""
+    if settings.method is not Method.FULL or not (arch.tie_word_embeddings or settings.zero_stage is ZeroStage.DISABLED):
+        return 0
+    return trained_bytes(settings).parameter * arch.embedding_params
 
 
 def _largest_trainable_tensor(arch: Architecture, settings: TrainingSettings) -> int:
