@@ -54,7 +54,7 @@ if [ -n "$output_claim" ]; then
   folder="$($kubectl get pv "$volume" -o jsonpath='{.spec.local.path}')"
   rank0="$($kubectl get pods -l "kubetune.io/finetunejob=$name,batch.kubernetes.io/job-completion-index=0" \
     -o jsonpath='{.items[-1:].metadata.name}')"
-  # From the trainer's log on the claim: the kubelet may have rotated rank 0's container log by now.
+  # From the trainer's log on the claim, which keeps every step (the container log has about a hundred lines).
   echo; echo "the loss, from train_log.jsonl on the claim (every 10th step, and the last):"
   python3 -c 'import json, sys
 entries = [json.loads(line) for line in open(sys.argv[1])]

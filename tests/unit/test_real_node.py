@@ -104,6 +104,8 @@ def test_node_files_keep_everything_under_the_nodes_folder(tmp_path: Path) -> No
     assert kubelet["authentication"]["anonymous"]["enabled"] is False
     assert kubelet["authorization"]["mode"] == "Webhook"
     assert kubelet["failCgroupV1"] is False and kubelet["cgroupDriver"] == "cgroupfs"
+    # Another cluster's kubelet on the host would remove the container logs of pods it does not know.
+    assert kubelet["podLogsDir"].startswith(str(paths.state))
     bridge = node_config.cni_conflist(network, paths)["plugins"][0]
     assert bridge["bridge"] == "kt-test" and bridge["isGateway"] is False and bridge["ipMasq"] is False
     assert bridge["ipam"]["dataDir"].startswith(str(paths.state))

@@ -56,6 +56,10 @@ class NodePaths:
         return self.state / "kubelet"
 
     @property
+    def pod_logs(self) -> Path:
+        return self.state / "pod-logs"
+
+    @property
     def cni_conf_dir(self) -> Path:
         return self.state / "cni" / "net.d"
 
@@ -185,6 +189,10 @@ def kubelet_config(network: NodeNetwork, paths: NodePaths, ca_file: Path, cgroup
         "maxPods": 110,
         "rotateCertificates": False,
         "staticPodPath": "",
+        # Its own, not the default /var/log/pods: a kubelet removes every pod log folder there of a pod it does not
+        # know (kuberuntime_gc.go, evictPodLogsDirectories), so two clusters' nodes on one host (the demo beside
+        # the tests) deleted each other's container logs, and `kubectl logs` came back empty.
+        "podLogsDir": str(paths.pod_logs),
         "logging": {"format": "text"},
     }
     return yaml.safe_dump(config, sort_keys=False)
