@@ -78,7 +78,7 @@ def test_a_gpu_out_of_memory_replans_and_the_new_plan_resumes_from_the_checkpoin
     assert apply(cluster, claims.namespace, manifest).returncode == 0
     ftj = wait_until("the job to end", lambda: (f := get(cluster, claims.namespace, "ftj", "gpu-oom")) and
                      f.get("status", {}).get("phase") in ("Succeeded", "Failed") and f, timeout=540)
-    reports.check("gpu-oom", watch.stop())
+    reports.check("gpu-oom", watch.stop(), or_=("gpu-oom-peer-stopped",))
     status = ftj["status"]
     assert status["phase"] == "Succeeded", status
     [first_attempt] = status["attempts"]

@@ -23,6 +23,8 @@ def pods(name: str) -> list[dict]:
 
 @pytest.mark.parametrize(("report", "kind", "action", "says"), [
     ("gpu-oom", Kind.OUT_OF_MEMORY, Action.REPLAN, "kubetune-oom peak_allocated_bytes="),
+    # The same failure, where the Job's end stopped the peer before it saw its collective break.
+    ("gpu-oom-peer-stopped", Kind.OUT_OF_MEMORY, Action.REPLAN, "kubetune-oom peak_allocated_bytes="),
     ("host-oom", Kind.HOST_OUT_OF_MEMORY, Action.GIVE_UP, "kubetune-host-oom limit_bytes="),
     # The same kill, where the Job's end stopped the peer before it saw its collective break.
     ("host-oom-peer-stopped", Kind.HOST_OUT_OF_MEMORY, Action.GIVE_UP, "kubetune-host-oom limit_bytes="),
