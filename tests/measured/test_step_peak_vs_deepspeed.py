@@ -30,6 +30,14 @@ FAMILIES = ("llama", "qwen2", "mixtral")
 SEQ_LENS = (64, 256)
 
 
+def name_of(case: Case, ranks: int) -> str:
+    """The case's name in the test id, from the fields that make it: a name cannot say what its case is not."""
+    extras = (f"-ga{case.gradient_accumulation}" if case.gradient_accumulation > 1 else "") + \
+        ("-purebf16" if case.precision is Precision.PURE_BF16 else "") + ("-fp32adapters" if case.adapters_fp32 else "")
+    return (f"{case.family}-zero{int(case.zero_stage)}-{case.method.value.lower()}"
+            f"-{'ckpt' if case.gradient_checkpointing else 'nockpt'}-s{case.seq_len}{extras}-{ranks}rank")
+
+
 def grid() -> dict[str, tuple[int, Case]]:
     """Every ZeRO stage with each method on one and two ranks; family, checkpointing and length rotate over them
     so that each stage meets each of them."""
@@ -37,36 +45,28 @@ def grid() -> dict[str, tuple[int, Case]]:
     for ranks, stage, (m, method) in product((1, 2), ZeroStage, enumerate((Method.FULL, Method.LORA))):
         case = Case(family=FAMILIES[(2 * stage + m + ranks) % 3], zero_stage=stage, method=method,
                     gradient_checkpointing=(stage + m + ranks) % 2 == 1, seq_len=SEQ_LENS[(stage + ranks) % 2])
-        name = (f"{case.family}-zero{int(stage)}-{method.value.lower()}-{'ckpt' if case.gradient_checkpointing else 'nockpt'}"
-                f"-s{case.seq_len}-{ranks}rank")
-        cases[name] = (ranks, case)
+        cases[name_of(case, ranks)] = (ranks, case)
     # ZeRO-1 keeps whole 16-bit gradients until the boundary when it accumulates (stage 2's code otherwise);
     # pure bf16 drops the fp32 master and keeps bf16 AdamW states; fp32 adapters run without DeepSpeed's bf16 mode.
-    others = {
-        "llama-zero0-lora-ckpt-s256-ga2-1rank": (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.LORA,
-                                                         gradient_checkpointing=True, seq_len=256,
-                                                         gradient_accumulation=2)),
-        "qwen2-zero1-full-nockpt-s64-ga2-2rank": (2, dict(family="qwen2", zero_stage=ZeroStage.OPTIMIZER,
-                                                          method=Method.FULL, gradient_checkpointing=False, seq_len=64,
-                                                          gradient_accumulation=2)),
-        "mixtral-zero2-lora-nockpt-s256-ga2-2rank": (2, dict(family="mixtral", zero_stage=ZeroStage.GRADIENTS,
-                                                             method=Method.LORA, gradient_checkpointing=False,
-                                                             seq_len=256, gradient_accumulation=2)),
-        "llama-zero0-full-nockpt-s64-purebf16-1rank": (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.FULL,
-                                                               gradient_checkpointing=False, seq_len=64,
-                                                               precision=Precision.PURE_BF16)),
-        "qwen2-zero2-full-ckpt-s256-purebf16-2rank": (2, dict(family="qwen2", zero_stage=ZeroStage.GRADIENTS,
-                                                              method=Method.FULL, gradient_checkpointing=True,
-                                                              seq_len=256, precision=Precision.PURE_BF16)),
-        "llama-zero3-full-nockpt-s64-purebf16-2rank": (2, dict(zero_stage=ZeroStage.PARAMETERS, method=Method.FULL,
-                                                               gradient_checkpointing=False, seq_len=64,
-                                                               precision=Precision.PURE_BF16)),
-        "llama-zero2-lora-ckpt-s256-fp32adapters-2rank": (2, dict(zero_stage=ZeroStage.GRADIENTS, method=Method.LORA,
-                                                                  gradient_checkpointing=True, seq_len=256,
-                                                                  adapters_fp32=True)),
-    }
-    for name, (ranks, fields) in others.items():
-        cases[name] = (ranks, Case(**{"family": "llama", **fields}))
+    others = [
+        (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.LORA, gradient_checkpointing=True, seq_len=256,
+                 gradient_accumulation=2)),
+        (2, dict(family="qwen2", zero_stage=ZeroStage.OPTIMIZER, method=Method.FULL, gradient_checkpointing=False,
+                 seq_len=64, gradient_accumulation=2)),
+        (2, dict(family="mixtral", zero_stage=ZeroStage.GRADIENTS, method=Method.LORA, gradient_checkpointing=False,
+                 seq_len=256, gradient_accumulation=2)),
+        (1, dict(zero_stage=ZeroStage.DISABLED, method=Method.FULL, gradient_checkpointing=False, seq_len=64,
+                 precision=Precision.PURE_BF16)),
+        (2, dict(family="qwen2", zero_stage=ZeroStage.GRADIENTS, method=Method.FULL, gradient_checkpointing=True,
+                 seq_len=256, precision=Precision.PURE_BF16)),
+        (2, dict(zero_stage=ZeroStage.PARAMETERS, method=Method.FULL, gradient_checkpointing=False, seq_len=64,
+                 precision=Precision.PURE_BF16)),
+        (2, dict(zero_stage=ZeroStage.GRADIENTS, method=Method.LORA, gradient_checkpointing=True, seq_len=256,
+                 adapters_fp32=True)),
+    ]
+    for ranks, fields in others:
+        case = Case(**{"family": "llama", **fields})
+        cases[name_of(case, ranks)] = (ranks, case)
     return cases
 
 

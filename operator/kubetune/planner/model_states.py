@@ -142,7 +142,8 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
             # backward, flattened to fp32 for the master weights at the step. Nothing is partitioned. In pure
             # bf16 and with fp32 adapters (no DeepSpeed bf16 mode) torch's AdamW steps on the .grad tensors.
             # Accumulation keeps the .grad tensors from the first micro-batch on. At the boundary the all-reduce
-            # flattens them into one new tensor per bucket (engine.py, allreduce_no_retain), even on one GPU (measured on the CPU: the step's peak in pure bf16).
+            # flattens them into one new tensor per bucket (engine.py, allreduce_no_retain), even on one GPU
+            # (measured on the CPU: the step's peak in pure bf16).
             accumulates = settings.gradient_accumulation > 1
             persistent_grads = g * trainable if accumulates else 0
             backward_grads = 0 if accumulates else g * trainable
@@ -190,7 +191,8 @@ def held_head_gradient(arch: Architecture, settings: TrainingSettings) -> int:
     begins: without ZeRO it is the head's .grad; with tied embeddings autograd keeps it in the shared weight's
     input buffer until the embedding's backward adds its part (the very end), so no ZeRO stage reduces it away
     before that (measured on the CPU: tied Qwen2 under ZeRO-2). Only full fine-tuning trains the head."""
-    if settings.method is not Method.FULL or not (arch.tie_word_embeddings or settings.zero_stage is ZeroStage.DISABLED):
+    held = arch.tie_word_embeddings or settings.zero_stage is ZeroStage.DISABLED
+    if settings.method is not Method.FULL or not held:
         return 0
     return trained_bytes(settings).parameter * arch.embedding_params
 
