@@ -19,9 +19,10 @@ import pytest
 
 pytest.importorskip("deepspeed")
 
-from kubetune.api.vocabulary import Method, Precision, ZeroStage  # noqa: E402
+from kubetune.api.vocabulary import Method, Offload, Precision, ZeroStage  # noqa: E402
 from kubetune.memprobe.step_peak import Case  # noqa: E402
 from kubetune.planner import memory  # noqa: E402
+from kubetune.planner.model_states import model_states  # noqa: E402
 
 pytestmark = pytest.mark.measured
 
@@ -33,7 +34,8 @@ SEQ_LENS = (64, 256)
 def name_of(case: Case, ranks: int) -> str:
     """The case's name in the test id, from the fields that make it: a name cannot say what its case is not."""
     extras = (f"-ga{case.gradient_accumulation}" if case.gradient_accumulation > 1 else "") + \
-        ("-purebf16" if case.precision is Precision.PURE_BF16 else "") + ("-fp32adapters" if case.adapters_fp32 else "")
+        ("-purebf16" if case.precision is Precision.PURE_BF16 else "") + ("-fp32adapters" if case.adapters_fp32 else "") + \
+        (f"-offload{case.offload.value.lower()}" if case.offload is not Offload.NONE else "")
     return (f"{case.family}-zero{int(case.zero_stage)}-{case.method.value.lower()}"
             f"-{'ckpt' if case.gradient_checkpointing else 'nockpt'}-s{case.seq_len}{extras}-{ranks}rank")
 
@@ -63,6 +65,16 @@ def grid() -> dict[str, tuple[int, Case]]:
                  precision=Precision.PURE_BF16)),
         (2, dict(zero_stage=ZeroStage.GRADIENTS, method=Method.LORA, gradient_checkpointing=True, seq_len=256,
                  adapters_fp32=True)),
+        # ZeRO-3's prefetch on two ranks: LoRA's many hooked modules, with the tied head and under checkpointing.
+        (2, dict(family="qwen2", zero_stage=ZeroStage.PARAMETERS, method=Method.LORA, gradient_checkpointing=False,
+                 seq_len=256)),
+        (2, dict(zero_stage=ZeroStage.PARAMETERS, method=Method.LORA, gradient_checkpointing=True, seq_len=256)),
+        # Offload, with LoRA. Full fine-tuning with offload peaks at the first gradient norms of backward 3.8-8.2 %
+        # above the model (docs/memory-model.md): left out until that is found.
+        (2, dict(zero_stage=ZeroStage.GRADIENTS, method=Method.LORA, gradient_checkpointing=False, seq_len=64,
+                 offload=Offload.OPTIMIZER)),
+        (2, dict(zero_stage=ZeroStage.PARAMETERS, method=Method.LORA, gradient_checkpointing=False, seq_len=64,
+                 offload=Offload.ALL)),
     ]
     for ranks, fields in others:
         case = Case(**{"family": "llama", **fields})
@@ -96,5 +108,8 @@ def test_predicted_allocated_peak_matches_the_measured_step(measured: dict, name
     ranks, case = GRID[name]
     row = measured[name]
     assert Case.model_validate(row["case"]) == case
-    predicted = memory.allocated_peak_bytes(case.arch(), case.settings(ranks))
+    settings = case.settings(ranks)
+    predicted = memory.allocated_peak_bytes(case.arch(), settings)
+    # On the CPU the host is the device: what offload keeps on the host is measured beside what the GPU would hold.
+    predicted += model_states(case.arch(), settings).cpu_per_gpu
     assert predicted == pytest.approx(row["peak_bytes"], rel=TOLERANCE), row

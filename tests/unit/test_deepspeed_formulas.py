@@ -24,6 +24,7 @@ whole, up to one more parameter at each partition boundary.
 import pytest
 
 from kubetune.api.vocabulary import Method, Offload, ZeroStage
+from kubetune.memprobe import tiny_models
 from kubetune.planner import architecture
 from kubetune.planner.model_states import model_states, trainable_params
 from kubetune.planner.settings import Buckets, TrainingSettings
@@ -76,18 +77,43 @@ def test_zero3_step_gradients_are_bounded_by_the_optimizer_sub_group() -> None:
     assert at_optimizer_step(s) < 18 * P / 2
 
 
+def zero3(arch: architecture.Architecture, buckets: Buckets, checkpointing: bool):
+    return model_states(arch, TrainingSettings(
+        seq_len=2048, method=Method.FULL, zero_stage=ZeroStage.PARAMETERS, num_gpus=8, gpus_per_node=8,
+        buckets=buckets, gradient_checkpointing=checkpointing))
+
+
 def test_zero3_gathers_the_largest_module_and_a_whole_layer_under_checkpointing() -> None:
     """DeepSpeed's "largest layer" is the largest module gathered at once: a leaf (here the embedding) without
-    checkpointing; with it, the recomputed decoder layer stays gathered through its backward. DeepSpeed's default
-    prefetch window comes on top (kubetune's own config has none)."""
-    buckets = ESTIMATOR_BUCKETS.model_copy(update={"max_live_parameters": 10**10})  # no cap in the way
-    prefetch = buckets.prefetch_bucket_elements
+    checkpointing; with it, the recomputed decoder layer stays gathered through its backward. Without prefetch
+    nothing is gathered while the loss's backward runs."""
     falcon = architecture.load("falcon-180B")  # a decoder layer larger than its embedding
     assert falcon.layer_params > falcon.embedding_params
+    no_prefetch = ESTIMATOR_BUCKETS.model_copy(update={"prefetch_bucket_elements": 0})
     for checkpointing, largest in ((False, falcon.embedding_params), (True, falcon.layer_params)):
-        settings = TrainingSettings(seq_len=2048, method=Method.FULL, zero_stage=ZeroStage.PARAMETERS, num_gpus=8,
-                                    gpus_per_node=8, buckets=buckets, gradient_checkpointing=checkpointing)
-        assert model_states(falcon, settings).gathered == 2 * (largest + prefetch)
+        s = zero3(falcon, no_prefetch, checkpointing)
+        assert (s.gathered, s.gathered_at_loss) == (2 * largest, 0)
+
+
+def test_zero3_prefetch_runs_ahead_to_the_live_parameter_cap() -> None:
+    """With prefetch every hooked module asks for another bucket, so DeepSpeed keeps up to
+    stage3_max_live_parameters gathered into backward (1e9 in kubetune's config as in Hugging Face's: 2 GB in bf16),
+    and the module in use on top; a head larger than the cap stops the look-ahead, so the loss's backward holds it
+    alone. A model smaller than the cap is gathered whole but for its frozen input embedding."""
+    buckets = Buckets.for_hidden_size(MODEL.hidden_size)
+    cap = buckets.max_live_parameters
+    assert MODEL.embedding_params < cap
+    for checkpointing in (False, True):  # the largest module is the head either way (a layer is 218M)
+        s = zero3(MODEL, buckets, checkpointing)
+        assert s.gathered == s.gathered_at_loss == 2 * (cap + MODEL.embedding_params)
+    llama = architecture.load("Llama-3.1-70B")
+    assert llama.embedding_params > cap
+    assert zero3(llama, Buckets.for_hidden_size(llama.hidden_size), False).gathered_at_loss == 2 * llama.embedding_params
+    tiny = architecture.from_hf_config(tiny_models.tiny_config("llama", 3))
+    s = model_states(tiny, TrainingSettings(seq_len=64, zero_stage=ZeroStage.PARAMETERS, num_gpus=2, gpus_per_node=2,
+                                            buckets=Buckets.for_hidden_size(tiny.hidden_size)))
+    assert s.gathered == s.gathered_at_loss < 2 * (tiny.total_params + trainable_params(tiny, TrainingSettings(
+        seq_len=64)) - tiny.embedding_params)
 
 
 def test_zero3_optimizer_offload_keeps_2p_over_n() -> None:

@@ -22,7 +22,7 @@ import deepspeed
 import torch
 from pydantic import BaseModel, ConfigDict
 
-from kubetune.api.vocabulary import Method, Precision, ZeroStage
+from kubetune.api.vocabulary import Method, Offload, Precision, ZeroStage
 from kubetune.memprobe import tiny_models
 from kubetune.memprobe.peak import PeakProbe, gc_tensors
 from kubetune.planner import architecture
@@ -47,6 +47,7 @@ class Case(BaseModel):
     gradient_accumulation: int = 1
     precision: Precision = Precision.BF16
     adapters_fp32: bool = False
+    offload: Offload = Offload.NONE
 
     def model_config_dict(self) -> dict:
         return tiny_models.tiny_config(self.family, self.layers)
@@ -60,10 +61,8 @@ class Case(BaseModel):
                                 gradient_accumulation=self.gradient_accumulation, precision=self.precision,
                                 method=self.method, lora=Lora(adapters_fp32=self.adapters_fp32),
                                 gradient_checkpointing=self.gradient_checkpointing, zero_stage=self.zero_stage,
-                                num_gpus=ranks, gpus_per_node=ranks,
-                                buckets=Buckets.for_hidden_size(self.arch().hidden_size).model_copy(
-                                    # Measured without ZeRO-3 prefetch, which the model does not count yet.
-                                    update={"prefetch_bucket_elements": 0}))
+                                offload=self.offload, num_gpus=ranks, gpus_per_node=ranks,
+                                buckets=Buckets.for_hidden_size(self.arch().hidden_size))
 
 
 def measure(case: Case, ranks: int) -> dict:

@@ -194,14 +194,16 @@ def checkpointed_layer(arch: Architecture, settings: TrainingSettings) -> int:
 
 
 def adapter_input_gradient(arch: Architecture, settings: TrainingSettings) -> int:
-    """With fp32 adapters, a layer's backward meets an adapted module's input gradient twice at once: the adapter's
-    own in fp32 (its input was cast up) and its cast down to the activation dtype, to be added to the base
-    module's; the widest input (the MLP's down projection) sets it (measured on the CPU: Llama, ZeRO-2, with and
-    without checkpointing). 16-bit adapters add theirs without a cast."""
-    if not settings.method.trains_adapters or not settings.lora.adapters_fp32:
+    """An adapted module's backward makes the base module's input gradient and the adapter's, then adds them: the
+    adapter's, in the activation dtype, is held beside the base's; with fp32 adapters also its own fp32 copy (its
+    input was cast up) before the cast down. The widest input (the MLP's down projection) sets it (measured on the
+    CPU: Llama under ZeRO-2 with fp32 adapters, ZeRO-3 on two ranks and tied Qwen2 under ZeRO-2 with 16-bit ones,
+    all with checkpointing, where the recomputed layer's backward is the step's peak)."""
+    if not settings.method.trains_adapters:
         return 0
     widest = max(d_in for d_in, _ in arch.lora_modules(settings.lora.target_modules).values())
-    return (FP32 + settings.precision.bytes) * widest * settings.tokens_per_micro_batch
+    own = FP32 + settings.precision.bytes if settings.lora.adapters_fp32 else settings.precision.bytes
+    return own * widest * settings.tokens_per_micro_batch
 
 
 def logits_peak(arch: Architecture, settings: TrainingSettings) -> int:

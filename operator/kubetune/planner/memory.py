@@ -130,20 +130,21 @@ def _phases(arch: Architecture, settings: TrainingSettings) -> _Phases:
         Phase.BACKWARD_END: states.gradients_persistent + states.gradients_backward + states.gradients_reduction,
         Phase.OPTIMIZER_STEP: states.gradients_persistent + states.gradients_backward + states.gradients_step,
     }
-    # The loss's backward runs first, before any layer is recomputed, any ZeRO-3 module gathered again (the head
-    # was released after forward) or, under ZeRO-1/2, the gradient partition allocated at the first bucket's
-    # reduction; by then the loss's buffers are freed while the other layers' activations are still held
-    # (measured on the CPU, tests/measured/test_step_peak_vs_deepspeed.py). So the start of backward holds the
+    # The loss's backward runs first, before any layer is recomputed, any ZeRO-3 module gathered again (but what
+    # the prefetch gathered for the head's backward) or, under ZeRO-1/2, the gradient partition allocated at the
+    # first bucket's reduction; by then the loss's buffers are freed while the other layers' activations are still
+    # held (measured on the CPU, tests/measured/test_step_peak_vs_deepspeed.py). So the start of backward holds the
     # loss, or the recomputed layer's backward with its gathered parameters, the gradient partition and the head's
     # gradient where it is still held, whichever is larger.
     recomputed = recomputed_layer_bytes(arch, settings)
     partition = states.gradients_backward if settings.zero_stage in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS) else 0
     gradients = partition + held_head_gradient(arch, settings)
     transient = activations.adapter_input_gradient(arch, settings)
-    loss_first = logits >= recomputed + transient + states.gathered + gradients
+    loss_first = logits + states.gathered_at_loss >= recomputed + transient + states.gathered + gradients
     at_start = {"activations": acts - recomputed if loss_first else acts + transient,
                 "logits": logits if loss_first else 0,
-                "gathered": 0 if loss_first else states.gathered, "gradients": 0 if loss_first else gradients}
+                "gathered": states.gathered_at_loss if loss_first else states.gathered,
+                "gradients": 0 if loss_first else gradients}
     dynamic = {Phase.BACKWARD_START: sum(at_start.values()), Phase.BACKWARD_END: 0, Phase.OPTIMIZER_STEP: 0}
     # While activations are held, one layer's worth of holes (coefficients.yaml, allocator_*); the segments'
     # last pages are a fixed overhead.

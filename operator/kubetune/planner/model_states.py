@@ -16,6 +16,8 @@ from kubetune.planner.architecture import Architecture
 from kubetune.planner.settings import Lora, TrainingSettings
 
 FP32 = 4
+FP64 = 8
+NORM_CHUNK_ELEMENTS = 250_000_000  # stage3.py, _constant_buffered_norm2's buffer_size
 # Without ZeRO, DeepSpeed all-reduces the gradients in flattened buckets of this many elements, not configurable
 # (engine.py, MEMORY_OPT_ALLREDUCE_SIZE).
 ALLREDUCE_BUCKET_ELEMENTS = 500_000_000
@@ -64,7 +66,8 @@ class ModelStates:
     gradients_step: int  # what the optimizer step adds (the fp32 gradient partition)
     gradients_reduction: int  # what only the end of backward adds: ZeRO-0's flattened copy for the all-reduce
     buffers: int  # communication buckets, offload staging, QLoRA's dequantised weight: forward, backward and step
-    gathered: int  # ZeRO-3's whole parameters of the module in flight: in forward and backward only
+    gathered: int  # ZeRO-3's whole parameters gathered in the layers' backward (the module in flight, prefetch)
+    gathered_at_loss: int  # what ZeRO-3 has gathered while the loss's backward runs, before the layers'
     cpu_per_gpu: int  # host memory pinned per GPU process for offloaded states
 
 
@@ -183,7 +186,7 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     if offload_params:
         cpu += w * total // n
     return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, reduction, buffers,
-                       _gathered(arch, settings), cpu)
+                       *_gathered(arch, settings), cpu)
 
 
 def held_head_gradient(arch: Architecture, settings: TrainingSettings) -> int:
@@ -213,21 +216,47 @@ def _reduce_bucket(settings: TrainingSettings) -> int:
     return buckets.reduce_bucket_elements * g * (2 if buckets.overlaps(settings.zero_stage) else 1)
 
 
-def _gathered(arch: Architecture, settings: TrainingSettings) -> int:
-    """ZeRO-3's whole parameters of the module in flight, plus the prefetch window (none in kubetune's config:
-    settings.Buckets.for_hidden_size). A module is a leaf with parameters of its own (a linear, the embedding or
-    head, an MoE block's fused experts), released after use (stage3_max_reuse_distance 0). Under gradient
+def _gathered(arch: Architecture, settings: TrainingSettings) -> tuple[int, int]:
+    """ZeRO-3's whole parameters gathered at the start of the layers' backward, and while the loss's backward
+    runs before it.
+
+    Without prefetch one module is gathered at a time and released after use (stage3_max_reuse_distance 0): a leaf
+    with parameters of its own (a linear, the embedding or head, an MoE block's fused experts); under gradient
     checkpointing the recomputed layer's parameters stay gathered until its backward is done
-    (partitioned_param_coordinator.py, release_sub_module: ds_recompute_parameters), so a whole layer is. On one
-    GPU the partition is the whole parameter and nothing is gathered (partition_parameters.py,
-    all_gather_coalesced: _no_gather_coalesced)."""
+    (partitioned_param_coordinator.py, release_sub_module: ds_recompute_parameters), so a whole layer is; and
+    nothing while the loss's backward runs (the head was released after forward). With prefetch every hooked
+    module prefetches another bucket, so the look-ahead runs ahead of the layers until stage3_max_live_parameters
+    are gathered, and what it passes that backward uses again stays gathered into backward (settings.Buckets
+    .for_hidden_size): up to that many from the turn to backward, the loss's backward included, and the module in
+    use, which the cap does not hold back (measured on the CPU: with 1e9 the whole tiny model but its frozen input
+    embedding, from early in forward to the start of backward). That the look-ahead outruns the layers is certain with LoRA's five
+    hooked modules a linear; without LoRA at real sizes it may not, and the cap is then a bound. On one GPU the
+    partition is the whole parameter and nothing is gathered (partition_parameters.py, all_gather_coalesced:
+    _no_gather_coalesced)."""
     if settings.zero_stage is not ZeroStage.PARAMETERS or settings.num_gpus == 1:
-        return 0
+        return 0, 0
     buckets = settings.buckets
     leaf = max(arch.largest_param_numel, arch.mlp_params if arch.is_moe else 0)
     largest_module = max(arch.layer_params if settings.gradient_checkpointing else leaf, arch.embedding_params)
-    gathered = min(largest_module + buckets.prefetch_bucket_elements, buckets.max_live_parameters)
-    return max(gathered, largest_module) * settings.precision.bytes
+    if buckets.prefetch_bucket_elements == 0:
+        return largest_module * settings.precision.bytes, 0
+    cap, gatherable, head = buckets.max_live_parameters, _gatherable(arch, settings), arch.embedding_params
+    layers = min(cap + largest_module, max(gatherable, largest_module))
+    # A head at or above the cap stops the look-ahead until it is released: nothing else is kept beside it.
+    loss = head if head >= cap else min(cap + head, gatherable)
+    return layers * settings.precision.bytes, loss * settings.precision.bytes
+
+
+def _gatherable(arch: Architecture, settings: TrainingSettings) -> int:
+    """What the prefetch can keep gathered into backward: every parameter ZeRO-3 gathers (all but the small ones it
+    keeps whole) that backward uses again, so all but a frozen, untied input embedding, unless checkpointing makes
+    its output require a gradient (trainer/model_setup.py, enable_input_require_grads), which puts its module in
+    backward's trace too."""
+    base, adapters = _persistent(arch, settings.buckets.param_persistence_threshold, settings.method, settings.lora)
+    frozen_input = settings.method.trains_adapters and not arch.tie_word_embeddings
+    used_once = arch.embedding_params if frozen_input and not settings.gradient_checkpointing else 0
+    return arch.total_params + (trainable_params(arch, settings) if settings.method.trains_adapters else 0) \
+        - base - adapters - used_once
 
 
 def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> int:
@@ -240,6 +269,14 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     if stage is not ZeroStage.PARAMETERS and settings.offload is Offload.OPTIMIZER:
         # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
         buffers += arch.largest_param_numel * w if settings.method is Method.FULL else 0
+    if settings.offload is not Offload.NONE:
+        # With offload the gradient norm is taken on the GPU, gradient by gradient, each cast to fp64 first
+        # (stage_1_and_2.py, set_norm_for_param_grad_in_gpu: the rank's part of the gradient; stage3.py,
+        # _constant_buffered_norm2: its partition, 250M elements at a time).
+        largest = _largest_trainable_tensor(arch, settings)
+        if stage is ZeroStage.PARAMETERS:
+            largest = min(-(-largest // settings.num_gpus), NORM_CHUNK_ELEMENTS)
+        buffers += FP64 * largest
     if settings.method is Method.QLORA:
         buffers += quantization.dequantization_bytes(arch, w)
     return buffers

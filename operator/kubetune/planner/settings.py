@@ -53,18 +53,21 @@ class Buckets(BaseModel):
     @classmethod
     def for_hidden_size(cls, hidden_size: int) -> "Buckets":
         """What kubetune's generated ds_config uses: sized on the model like Hugging Face's "auto" values
-        (h^2 buckets, 10 h persistence), not DeepSpeed's fixed 500M-element buckets, which cost 1-2 GB per GPU
-        whatever the model. ZeRO-3 prefetch stays on (with none, a run resumed under ZeRO-3 fails DeepSpeed's
-        module-trace check: tests/trainer, the replanned-resume test), although DeepSpeed 0.19's prefetch marks every still-gathered parameter its
-        look-ahead passes as fetched for that later use and then does not release it
-        (partitioned_param_coordinator.py, fetch_sub_module and __params_to_release), so at the turn from
-        forward to backward whole layers stay gathered, how many depending on the module trace (measured on the
-        CPU: 2 of 3 layers and the head of a tiny Llama with HF's 0.9 h^2). The time model already puts ZeRO-3's
-        per-module gathers on the critical path (time_coefficients.yaml, zero3_seconds_per_module_pass)."""
+        (h^2 buckets, 0.9 h^2 prefetch, 10 h persistence), not DeepSpeed's fixed 500M-element buckets, which cost
+        1-2 GB per GPU whatever the model.
+
+        ZeRO-3 prefetch stays on, with DeepSpeed's 1e9 live parameters, although DeepSpeed 0.19 prefetches another
+        bucket at every hooked module, parameters of its own or not (a LoRA linear is five: the wrapper, the base
+        layer, the dropout and both adapters), so the prefetch runs ahead of the layers until that many are
+        gathered, and keeps what it gathers for backward while still gathered for forward
+        (partitioned_param_coordinator.py, fetch_sub_module and __params_to_release; the memory model counts it:
+        model_states._gathered). With a look-ahead that stalls (no prefetch, or a lower cap) DeepSpeed checks the
+        fetch order against its trace and a run resumed under ZeRO-3 from another layout's checkpoints fails that
+        check (tests/trainer, the replanned-resume test; DeepSpeed issue 3599 for others). The time model puts
+        ZeRO-3's gathers on the critical path anyway (time_coefficients.yaml, zero3_seconds_per_module_pass)."""
         square = hidden_size * hidden_size
         return cls(reduce_bucket_elements=square, allgather_bucket_elements=square,
-                   prefetch_bucket_elements=int(0.9 * square),
-                   param_persistence_threshold=10 * hidden_size)
+                   prefetch_bucket_elements=int(0.9 * square), param_persistence_threshold=10 * hidden_size)
 
     def overlaps(self, stage: ZeroStage) -> bool:
         return stage is ZeroStage.PARAMETERS if self.overlap_comm is None else self.overlap_comm
