@@ -14,7 +14,7 @@ from kubetune.api.v1alpha1 import MemoryBreakdown
 from kubetune.api.vocabulary import Attention, Phase, ZeroStage
 from kubetune.planner import activations
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.model_states import held_head_gradient, model_states
+from kubetune.planner.model_states import ModelStates, held_head_gradient, model_states
 from kubetune.planner.settings import TrainingSettings
 
 
@@ -121,8 +121,7 @@ class _Phases:
         return {phase: self.fixed + self.grads[phase] + self.dynamic[phase] for phase in PHASES}
 
 
-def _phases(arch: Architecture, settings: TrainingSettings) -> _Phases:
-    states = model_states(arch, settings)
+def _phases(arch: Architecture, settings: TrainingSettings, states: ModelStates) -> _Phases:
     acts = activation_bytes(arch, settings)
     logits = activations.logits_peak(arch, settings)
     grads = {
@@ -157,7 +156,7 @@ def allocated_peak_bytes(arch: Architecture, settings: TrainingSettings) -> int:
     """The peak of what torch's allocator hands out in a step that the CPU measures too: every phase without what
     only a GPU holds (the CUDA context, NCCL, kernel workspaces: `gpu_only_bytes`) and the caching allocator's
     margin. torch.cuda.max_memory_allocated also counts the workspaces."""
-    return max(_phases(arch, settings).allocated.values())
+    return max(_phases(arch, settings, model_states(arch, settings)).allocated.values())
 
 
 def kernel_workspace_bytes(arch: Architecture, settings: TrainingSettings) -> int:
@@ -187,7 +186,7 @@ def gpu_only_bytes(arch: Architecture, settings: TrainingSettings) -> int:
 def estimate(arch: Architecture, settings: TrainingSettings) -> MemoryBreakdown:
     states = model_states(arch, settings)
     overhead = gpu_only_bytes(arch, settings)
-    phases = _phases(arch, settings)
+    phases = _phases(arch, settings, states)
     grads, at_start, margin = phases.grads, phases.at_start, phases.margin
     totals = {phase: allocated + margin[phase] + overhead for phase, allocated in phases.allocated.items()}
     peak = max(totals, key=totals.__getitem__)

@@ -99,11 +99,16 @@ def trained_bytes(settings: TrainingSettings) -> TrainedBytes:
       tensor's torch.device with the accelerator's device name, a str, which is never equal: it copies too
       (measured, tests/measured/test_model_states_vs_deepspeed.py).
     """
-    optimizer_dtype = 2 if settings.precision is Precision.PURE_BF16 else FP32
-    fp32_parameters = settings.precision is Precision.FP32 or (settings.method.trains_adapters
-                                                               and settings.lora.adapters_fp32)
-    parameter = FP32 if fp32_parameters else 2
-    separate = settings.zero_stage is not ZeroStage.DISABLED or parameter != optimizer_dtype
+    fp32_adapters = settings.method.trains_adapters and settings.lora.adapters_fp32
+    return _trained_bytes(settings.precision, fp32_adapters, settings.zero_stage is ZeroStage.DISABLED)
+
+
+@lru_cache(maxsize=64)
+def _trained_bytes(precision: Precision, fp32_adapters: bool, without_zero: bool) -> TrainedBytes:
+    """Cached: every estimate asks several times, and the planner makes thousands."""
+    optimizer_dtype = 2 if precision is Precision.PURE_BF16 else FP32
+    parameter = FP32 if precision is Precision.FP32 or fp32_adapters else 2
+    separate = not without_zero or parameter != optimizer_dtype
     return TrainedBytes(parameter=parameter, optimizer=optimizer_dtype, master=optimizer_dtype if separate else 0)
 
 
