@@ -14,7 +14,7 @@ from kubetune.api.v1alpha1 import MemoryBreakdown
 from kubetune.api.vocabulary import Attention, Phase, ZeroStage
 from kubetune.planner import activations
 from kubetune.planner.architecture import Architecture
-from kubetune.planner.model_states import ModelStates, held_head_gradient, model_states
+from kubetune.planner.model_states import ModelStates, held_head_gradient, model_states, offload_norm_copy
 from kubetune.planner.settings import TrainingSettings
 
 
@@ -138,7 +138,7 @@ def _phases(arch: Architecture, settings: TrainingSettings, states: ModelStates)
     recomputed = recomputed_layer_bytes(arch, settings)
     partition = states.gradients_backward if settings.zero_stage in (ZeroStage.OPTIMIZER, ZeroStage.GRADIENTS) else 0
     gradients = partition + held_head_gradient(arch, settings)
-    transient = activations.adapter_input_gradient(arch, settings)
+    transient = activations.adapter_input_gradient(arch, settings) + offload_norm_copy(arch, settings)
     loss_first = logits + states.gathered_at_loss >= recomputed + transient + states.gathered + gradients
     at_start = {"activations": acts - recomputed if loss_first else acts + transient,
                 "logits": logits if loss_first else 0,

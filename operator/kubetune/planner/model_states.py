@@ -186,8 +186,15 @@ def model_states(arch: Architecture, settings: TrainingSettings) -> ModelStates:
     buffers = _buffers(arch, settings, trainable)
     cpu = 0
     if offload_optimizer:
-        # Offloaded partition: fp32 master, optimizer moments and fp32 gradients, in pinned host memory.
-        cpu += (settings.optimizer.moments * trained.optimizer + 2 * trained.master) * trainable // n
+        # Offloaded partition: fp32 master, optimizer moments and fp32 gradients, in pinned host memory; and a
+        # 16-bit partition beside them: ZeRO-1/2's copy of the updated parameters on their way back to the GPU
+        # (stage_1_and_2.py, param_buffer_of_bit16_for_cpu_offload_groups) with a host staging buffer of the largest
+        # parameter (temp_grad_buffer_for_cpu_offload), ZeRO-3's 16-bit gradient partition (stage3.py,
+        # grad_partitions_flat_buffer, on the optimizer's device). Measured on the CPU, where host and device are
+        # one memory (tests/measured/test_step_peak_vs_deepspeed.py).
+        cpu += (settings.optimizer.moments * trained.optimizer + 2 * trained.master + g) * trainable // n
+        if stage is not ZeroStage.PARAMETERS:
+            cpu += g * _largest_trainable_tensor(arch, settings)
     if offload_params:
         cpu += w * total // n
     return ModelStates(weights, optimizer, persistent_grads, backward_grads, step_grads, reduction, buffers,
@@ -203,6 +210,19 @@ def held_head_gradient(arch: Architecture, settings: TrainingSettings) -> int:
     if settings.method is not Method.FULL or not held:
         return 0
     return trained_bytes(settings).parameter * arch.embedding_params
+
+
+def offload_norm_copy(arch: Architecture, settings: TrainingSettings) -> int:
+    """With offload the gradient norm is taken on the GPU, gradient by gradient as each is reduced in backward,
+    each cast to fp64 first (stage_1_and_2.py, set_norm_for_param_grad_in_gpu: the rank's part of the gradient;
+    stage3.py, _constant_buffered_norm2: its partition, 250M elements at a time): the largest such copy, alive
+    beside the layers' backward, not the loss's (which comes before any reduction)."""
+    if settings.offload is Offload.NONE:
+        return 0
+    largest = _largest_trainable_tensor(arch, settings)
+    if settings.zero_stage is ZeroStage.PARAMETERS:
+        largest = min(-(-largest // settings.num_gpus), NORM_CHUNK_ELEMENTS)
+    return FP64 * largest
 
 
 def _largest_trainable_tensor(arch: Architecture, settings: TrainingSettings) -> int:
@@ -274,14 +294,6 @@ def _buffers(arch: Architecture, settings: TrainingSettings, trainable: int) -> 
     if stage is not ZeroStage.PARAMETERS and settings.offload is Offload.OPTIMIZER:
         # Gradients are staged through a GPU buffer the size of the largest parameter tensor.
         buffers += arch.largest_param_numel * w if settings.method is Method.FULL else 0
-    if settings.offload is not Offload.NONE:
-        # With offload the gradient norm is taken on the GPU, gradient by gradient, each cast to fp64 first
-        # (stage_1_and_2.py, set_norm_for_param_grad_in_gpu: the rank's part of the gradient; stage3.py,
-        # _constant_buffered_norm2: its partition, 250M elements at a time).
-        largest = _largest_trainable_tensor(arch, settings)
-        if stage is ZeroStage.PARAMETERS:
-            largest = min(-(-largest // settings.num_gpus), NORM_CHUNK_ELEMENTS)
-        buffers += FP64 * largest
     if settings.method is Method.QLORA:
         buffers += quantization.dequantization_bytes(arch, w)
     return buffers
