@@ -67,8 +67,11 @@ def activation_bytes(arch: Architecture, settings: TrainingSettings) -> int:
 def recomputed_layer_bytes(arch: Architecture, settings: TrainingSettings) -> int:
     """Under gradient checkpointing, the one layer backward recomputes, counted in `activation_bytes`: its full
     set of saved activations (0 without checkpointing)."""
-    if not settings.gradient_checkpointing:
-        return 0
+    return layer_bytes(arch, settings) if settings.gradient_checkpointing else 0
+
+
+def layer_bytes(arch: Architecture, settings: TrainingSettings) -> int:
+    """One layer's full set of saved activations, as without checkpointing."""
     key = (settings.seq_len, settings.method, settings.lora, settings.attention, settings.precision, False)
     one, two = _layer_line(arch, key)
     return one + (settings.micro_batch - 1) * (two - one)
@@ -148,7 +151,7 @@ def _phases(arch: Architecture, settings: TrainingSettings, states: ModelStates)
     # While activations are held, one layer's worth of holes (coefficients.yaml, allocator_*); the segments'
     # last pages are a fixed overhead.
     margin = {phase: 0 for phase in PHASES}
-    margin[Phase.BACKWARD_START] = recomputed or activations.layer(arch, settings).total
+    margin[Phase.BACKWARD_START] = layer_bytes(arch, settings)
     return _Phases(states.weights + states.optimizer_states + states.buffers, grads, dynamic, at_start, margin)
 
 
