@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import kopf
@@ -80,6 +81,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, trainer_jo
     memo.progress = progress.ProgressReader()
     memo.serial = Serial()
     memo.plans = LRUCache(maxsize=RECENT_PLANS)
+    memo.planner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kubetune-planner")
     memo.events = EventPoster(memo.kube, memo.config.identity)
     # The jobs kopf's handlers have reconciled in this process: kopf filled its indexes before they ran, which
     # reconciling relies on, and they are the jobs this operator serves (its namespaces).
@@ -103,6 +105,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.events.close()
     await memo.capacity.close()
     await memo.kube.close()
+    memo.planner.shutdown(cancel_futures=True)
 
 
 def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
@@ -242,15 +245,19 @@ class _Reconcile:
         self.conds.set(ConditionType.FAILED, True, reason, message)
         self.conds.set(ConditionType.SUCCEEDED, False, reason, "the job failed")
 
-    def _decided(self, spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> decision.Decision:
+    async def _decided(self, spec: api.FineTuneJobSpec, groups: list[GpuNodeGroup]) -> decision.Decision:
         key = (spec.model_dump_json(), self.capacity.version)
         decided: decision.Decision | None = self.memo.plans.get(key)
         if decided is None:
-            decided = self.memo.plans[key] = decision.decide(spec, groups, self.config.gpu_prices)
+            # Off the event loop: a plan is tens of milliseconds of CPU, and with many jobs arriving the other
+            # reconciles' apiserver replies would wait behind it. One thread, so plans never run concurrently.
+            decided = await asyncio.get_running_loop().run_in_executor(
+                self.memo.planner, decision.decide, spec, groups, self.config.gpu_prices)
+            self.memo.plans[key] = decided
         return decided
 
     async def _plan(self, spec: api.FineTuneJobSpec) -> api.Plan | None:
-        decided = self._decided(spec, await self.capacity.groups())
+        decided = await self._decided(spec, await self.capacity.groups())
         if decided.plan is None:
             reason = decided.reason or Reason.UNSCHEDULABLE
             m.plan_failures.labels(reason).inc()
@@ -306,7 +313,7 @@ class _Reconcile:
         if waiting is None:
             return plan
         if self.attempt == 1:
-            now = self._decided(spec, groups).plan
+            now = (await self._decided(spec, groups)).plan
             if now is not None and now != plan and decision.waiting_for_capacity(now, groups) is None:
                 self._set_plan(now)
                 self.conds.set(ConditionType.PLANNED, True, Reason.REPLANNED,
