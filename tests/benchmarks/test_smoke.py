@@ -139,10 +139,11 @@ def test_scale(cluster: LocalCluster) -> None:
     values = {row[0]: row[1] for row in rows}
     assert re.fullmatch(r"[\d.]+ s", values["all settled"]), values
     assert re.fullmatch(r"-?[\d.]+ s", values["after the last create"]), values
+    assert re.fullmatch(r"[\d.]+ / [\d.]+ / [\d.]+ s", values["each job from its create to settled p50 / p99 / max"])
     working = re.fullmatch(r"\d+ / \d+ / \d+ ms \((\d+)\)", values["working reconciles p50 / p99 / max"])
     assert working and int(working[1]) >= 5, values  # at least one plan-and-create reconcile per job
     assert values["FineTuneJobs with more than one Job / ConfigMap"] == "0 / 0"
     assert values["FineTuneJobs without a status"] == "0"
     saved = json.loads(raw_output(stdout).read_text())
-    assert len(saved["outcomes"]) == 5 and all(where for where, _, _ in saved["outcomes"].values()), saved
+    assert len(saved["outcomes"]) == 5 and all(where and settled for where, _, _, _, settled in saved["outcomes"].values()), saved
     assert sum(changed for _, _, changed in saved["reconciles"]) == int(working[1])

@@ -65,16 +65,16 @@ def test_the_periodic_pass_runs_every_interval_until_closed() -> None:
 
 
 def test_the_index_keeps_unfinished_jobs_without_managed_fields_or_kopfs_copy_of_the_spec() -> None:
-    [(key, kept)] = unfinished_jobs(kopf.Body(job("a"))).items()
+    [(key, kept)] = asyncio.run(unfinished_jobs(kopf.Body(job("a")))).items()
     assert key == ("team-a", "a")
     assert "managedFields" not in kept["metadata"] and DIFF_BASE not in kept["metadata"]["annotations"]
     assert kept["metadata"]["annotations"] == {"kubetune.io/inject-fault": "oom"}
     assert kept["metadata"]["labels"] == {"team": "a"} and kept["metadata"]["uid"] == "uid-a"
     assert kept["spec"] == job("a")["spec"] and kept["status"] == job("a")["status"]
     done = job("b", [{"type": "Succeeded", "status": "True"}])
-    assert unfinished_jobs(kopf.Body(done)) == {}
+    assert asyncio.run(unfinished_jobs(kopf.Body(done))) == {}
     failed_false = job("c", [{"type": "Failed", "status": "False"}])
-    assert list(unfinished_jobs(kopf.Body(failed_false))) == [("team-a", "c")]
+    assert list(asyncio.run(unfinished_jobs(kopf.Body(failed_false)))) == [("team-a", "c")]
 
 
 def test_an_event_names_its_object_and_a_long_message_is_cut_in_the_middle() -> None:

@@ -26,6 +26,7 @@ from kubetune.config import OperatorConfig
 from kubetune.controller import clock, events, observation, progress, recovery, refusals, resize, suspension
 from kubetune.controller import metrics as m
 from kubetune.controller.conditions import Conditions, finished
+from kubetune.controller.diffbase import SlimDiffBase
 from kubetune.controller.event_poster import EventPoster
 from kubetune.controller.kube import Kube
 from kubetune.controller.refusals import Refused
@@ -67,7 +68,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, trainer_jo
                     unfinished_jobs: kopf.Index, **_: Any) -> None:
     # kopf's own bookkeeping lives in annotations under our prefix, never in status.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io")
+    settings.persistence.diffbase_storage = SlimDiffBase(prefix="kubetune.io")
     settings.persistence.finalizer = "kubetune.io/finalizer"
     # Watches that hang forever without a server timeout (kopf#698, #204).
     settings.watching.server_timeout = 60
@@ -108,9 +109,11 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     memo.planner.shutdown(cancel_futures=True)
 
 
-def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The FineTuneJobs the periodic reconcile visits, by (namespace, name): the unfinished ones, holding only
-    what reconciling reads (not managedFields, nor kopf's copy of the last handled spec)."""
+    what reconciling reads (not managedFields, nor kopf's copy of the last handled spec). The index functions
+    are coroutines although they never wait: kopf runs a plain function on a thread of its executor, and that
+    hop for every watch event of every FineTuneJob and Job was a tenth of the operator's CPU at 1,000 jobs."""
     metadata = body["metadata"]
     if finished(body.get("status", {}).get("conditions", [])) or metadata.get("deletionTimestamp"):
         return {}
@@ -159,7 +162,7 @@ async def _reconcile(memo: kopf.Memo, body: Any, spec: dict[str, Any], status: d
                         api.Plan.model_validate(plan) if plan else None)
 
 
-def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+async def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     """The training Jobs by (namespace, FineTuneJob), from kopf's watch: steady-state reconciles read them
     here instead of asking the apiserver every time."""
     owner = next((ref["name"] for ref in body["metadata"].get("ownerReferences", []) if ref.get("kind") == api.KIND),
