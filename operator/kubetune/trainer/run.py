@@ -246,6 +246,10 @@ def main() -> None:
             deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
         train(config, ds)
+        # Without it gloo's worker threads outlive the interpreter, and their teardown at exit can abort the
+        # process (SIGABRT after the model was saved: a finished run's pod would fail). Every rank has passed
+        # the run's last barrier (the final save's, or a stop's checkpoint), so none waits on a collective.
+        dist.destroy_process_group()
     except torch.OutOfMemoryError:
         peak = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
