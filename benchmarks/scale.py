@@ -135,11 +135,14 @@ class Settling:
             threading.Thread(target=self._follow, args=(kind, handle), daemon=True).start()
 
     def _follow(self, kind: str, handle) -> None:
-        while not self._stopping:
-            # Its errors go to the benchmark's: why a watch ended shows there.
-            watch = subprocess.Popen([*self._kubectl, kind, "-o", f"jsonpath={WATCHED_FIELDS[kind]}"],
-                                     stdout=subprocess.PIPE, text=True)
-            self._watches[kind] = watch
+        while True:
+            with self._lock:  # so that stop() cannot miss a watch started as it runs
+                if self._stopping:
+                    return
+                # Its errors go to the benchmark's: why a watch ended shows there.
+                watch = subprocess.Popen([*self._kubectl, kind, "-o", f"jsonpath={WATCHED_FIELDS[kind]}"],
+                                         stdout=subprocess.PIPE, text=True)
+                self._watches[kind] = watch
             assert watch.stdout is not None
             for line in watch.stdout:
                 arrived = time.monotonic() - self.t0
@@ -183,7 +186,8 @@ class Settling:
                     for name, latest in sorted(self._latest.items()) if name not in self.settled]
 
     def stop(self) -> None:
-        self._stopping = True
+        with self._lock:
+            self._stopping = True
         for watch in self._watches.values():
             watch.terminate()
             watch.wait(timeout=30)

@@ -20,7 +20,7 @@ async def _server(via: str) -> tuple[web.AppRunner, int]:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    return runner, site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, runner.addresses[0][1]
 
 
 def _kubeconfig(tmp_path: Path, port: int) -> str:

@@ -113,7 +113,7 @@ async def unfinished_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], di
     """The FineTuneJobs the periodic reconcile visits, by (namespace, name): the unfinished ones, holding only
     what reconciling reads (not managedFields, nor kopf's copy of the last handled spec). The index functions
     are coroutines although they never wait: kopf runs a plain function on a thread of its executor, and that
-    hop for every watch event of every FineTuneJob and Job was a tenth of the operator's CPU at 1,000 jobs."""
+    hop for every watch event of every FineTuneJob and Job was about 6 % of the operator's busy time at 1,000 jobs."""
     metadata = body["metadata"]
     if finished(body.get("status", {}).get("conditions", [])) or metadata.get("deletionTimestamp"):
         return {}
