@@ -120,6 +120,8 @@ def test_bad_input_is_refused_or_fails_with_a_clear_reason(cluster: LocalCluster
         assert now.get("data") == obj.get("data")
         if obj["kind"] == "Job":
             assert now["spec"]["suspend"] is True and now["spec"]["template"]["spec"]["containers"][0]["image"] == "busybox"
+        else:  # the Job created beside the taken child goes: its pods could never start
+            wait_until("the job's Job to go", lambda: get(cluster, namespace, "job", f"{case['name']}-train") is None)
     if "waiting.kubetune.io" in case.get("spec", {}).get("podMetadata", {}).get("labels", {}):
         # Workers that cannot start are stopped, not left retrying.
         assert get(cluster, namespace, "job", f"{case['name']}-train")["spec"]["suspend"] is True

@@ -212,13 +212,15 @@ def test_killing_the_operator_mid_reconcile_creates_no_duplicates(
 
 def test_deleting_the_job_removes_everything_it_created(cluster: LocalCluster, operator: Operator, namespace: str) -> None:
     apply(cluster, namespace, example("minimal"))
-    wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    ftj = wait_until("the job to succeed", in_phase(cluster, namespace, "minimal", "Succeeded"))
+    children = ftj["status"]["children"]
+    assert get(cluster, namespace, "configmap", children["configMap"]) is not None
     cluster.kubectl_ok("delete", "ftj", "minimal", "-n", namespace)
 
     def gone() -> bool:
         return all(get(cluster, namespace, kind, name) is None
-                   for kind, name in (("job", "minimal-train"), ("configmap", "minimal-config"),
-                                      ("service", "minimal-workers")))
+                   for kind, name in (("job", children["job"]), ("configmap", children["configMap"]),
+                                      ("service", children["service"])))
 
     wait_until("the garbage collector to remove the children", gone)
 

@@ -112,8 +112,12 @@ def test_a_run_that_ran_out_of_memory_succeeds_on_the_new_plan(cluster: LocalClu
     first = attempts(ftj)[0]
     assert first["reason"] == "GPUOutOfMemory"
     assert ftj["status"]["plan"]["predictedPeakBytes"] < first["predictedPeakBytes"]
-    config = json.loads(get(cluster, namespace, "configmap", "minimal-config")["data"]["trainer.json"])
+    config = json.loads(get(cluster, namespace, "configmap", ftj["status"]["children"]["configMap"])["data"]["trainer.json"])
     assert config["plan"] == ftj["status"]["plan"]  # the pods ran with the new plan's configuration
+    # The first plan's ConfigMap went with its Job: each of the job's ConfigMaps is one of its plans.
+    configs = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", namespace, "-l", "kubetune.io/finetunejob=minimal",
+                                            "-o", "json"))["items"]
+    assert [c["metadata"]["name"] for c in configs] == [ftj["status"]["children"]["configMap"]]
 
 
 def test_invalid_input_fails_at_once_without_a_retry(cluster: LocalCluster, operator: Operator, namespace: str) -> None:

@@ -3,6 +3,7 @@ silent retry loop. A quota may be lifted, so the job waits and then runs; an adm
 user's to fix, so the job fails naming it."""
 
 import json
+import time
 
 import pytest
 
@@ -45,6 +46,30 @@ def test_a_job_over_its_namespaces_quota_waits_saying_so_and_runs_once_it_is_lif
     wait_until("the job to run once the quota is gone", in_phase(cluster, namespace, "minimal", "Succeeded"))
 
 
+def test_a_config_map_over_quota_leaves_no_job_behind_and_runs_once_the_quota_is_lifted(
+        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    """The Job is created beside its ConfigMap: when the ConfigMap is refused, the Job must go (its pods could
+    never mount their configuration), and the retries must not make and remove a Job each time."""
+    # The namespace's kube-root-ca.crt is its one ConfigMap.
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-configmap"},
+             "spec": {"hard": {"configmaps": "1"}}}
+    cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(quota))
+    probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}}
+    wait_until("the quota to take effect", lambda: "exceeded quota" in cluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(probe)).stderr)
+    apply(cluster, namespace, example("minimal"))
+    ftj = wait_until("the job to say it is over quota", running_reason(cluster, namespace, "minimal", "QuotaExceeded"))
+    message = condition(ftj, "Running")["message"]
+    assert "ConfigMap minimal-config-" in message and "quota: one-configmap" in message, message
+    wait_until("no Job to be left", lambda: get(cluster, namespace, "job", "minimal-train") is None)
+    time.sleep(5)  # five periodic reconciles (the tests' KUBETUNE_RECONCILE_SECONDS=1), each trying again
+    assert get(cluster, namespace, "job", "minimal-train") is None
+    made = [e for e in events(cluster, namespace, "minimal") if e["reason"] == "Created" and "Job minimal-train" in e["message"]]
+    assert len(made) == 1, made  # by the first try only: the retries create the ConfigMap before the Job
+    cluster.kubectl_ok("delete", "resourcequota", "one-configmap", "-n", namespace)
+    wait_until("the job to run once the quota is gone", in_phase(cluster, namespace, "minimal", "Succeeded"))
+
+
 @pytest.fixture
 def jobs_denied(cluster: LocalCluster, namespace: str):
     """An admission policy (the apiserver's own CEL, Deny) that refuses every Job in the test's namespace."""
@@ -77,5 +102,8 @@ def test_a_child_an_admission_policy_denies_fails_the_job_with_the_policys_messa
     assert "training Jobs are not allowed here" in failed["message"], failed
     assert get(cluster, namespace, "job", "minimal-train") is None
     # The ConfigMap and Service it needed were made first; they stay the job's (garbage-collected with it).
-    assert get(cluster, namespace, "configmap", "minimal-config") is not None
+    configs = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", namespace, "-l", "kubetune.io/finetunejob=minimal",
+                                            "-o", "json"))["items"]
+    assert [c["metadata"]["name"] for c in configs] and all(c["metadata"]["name"].startswith("minimal-config-")
+                                                            for c in configs), configs
     assert "Traceback" not in operator.log.read_text()

@@ -97,7 +97,8 @@ def tiny_job() -> dict[str, Any]:
 def trainer_configs(cluster: LocalCluster, world_dir: Path, output: Path, port: int) -> tuple[Path, Path]:
     """The operator's own trainer.json and ds_config.json for the job, with what differs off-cluster: local
     paths, the metrics port and torch's Adam (no fused CUDA Adam on a CPU)."""
-    config_map = get(cluster, LONG_RUNNING_NAMESPACE, "configmap", f"{JOB}-config")
+    children = get(cluster, LONG_RUNNING_NAMESPACE, "ftj", JOB)["status"]["children"]
+    config_map = get(cluster, LONG_RUNNING_NAMESPACE, "configmap", children["configMap"])
     trainer = json.loads(config_map["data"]["trainer.json"])
     trainer["tokenizer"] = str(world_dir / "tokenizer")
     trainer["dataset"]["source"] = str(world_dir / "data.jsonl")

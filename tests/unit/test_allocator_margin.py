@@ -27,7 +27,7 @@ SETTINGS = TrainingSettings(seq_len=2048, method=Method.LORA, zero_stage=ZeroSta
 def test_training_pods_run_the_allocator_configuration_the_margin_was_derived_for() -> None:
     spec = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "d"}})
     decision = decide(spec, node_groups(profile.load("default").node_manifests(), []))
-    env = job_manifest("q", spec, decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)[
+    env = job_manifest("q", spec, decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")[
         "spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": contract.ALLOCATOR_CONF_ENV, "value": memory.coefficients().allocator_conf} in env
 

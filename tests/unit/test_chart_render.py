@@ -97,8 +97,10 @@ def test_cluster_wide_mode_writes_only_its_own_kinds() -> None:
     # workloads: a queued job's suspension goes through its Kueue Workload (spec.active).
     assert resources == {"finetunejobs", "finetunejobs/status", "events", "jobs", "configmaps", "services", "workloads"}
     assert not any("*" in rule["verbs"] for rule in writes)
-    # The only delete: a failed attempt's Job, which the next attempt replaces.
-    assert [rule["resources"] for rule in writes if "delete" in rule["verbs"]] == [["jobs"]]
+    # The only deletes: a failed attempt's Job, which the next attempt replaces, and the ConfigMap of an earlier
+    # plan, which a content-named ConfigMap replaces; a ConfigMap is never changed in place.
+    assert [rule["resources"] for rule in writes if "delete" in rule["verbs"]] == [["jobs"], ["configmaps"]]
+    assert [rule["verbs"] for rule in writes if rule["resources"] == ["configmaps"]] == [["get", "create", "delete"]]
     assert not any("secrets" in rule["resources"] for doc in docs if "rules" in doc for rule in doc["rules"])
 
 

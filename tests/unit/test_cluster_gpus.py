@@ -36,7 +36,7 @@ def test_job_tolerates_the_gpu_nodes_taints_and_selects_the_planned_product() ->
     groups = node_groups(nodes_with_taint(), [])
     decision = decide(spec, groups)
     assert decision.plan is not None and decision.plan.gpu_product == "NVIDIA-H100-80GB-HBM3"
-    job = job_manifest("big", spec, decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)
+    job = job_manifest("big", spec, decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")
     pod = job["spec"]["template"]["spec"]
     assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
     assert pod["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}

@@ -94,6 +94,6 @@ def test_random_specs_are_refused_planned_or_explained_never_a_crash(raw: dict) 
     configs = config_map("job", spec, plan, settings_from_plan(spec, plan))
     json.loads(configs["data"]["trainer.json"])
     json.loads(configs["data"]["ds_config.json"])
-    job = job_manifest("job", spec, plan, decision.group, DEFAULT_TRAINER_IMAGE)
+    job = job_manifest("job", spec, plan, decision.group, DEFAULT_TRAINER_IMAGE, configs["metadata"]["name"])
     assert job["spec"]["completions"] == plan.nodes
     json.dumps(job)

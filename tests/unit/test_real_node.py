@@ -55,7 +55,7 @@ def test_pinned_gpus_and_nodes_give_that_many_pods_which_may_share_a_node() -> N
     decision = decide(tiny_spec(), node_groups([real_node()], []))
     plan = decision.plan
     assert plan is not None and (plan.gpus, plan.nodes, plan.gpus_per_node) == (2, 2, 1)
-    job = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE)
+    job = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")
     command = job["spec"]["template"]["spec"]["containers"][0]["command"]
     assert "--nnodes=2" in command and "--nproc_per_node=1" in command and job["spec"]["completions"] == 2
 
@@ -74,7 +74,7 @@ def test_pinned_pods_that_fit_the_node_but_not_its_free_gpus_wait_for_them() -> 
 
 def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
     decision = decide(tiny_spec(), node_groups([real_node(cpu="2", memory="8Gi")], []))
-    resources = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)[
+    resources = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")[
         "spec"]["template"]["spec"]["containers"][0]["resources"]
     assert resources["requests"]["cpu"] == "500m"  # a quarter of the node's 2 cores: one of its 4 GPUs
     assert resources["requests"]["memory"] == f"{8 * 1024 // 4}Mi"
@@ -84,7 +84,7 @@ def test_pod_requests_stay_within_the_pods_share_of_its_node() -> None:
 
 def test_training_pods_meet_the_restricted_pod_security_profile_and_can_write_root_owned_claims() -> None:
     decision = decide(tiny_spec(), node_groups([real_node()], []))
-    pod = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]
+    pod = job_manifest("tiny", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"] == TRAINER_UID
@@ -144,12 +144,12 @@ def test_pinned_nodes_alone_take_whole_nodes() -> None:
 
 def test_only_pods_of_simulated_gpus_may_run_on_the_cpu() -> None:
     simulated = decide(tiny_spec(), node_groups([real_node()], []))
-    env = simulated.group and job_manifest("t", tiny_spec(), simulated.plan, simulated.group, DEFAULT_TRAINER_IMAGE)[
+    env = simulated.group and job_manifest("t", tiny_spec(), simulated.plan, simulated.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")[
         "spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "KUBETUNE_SIMULATED_GPUS", "value": "1"} in env
     anywhere = api.FineTuneJobSpec.model_validate({"model": {"name": "Qwen/Qwen2.5-0.5B"}, "dataset": {"source": "d"}})
     real = decide(anywhere, node_groups(profile.load("default").node_manifests(), []))
-    env = job_manifest("q", anywhere, real.plan, real.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = job_manifest("q", anywhere, real.plan, real.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")["spec"]["template"]["spec"]["containers"][0]["env"]
     assert all(e["name"] != "KUBETUNE_SIMULATED_GPUS" for e in env)
 
 
@@ -158,7 +158,7 @@ def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None
     annotations = {"testing.kubetune.io/inject-fault": "gpu-oom:5:1"}
 
     def env(attempt: int) -> list[dict]:
-        return job_manifest("t", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, attempt, annotations)[
+        return job_manifest("t", tiny_spec(), decision.plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0", attempt, annotations)[
             "spec"]["template"]["spec"]["containers"][0]["env"]
 
     assert {"name": "KUBETUNE_TESTING_INJECT_FAULT", "value": "gpu-oom:5:1"} in env(1)
@@ -168,7 +168,7 @@ def test_the_fault_injection_annotation_reaches_the_first_attempt_only() -> None
 def test_training_pods_get_the_time_to_save_a_checkpoint_when_stopped() -> None:
     decision = decide(tiny_spec(), node_groups([real_node()], []))
     plan = decision.plan
-    pod = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE)["spec"]["template"]["spec"]
+    pod = job_manifest("tiny", tiny_spec(), plan, decision.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0")["spec"]["template"]["spec"]
     grace = pod["terminationGracePeriodSeconds"]
     written = (plan.memory.weights_bytes + plan.memory.optimizer_states_bytes) * plan.gpus_per_node
     assert grace == contract.grace_seconds(written + plan.memory.host_bytes_per_node) > contract.SAVE_MARGIN_SECONDS

@@ -101,10 +101,10 @@ def test_a_queued_jobs_kueue_labels_reach_its_job_where_kueue_reads_them() -> No
               "team": "nlp"}
     queued = tiny_spec().model_copy(update={"queue_name": "q"})
     decided = plan(queued, node_groups([real_node()], []))
-    built = job("tiny", queued, decided.plan, decided.group, DEFAULT_TRAINER_IMAGE, labels_of_job=labels)
+    built = job("tiny", queued, decided.plan, decided.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0", labels_of_job=labels)
     assert {k: v for k, v in built["metadata"]["labels"].items() if k.startswith("kueue.x-k8s.io/")} == {
         "kueue.x-k8s.io/queue-name": "q", "kueue.x-k8s.io/priority-class": "low",
         "kueue.x-k8s.io/max-exec-time-seconds": "3600"}
     assert "team" not in built["metadata"]["labels"] and built["spec"]["suspend"] is True
-    unqueued = job("tiny", tiny_spec(), decided.plan, decided.group, DEFAULT_TRAINER_IMAGE, labels_of_job=labels)
+    unqueued = job("tiny", tiny_spec(), decided.plan, decided.group, DEFAULT_TRAINER_IMAGE, "tiny-config-0", labels_of_job=labels)
     assert not any(k.startswith("kueue.x-k8s.io/") for k in unqueued["metadata"]["labels"])

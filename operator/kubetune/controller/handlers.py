@@ -78,6 +78,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, trainer_jo
     settings.posting.level = 30
     memo.kube = await Kube.connect()
     memo.capacity = CapacitySnapshot(memo.kube, memo.config.autoscaled_pools)
+    memo.capacity.start()
     memo.series = m.JobSeries()
     memo.progress = progress.ProgressReader()
     memo.serial = Serial()
@@ -175,7 +176,11 @@ async def trainer_jobs(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[
                                               "labels": dict(body["metadata"].get("labels", {})),
                                               "ownerReferences": copy.deepcopy(body["metadata"]["ownerReferences"])},
                                  "spec": {"suspend": body["spec"].get("suspend"),
-                                          "parallelism": body["spec"].get("parallelism")},
+                                          "parallelism": body["spec"].get("parallelism"),
+                                          # Which ConfigMap its pods mount: checked against status.children.
+                                          "template": {"spec": {"volumes": [
+                                              volume for volume in body["spec"]["template"]["spec"].get("volumes", [])
+                                              if "configMap" in volume]}}},
                                  "status": copy.deepcopy(dict(body.get("status", {})))}}
 
 
@@ -190,6 +195,11 @@ async def forget(name: str, body: kopf.Body, status: kopf.Status, memo: kopf.Mem
 
 def _owned(child: dict[str, Any], body: kopf.Body) -> bool:
     return any(ref.get("uid") == body["metadata"]["uid"] for ref in child["metadata"].get("ownerReferences", []))
+
+
+def _config_map_of(job: dict[str, Any]) -> str | None:
+    return next((volume["configMap"]["name"] for volume in job["spec"].get("template", {}).get("spec", {})
+                 .get("volumes", []) if "configMap" in volume), None)
 
 
 def _foreign_message(child: dict[str, Any]) -> str:
@@ -241,6 +251,8 @@ class _Reconcile:
         elif names.attempt_of(job) < self.attempt:
             # An earlier attempt's Job, recorded as ended: it must go before the next one is created.
             await self.kube.delete_job(self.namespace, job["metadata"]["name"])
+        elif _config_map_of(job) != self.status.get("children", {}).get("configMap"):
+            await self._repair(spec, plan, job)
         else:
             await self._observe(spec, plan, observation.JobView.of(job))
 
@@ -293,18 +305,26 @@ class _Reconcile:
         missing = [ref for ref in refusals.references(spec) if await self.kube.read(self.namespace, *ref) is None]
         outcome = refusals.missing_references(missing, clock.seconds_since(self.body["metadata"]["creationTimestamp"]))
         if outcome is None:
-            try:
-                foreign = await self._ensure_children(spec, plan)
-            except Refused as refused:
-                outcome = refusals.child_refused(refused)
-            else:
-                if foreign:
-                    self._fail(Reason.NAME_CONFLICT, foreign)
-        if outcome is not None:
-            self.conds.set(ConditionType.RUNNING, False, outcome.reason, outcome.message)
-            if outcome.failed:
-                self._fail(outcome.reason, outcome.message)
-                self.patch.status["completionTime"] = clock.now()
+            await self._create_children(spec, plan)
+        else:
+            self._outcome(outcome)
+
+    async def _create_children(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> bool:
+        """Whether the children exist now; when not, the job has failed with the reason."""
+        try:
+            foreign = await self._ensure_children(spec, plan)
+        except Refused as refused:
+            self._outcome(refusals.child_refused(refused))
+            return False
+        if foreign:
+            self._fail(Reason.NAME_CONFLICT, foreign)
+        return foreign is None
+
+    def _outcome(self, outcome: refusals.Outcome) -> None:
+        self.conds.set(ConditionType.RUNNING, False, outcome.reason, outcome.message)
+        if outcome.failed:
+            self._fail(outcome.reason, outcome.message)
+            self.patch.status["completionTime"] = clock.now()
 
     async def _placeable(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> api.Plan | None:
         """The plan to create the children for now, or None while its GPUs are busy. The Job is created only
@@ -335,42 +355,67 @@ class _Reconcile:
         if existing is not None and not _owned(existing, self.body):
             existing.setdefault("kind", manifest["kind"])
             return _foreign_message(existing)
-        if existing is not None and manifest["kind"] == "ConfigMap" and existing.get("data") != manifest["data"]:
-            await self.kube.set_config_map_data(self.namespace, manifest["metadata"]["name"], manifest["data"])
         return None
 
     async def _ensure_children(self, spec: api.FineTuneJobSpec, plan: api.Plan) -> str | None:
         """Create the missing children; a message when an object of a child's name exists that is not ours.
-        Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe. The
-        ConfigMap and Service go first, together, and the Job last: once it exists they do too, and steady
-        state reads only the index. The ConfigMap is brought in step with the plan in status, which a replan
-        changes."""
+        Creation is idempotent (fixed names, conflicts ignored), so a restart at any point is safe. The three
+        are created at once, one round trip (a second was most of a creating reconcile's time at 1,000 new
+        jobs): the ConfigMap is named for its content, so whichever lands first the Job's pods mount what it
+        was made for. status.children names them once all exist, which the steady state checks (`_repair`).
+        A child refused or taken fails the job, and a Job created beside it goes: its pods could never start."""
         settings = decision.settings_from_plan(spec, plan)
         groups = [g for g in await self.capacity.groups(count_pods=False) if g.product == plan.gpu_product]
+        configs = config_map(self.name, spec, plan, settings)
+        manifests = [configs, service(self.name)]
+        child = names.names(self.name)
+        if groups:
+            manifests.append(job_manifest(self.name, spec, plan, groups[0], self.config.trainer_image,
+                                          configs["metadata"]["name"], self.attempt,
+                                          dict(self.body["metadata"].get("annotations", {})),
+                                          dict(self.body["metadata"].get("labels", {}))))
+        # After a refusal the namespace may go on refusing (a quota, a missing permission): the ConfigMap and
+        # Service then go first and the Job after them, so no Job is made and removed again on every retry.
+        refused_before = self.conds.reason(ConditionType.RUNNING) in (Reason.QUOTA_EXCEEDED, Reason.CHILD_FORBIDDEN)
+        waves = [manifests[:2], manifests[2:]] if refused_before else [manifests]
         created: list[str] = []
         try:
-            # Both creations finish before an error of either is raised, so the Event names all that was created.
-            results = await asyncio.gather(self._ensure(config_map(self.name, spec, plan, settings), created),
-                                           self._ensure(service(self.name), created), return_exceptions=True)
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
-            foreign = [message for message in results if isinstance(message, str)]
-            if foreign:
-                return foreign[0]
-            if groups:
-                manifest = job_manifest(self.name, spec, plan, groups[0], self.config.trainer_image, self.attempt,
-                                        dict(self.body["metadata"].get("annotations", {})),
-                                        dict(self.body["metadata"].get("labels", {})))
-                if (foreign_job := await self._ensure(manifest, created)):
-                    return foreign_job
+            for wave in waves:
+                # A wave's creations all finish before an error of one is raised, so the Event names all created.
+                results = await asyncio.gather(*(self._ensure(m, created) for m in wave), return_exceptions=True)
+                foreign = next((result for result in results if isinstance(result, str)), None)
+                if ((foreign or any(isinstance(result, Refused) for result in results))
+                        and f"Job {child['job']}" in created):
+                    await self.kube.delete_job(self.namespace, child["job"])
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+                if foreign:
+                    return foreign
         finally:
             if created:  # one Event for what this reconcile created
                 self.memo.events.post(self.body, "Normal", "Created", "created " + ", ".join(created))
-        child = names.names(self.name)
-        self.patch.status["children"] = {"configMap": child["config_map"], "service": child["service"],
+        earlier = self.status.get("children", {}).get("configMap")
+        if groups and earlier and earlier != configs["metadata"]["name"]:
+            # An earlier attempt's configuration, which no Job mounts any more (that Job is gone).
+            await self.kube.delete_config_map(self.namespace, earlier)
+        self.patch.status["children"] = {"configMap": configs["metadata"]["name"], "service": child["service"],
                                          "job": child["job"]}
         return None
+
+    async def _repair(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: dict[str, Any]) -> None:
+        """A Job whose children status.children does not name: the reconcile that created it did not see the
+        others created (an apiserver error, an operator restart). They are created again, unless the job's
+        configuration changed since (a plan made again after a restart, on capacity its own pods now take): that
+        Job and its ConfigMap go, and the next reconcile creates them with the current one."""
+        wanted = config_map(self.name, spec, plan, decision.settings_from_plan(spec, plan))["metadata"]["name"]
+        mounted = _config_map_of(job)
+        if wanted != mounted:
+            await self.kube.delete_job(self.namespace, job["metadata"]["name"])
+            if mounted is not None:
+                await self.kube.delete_config_map(self.namespace, mounted)
+        elif not await self._create_children(spec, plan):
+            await self.kube.delete_job(self.namespace, job["metadata"]["name"])
 
     async def _observe(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: observation.JobView) -> None:
         workload = None

@@ -192,10 +192,11 @@ class Kube:
         if response.status != NOT_FOUND:
             await self._json(response)
 
-    async def set_config_map_data(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        response = await self.core.patch_namespaced_config_map(name, namespace, {"data": data},
-                                                               _preload_content=False)
-        await self._json(response)
+    async def delete_config_map(self, namespace: str, name: str) -> None:
+        """Gone already is fine."""
+        response = await self.core.delete_namespaced_config_map(name, namespace, _preload_content=False)
+        if response.status != NOT_FOUND:
+            await self._json(response)
 
     async def patch_status(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
         """A merge patch ({"status": ...}) of a FineTuneJob's status subresource, as kopf applies its handlers'

@@ -10,7 +10,7 @@ from kubetune.api.trainer_config import LoraConfig, TrainerConfig
 from kubetune.api.vocabulary import AdapterPrecision
 from kubetune.planner.ds_config import ds_config
 from kubetune.planner.settings import TrainingSettings
-from kubetune.resources.names import labels, names
+from kubetune.resources.names import config_map_name, labels
 
 
 def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: TrainingSettings) -> dict[str, Any]:
@@ -27,10 +27,7 @@ def config_map(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, settings: T
         plan=plan,
     )
     lr = float(spec.training.learning_rate)
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {"name": names(name)["config_map"], "labels": labels(name, "config")},
-        "data": {"ds_config.json": json.dumps(ds_config(settings, lr), indent=2),
-                 "trainer.json": trainer.model_dump_json(by_alias=True, exclude_none=True, indent=2)},
-    }
+    data = {"ds_config.json": json.dumps(ds_config(settings, lr), indent=2),
+            "trainer.json": trainer.model_dump_json(by_alias=True, exclude_none=True, indent=2)}
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": config_map_name(name, data), "labels": labels(name, "config")}, "data": data}

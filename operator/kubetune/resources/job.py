@@ -55,10 +55,10 @@ def _requests(plan: api.Plan, group: GpuNodeGroup) -> tuple[int, int, int | None
 
 
 def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGroup, trainer_image: str,
-        attempt: int = 1, annotations: dict[str, str] | None = None,
+        config_map: str, attempt: int = 1, annotations: dict[str, str] | None = None,
         labels_of_job: dict[str, str] | None = None) -> dict[str, Any]:
-    """`trainer_image` is the operator's (its configuration), used unless the spec names one; `annotations`
-    and `labels_of_job` are the FineTuneJob's."""
+    """`trainer_image` is the operator's (its configuration), used unless the spec names one; `config_map` is
+    the name of the ConfigMap its pods mount; `annotations` and `labels_of_job` are the FineTuneJob's."""
     child = names(name)
     master = f"{child['job']}-0.{child['service']}"
     command = [
@@ -82,7 +82,7 @@ def job(name: str, spec: api.FineTuneJobSpec, plan: api.Plan, group: GpuNodeGrou
         ref = spec.hub_token_secret_ref
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}})
     volumes: list[dict[str, Any]] = [
-        {"name": "config", "configMap": {"name": child["config_map"]}},
+        {"name": "config", "configMap": {"name": config_map}},
         # NCCL and the data loaders need more shared memory than a container's default 64 MiB.
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{8 * plan.gpus_per_node}Gi"}},
         {"name": "output", "persistentVolumeClaim": {"claimName": spec.output.claim_name}}

@@ -1,6 +1,8 @@
 """The names and labels of a FineTuneJob's children: deterministic, so an operator restart finds, never
 duplicates, what it created."""
 
+import hashlib
+import json
 from typing import Any
 
 LABEL_JOB = "kubetune.io/finetunejob"
@@ -16,7 +18,15 @@ COMPLETION_INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
 
 
 def names(job_name: str) -> dict[str, str]:
-    return {"config_map": f"{job_name}-config", "service": f"{job_name}-workers", "job": f"{job_name}-train"}
+    return {"service": f"{job_name}-workers", "job": f"{job_name}-train"}
+
+
+def config_map_name(job_name: str, data: dict[str, str]) -> str:
+    """Named for its content, as kustomize's generated ConfigMaps are: a Job can then be created beside its
+    ConfigMap, not after it, and its pods still mount exactly the configuration it was made for, never a
+    ConfigMap of the same name that an earlier, unfinished creation left and a replan since changed."""
+    digest = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return f"{job_name}-config-{digest[:10]}"
 
 
 def labels(job_name: str, component: str) -> dict[str, str]:
