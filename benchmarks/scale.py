@@ -55,7 +55,7 @@ OPERATOR_RESOURCES = ("finetunejobs", "configmaps", "services", "jobs", "nodes",
 # Requests only the operator makes (besides its Events): kubectl creates the FineTuneJobs, and nothing else
 # writes them or creates the children.
 OPERATOR_WRITES = (("finetunejobs", "PATCH"), ("finetunejobs/status", "PATCH"), ("configmaps", "POST"),
-                   ("configmaps", "PATCH"), ("services", "POST"), ("jobs", "POST"), ("jobs", "PATCH"),
+                   ("configmaps", "DELETE"), ("services", "POST"), ("jobs", "POST"), ("jobs", "PATCH"),
                    ("jobs", "DELETE"))
 
 

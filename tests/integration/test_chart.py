@@ -92,7 +92,8 @@ def test_install_establishes_the_crd_and_schedules_the_operator_on_a_cpu_node(cl
         ("list", "secrets", False),
         ("delete", "nodes", False),
         ("delete", "jobs.batch", True),  # to replace a failed attempt's Job
-        ("delete", "configmaps", False),
+        ("delete", "configmaps", True),  # to remove an earlier plan's ConfigMap (named for its content)
+        ("patch", "configmaps", False),  # a ConfigMap is never changed in place
         ("delete", "services", False),
         ("delete", "finetunejobs.kubetune.io", False),
         ("create", "deployments.apps", False),

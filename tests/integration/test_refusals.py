@@ -50,23 +50,23 @@ def test_a_config_map_over_quota_leaves_no_job_behind_and_runs_once_the_quota_is
         cluster: LocalCluster, operator: Operator, namespace: str) -> None:
     """The Job is created beside its ConfigMap: when the ConfigMap is refused, the Job must go (its pods could
     never mount their configuration), and the retries must not make and remove a Job each time."""
-    # The namespace's kube-root-ca.crt is its one ConfigMap.
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "one-configmap"},
-             "spec": {"hard": {"configmaps": "1"}}}
+    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-configmaps"},
+             "spec": {"hard": {"configmaps": "0"}}}
     cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(quota))
     probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}}
-    wait_until("the quota to take effect", lambda: "exceeded quota" in cluster.kubectl(
+    # Refused as "exceeded quota", or as "status unknown for quota" until the quota controller has counted.
+    wait_until("the quota to take effect", lambda: "quota: no-configmaps" in cluster.kubectl(
         "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(probe)).stderr)
     apply(cluster, namespace, example("minimal"))
     ftj = wait_until("the job to say it is over quota", running_reason(cluster, namespace, "minimal", "QuotaExceeded"))
     message = condition(ftj, "Running")["message"]
-    assert "ConfigMap minimal-config-" in message and "quota: one-configmap" in message, message
+    assert "ConfigMap minimal-config-" in message and "quota: no-configmaps" in message, message
     wait_until("no Job to be left", lambda: get(cluster, namespace, "job", "minimal-train") is None)
     time.sleep(5)  # five periodic reconciles (the tests' KUBETUNE_RECONCILE_SECONDS=1), each trying again
     assert get(cluster, namespace, "job", "minimal-train") is None
     made = [e for e in events(cluster, namespace, "minimal") if e["reason"] == "Created" and "Job minimal-train" in e["message"]]
     assert len(made) == 1, made  # by the first try only: the retries create the ConfigMap before the Job
-    cluster.kubectl_ok("delete", "resourcequota", "one-configmap", "-n", namespace)
+    cluster.kubectl_ok("delete", "resourcequota", "no-configmaps", "-n", namespace)
     wait_until("the job to run once the quota is gone", in_phase(cluster, namespace, "minimal", "Succeeded"))
 
 
