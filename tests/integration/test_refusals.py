@@ -27,21 +27,25 @@ def running_reason(cluster: LocalCluster, namespace: str, name: str, reason: str
     return check
 
 
-def test_a_job_over_its_namespaces_quota_waits_saying_so_and_runs_once_it_is_lifted(
-        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-jobs"},
-             "spec": {"hard": {"count/jobs.batch": "0"}}}
-    cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(quota))
-    # The quota admits everything until the apiserver's cache has it and the quota controller has counted.
-    wait_until("the quota to take effect", lambda: "exceeded quota" in cluster.kubectl(
-        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(PROBE)).stderr)
+def over_quota(cluster: LocalCluster, namespace: str, quota: str, hard: dict[str, str], probe: dict) -> str:
+    """Apply a ResourceQuota, create the example job once the quota refuses `probe`, and return the job's
+    Running message once it says it is over quota. The quota admits everything until the apiserver's cache has
+    it, and refuses as "status unknown for quota" until the quota controller has counted."""
+    manifest = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": quota}, "spec": {"hard": hard}}
+    cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(manifest))
+    wait_until("the quota to take effect", lambda: f"quota: {quota}" in cluster.kubectl(
+        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(probe)).stderr)
     apply(cluster, namespace, example("minimal"))
     ftj = wait_until("the job to say it is over quota", running_reason(cluster, namespace, "minimal", "QuotaExceeded"))
-    message = condition(ftj, "Running")["message"]
-    # "exceeded quota: no-jobs", or "status unknown for quota: no-jobs" before the quota controller counted.
-    assert "Job minimal-train (403 Forbidden)" in message and "quota: no-jobs" in message, message
     assert ftj["status"]["phase"] not in ("Failed", "Succeeded")
     assert any(e["type"] == "Warning" and e["reason"] == "QuotaExceeded" for e in events(cluster, namespace, "minimal"))
+    return condition(ftj, "Running")["message"]
+
+
+def test_a_job_over_its_namespaces_quota_waits_saying_so_and_runs_once_it_is_lifted(
+        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    message = over_quota(cluster, namespace, "no-jobs", {"count/jobs.batch": "0"}, PROBE)
+    assert "Job minimal-train (403 Forbidden)" in message and "quota: no-jobs" in message, message
     cluster.kubectl_ok("delete", "resourcequota", "no-jobs", "-n", namespace)
     wait_until("the job to run once the quota is gone", in_phase(cluster, namespace, "minimal", "Succeeded"))
 
@@ -50,16 +54,8 @@ def test_a_config_map_over_quota_leaves_no_job_behind_and_runs_once_the_quota_is
         cluster: LocalCluster, operator: Operator, namespace: str) -> None:
     """The Job is created beside its ConfigMap: when the ConfigMap is refused, the Job must go (its pods could
     never mount their configuration), and the retries must not make and remove a Job each time."""
-    quota = {"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": "no-configmaps"},
-             "spec": {"hard": {"configmaps": "0"}}}
-    cluster.kubectl_ok("apply", "-n", namespace, "-f", "-", stdin=json.dumps(quota))
-    probe = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}}
-    # Refused as "exceeded quota", or as "status unknown for quota" until the quota controller has counted.
-    wait_until("the quota to take effect", lambda: "quota: no-configmaps" in cluster.kubectl(
-        "create", "--dry-run=server", "-n", namespace, "-f", "-", stdin=json.dumps(probe)).stderr)
-    apply(cluster, namespace, example("minimal"))
-    ftj = wait_until("the job to say it is over quota", running_reason(cluster, namespace, "minimal", "QuotaExceeded"))
-    message = condition(ftj, "Running")["message"]
+    message = over_quota(cluster, namespace, "no-configmaps", {"configmaps": "0"},
+                         {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe"}})
     assert "ConfigMap minimal-config-" in message and "quota: no-configmaps" in message, message
     wait_until("no Job to be left", lambda: get(cluster, namespace, "job", "minimal-train") is None)
     time.sleep(5)  # five periodic reconciles (the tests' KUBETUNE_RECONCILE_SECONDS=1), each trying again
