@@ -173,6 +173,46 @@ def test_suspend_stops_the_job_and_resume_runs_it(cluster: LocalCluster, operato
     assert condition(ftj, "Suspended")["status"] == "False"
 
 
+def test_a_job_whose_children_status_does_not_name_keeps_its_own_config_map_or_is_made_again(
+        cluster: LocalCluster, operator: Operator, namespace: str) -> None:
+    """status.children names a job's children once all exist; a Job it does not name (its creation unfinished,
+    or a view of the status behind) keeps the ConfigMap it mounts when that exists, and is made again when it
+    does not (its pods could never start)."""
+    manifest = example("minimal")
+    manifest["spec"]["suspend"] = True  # the Job stays, unfinished
+    apply(cluster, namespace, manifest)
+    ftj = wait_until("the job to be suspended", in_phase(cluster, namespace, "minimal", "Suspended"))
+    mounted, uid = ftj["status"]["children"]["configMap"], get(cluster, namespace, "job", "minimal-train")["metadata"]["uid"]
+
+    def say_children(config_map: str) -> None:
+        cluster.kubectl_ok("patch", "ftj", "minimal", "-n", namespace, "--subresource=status", "--type=merge", "-p",
+                           json.dumps({"status": {"children": {"configMap": config_map}}}))
+
+    say_children("minimal-config-other")
+    wait_until("the status to name the mounted ConfigMap again", lambda: (get(cluster, namespace, "ftj", "minimal") or {})
+               .get("status", {}).get("children", {}).get("configMap") == mounted)
+    assert get(cluster, namespace, "job", "minimal-train")["metadata"]["uid"] == uid  # the same Job, kept
+
+    # Its ConfigMap missing but of the current configuration: made again, the Job kept.
+    cluster.kubectl_ok("delete", "configmap", mounted, "-n", namespace)
+    say_children("minimal-config-other")
+    wait_until("the ConfigMap to be made again", lambda: get(cluster, namespace, "configmap", mounted) is not None)
+    assert get(cluster, namespace, "job", "minimal-train")["metadata"]["uid"] == uid
+
+    # Missing, and the configuration changed since: the Job is made again, with the current configuration.
+    cluster.kubectl_ok("patch", "ftj", "minimal", "-n", namespace, "--type=merge", "-p",
+                       '{"spec":{"checkpointIntervalSteps":7}}')
+    cluster.kubectl_ok("delete", "configmap", mounted, "-n", namespace)
+    say_children("minimal-config-other")
+    job = wait_until("the Job to be made again", lambda: (j := get(cluster, namespace, "job", "minimal-train"))
+                     and j["metadata"]["uid"] != uid and j)
+    assert any(e["reason"] == "JobReplaced" and e["type"] == "Warning" for e in events(cluster, namespace, "minimal"))
+    now = next(v["configMap"]["name"] for v in job["spec"]["template"]["spec"]["volumes"] if v["name"] == "config")
+    assert now != mounted
+    config = json.loads(get(cluster, namespace, "configmap", now)["data"]["trainer.json"])
+    assert config["checkpointIntervalSteps"] == 7
+
+
 def test_a_queued_job_without_kueue_waits_and_says_kueue_made_no_workload(cluster: LocalCluster, operator: Operator,
                                                                           namespace: str) -> None:
     """Kueue, not kubetune, lifts a queued Job's suspension (tests/integration/test_kueue.py, with a real

@@ -97,7 +97,7 @@ def test_a_child_an_admission_policy_denies_fails_the_job_with_the_policys_messa
     assert "Job minimal-train (422 Invalid)" in failed["message"], failed
     assert "training Jobs are not allowed here" in failed["message"], failed
     assert get(cluster, namespace, "job", "minimal-train") is None
-    # The ConfigMap and Service it needed were made first; they stay the job's (garbage-collected with it).
+    # The ConfigMap and Service made beside it stay the job's (garbage-collected with it).
     configs = json.loads(cluster.kubectl_ok("get", "configmaps", "-n", namespace, "-l", "kubetune.io/finetunejob=minimal",
                                             "-o", "json"))["items"]
     assert [c["metadata"]["name"] for c in configs] and all(c["metadata"]["name"].startswith("minimal-config-")

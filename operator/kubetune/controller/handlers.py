@@ -94,9 +94,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, trainer_jo
 
     async def tick(body: dict[str, Any]) -> None:
         patch = kopf.Patch()
-        await _reconcile(memo, body, body["spec"], body.get("status", {}), patch, trainer_jobs, retry=0)
-        if patch:
-            await memo.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], dict(patch))
+        try:
+            await _reconcile(memo, body, body["spec"], body.get("status", {}), patch, trainer_jobs, retry=0)
+        finally:  # as kopf does for its handlers: what a reconcile decided before an error is kept
+            if patch:
+                await memo.kube.patch_status(body["metadata"]["namespace"], body["metadata"]["name"], dict(patch))
 
     memo.ticks = Ticks(memo.config.reconcile_seconds, ticked, tick)
     memo.ticks.start()
@@ -198,8 +200,9 @@ def _owned(child: dict[str, Any], body: kopf.Body) -> bool:
 
 
 def _config_map_of(job: dict[str, Any]) -> str | None:
+    """The ConfigMap of the Job's own config volume (an admission webhook may add others)."""
     return next((volume["configMap"]["name"] for volume in job["spec"].get("template", {}).get("spec", {})
-                 .get("volumes", []) if "configMap" in volume), None)
+                 .get("volumes", []) if volume.get("name") == "config" and "configMap" in volume), None)
 
 
 def _foreign_message(child: dict[str, Any]) -> str:
@@ -395,27 +398,44 @@ class _Reconcile:
         finally:
             if created:  # one Event for what this reconcile created
                 self.memo.events.post(self.body, "Normal", "Created", "created " + ", ".join(created))
-        earlier = self.status.get("children", {}).get("configMap")
-        if groups and earlier and earlier != configs["metadata"]["name"]:
-            # An earlier attempt's configuration, which no Job mounts any more (that Job is gone).
-            await self.kube.delete_config_map(self.namespace, earlier)
         self.patch.status["children"] = {"configMap": configs["metadata"]["name"], "service": child["service"],
                                          "job": child["job"]}
+        earlier = self.status.get("children", {}).get("configMap")
+        if groups and earlier and earlier != configs["metadata"]["name"]:
+            # An earlier attempt's configuration, which no Job mounts any more (that Job is gone). Tidying only:
+            # a failure must not hold up the job (it goes with the FineTuneJob in any case).
+            try:
+                await self.kube.delete_config_map(self.namespace, earlier)
+            except Exception as error:
+                timings.warning("could not delete %s/%s, an earlier attempt's ConfigMap: %s", self.namespace,
+                                earlier, error)
         return None
 
     async def _repair(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: dict[str, Any]) -> None:
         """A Job whose children status.children does not name: the reconcile that created it did not see the
-        others created (an apiserver error, an operator restart). They are created again, unless the job's
-        configuration changed since (a plan made again after a restart, on capacity its own pods now take): that
-        Job and its ConfigMap go, and the next reconcile creates them with the current one."""
+        others created (an apiserver error, an operator restart), or this view of the status is behind. The
+        missing ones are created; a ConfigMap of another configuration that exists is the Job's own and is
+        kept. Only a Job whose ConfigMap is gone and cannot be made again (the configuration changed since)
+        is replaced: its pods could never start."""
         wanted = config_map(self.name, spec, plan, decision.settings_from_plan(spec, plan))["metadata"]["name"]
         mounted = _config_map_of(job)
-        if wanted != mounted:
-            await self.kube.delete_job(self.namespace, job["metadata"]["name"])
-            if mounted is not None:
-                await self.kube.delete_config_map(self.namespace, mounted)
-        elif not await self._create_children(spec, plan):
-            await self.kube.delete_job(self.namespace, job["metadata"]["name"])
+        if wanted == mounted:
+            if not await self._create_children(spec, plan):
+                await self.kube.delete_job(self.namespace, job["metadata"]["name"])
+            return
+        existing = await self.kube.read(self.namespace, "ConfigMap", mounted) if mounted else None
+        if existing is not None and _owned(existing, self.body):
+            created: list[str] = []
+            if (foreign := await self._ensure(service(self.name), created)) is not None:
+                self._fail(Reason.NAME_CONFLICT, foreign)
+                return
+            child = names.names(self.name)
+            self.patch.status["children"] = {"configMap": mounted, "service": child["service"], "job": child["job"]}
+            return
+        await self.kube.delete_job(self.namespace, job["metadata"]["name"])
+        self.memo.events.post(self.body, "Warning", "JobReplaced",
+                              f"Job {job['metadata']['name']} mounts ConfigMap {mounted}, which does not exist: "
+                              "it is made again with the current configuration")
 
     async def _observe(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: observation.JobView) -> None:
         workload = None
