@@ -398,8 +398,7 @@ class _Reconcile:
         finally:
             if created:  # one Event for what this reconcile created
                 self.memo.events.post(self.body, "Normal", "Created", "created " + ", ".join(created))
-        self.patch.status["children"] = {"configMap": configs["metadata"]["name"], "service": child["service"],
-                                         "job": child["job"]}
+        self._record_children(configs["metadata"]["name"])
         earlier = self.status.get("children", {}).get("configMap")
         if groups and earlier and earlier != configs["metadata"]["name"]:
             # An earlier attempt's configuration, which no Job mounts any more (that Job is gone). Tidying only:
@@ -410,6 +409,11 @@ class _Reconcile:
                 timings.warning("could not delete %s/%s, an earlier attempt's ConfigMap: %s", self.namespace,
                                 earlier, error)
         return None
+
+    def _record_children(self, config_map_name: str) -> None:
+        """status.children: written once all three exist, which the steady state checks (`_repair`)."""
+        child = names.names(self.name)
+        self.patch.status["children"] = {"configMap": config_map_name, "service": child["service"], "job": child["job"]}
 
     async def _repair(self, spec: api.FineTuneJobSpec, plan: api.Plan, job: dict[str, Any]) -> None:
         """A Job whose children status.children does not name: the reconcile that created it did not see the
@@ -424,13 +428,12 @@ class _Reconcile:
                 await self.kube.delete_job(self.namespace, job["metadata"]["name"])
             return
         existing = await self.kube.read(self.namespace, "ConfigMap", mounted) if mounted else None
-        if existing is not None and _owned(existing, self.body):
+        if mounted and existing is not None and _owned(existing, self.body):
             created: list[str] = []
             if (foreign := await self._ensure(service(self.name), created)) is not None:
                 self._fail(Reason.NAME_CONFLICT, foreign)
                 return
-            child = names.names(self.name)
-            self.patch.status["children"] = {"configMap": mounted, "service": child["service"], "job": child["job"]}
+            self._record_children(mounted)
             return
         await self.kube.delete_job(self.namespace, job["metadata"]["name"])
         self.memo.events.post(self.body, "Warning", "JobReplaced",
